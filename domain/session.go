@@ -1,0 +1,100 @@
+package domain
+
+import (
+	"regexp"
+	"slices"
+	"time"
+	"unicode/utf8"
+)
+
+// Status is a session's lifecycle state.
+type Status string
+
+// The session states. created → uploading → completed | failed; created may
+// also go straight to completed or failed.
+const (
+	StatusCreated   Status = "created"
+	StatusUploading Status = "uploading"
+	StatusCompleted Status = "completed"
+	StatusFailed    Status = "failed"
+)
+
+// Final reports whether no further transition is possible.
+func (s Status) Final() bool { return s == StatusCompleted || s == StatusFailed }
+
+// Session is one transcription session.
+type Session struct {
+	ID              string
+	UserID          string
+	Title           string
+	Language        string
+	STTProvider     string
+	Status          Status
+	DurationSeconds *int64 // nil until completed
+	// PeriodStart is the start of the billing period the session was
+	// admitted in; its minutes are added to that period when it completes.
+	PeriodStart time.Time
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+}
+
+// Cursor is a position in a user's session list, which is ordered newest
+// first by (CreatedAt, ID).
+type Cursor struct {
+	CreatedAt time.Time
+	ID        string
+}
+
+// NewSession is what a client asks to create.
+type NewSession struct {
+	Title       string `json:"title"`
+	Language    string `json:"language"`
+	STTProvider string `json:"stt_provider"`
+}
+
+// MaxDurationSeconds bounds a completion: one session is at most a day.
+const MaxDurationSeconds = 86400
+
+// bcp47 accepts language tags of the shape language[-script][-region][-variant…]
+// (en, en-US, zh-Hans-CN, de-CH-1996) and the special value "auto".
+var bcp47 = regexp.MustCompile(`^(auto|[A-Za-z]{2,3}(-[A-Za-z]{4})?(-([A-Za-z]{2}|[0-9]{3}))?(-([A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*)$`)
+
+// Validate checks the request against the contract; providers are the
+// configured speech-to-text providers. It returns a CodeValidation *Error
+// listing every invalid field, or nil.
+func (n NewSession) Validate(providers []string) error {
+	var fields []FieldError
+	if l := utf8.RuneCountInString(n.Title); l < 1 || l > 255 || !utf8.ValidString(n.Title) {
+		fields = append(fields, FieldError{"title", "must be 1 to 255 characters"})
+	}
+	if !bcp47.MatchString(n.Language) {
+		fields = append(fields, FieldError{"language", "must be a BCP 47 language tag such as en-US, or auto"})
+	}
+	if !slices.Contains(providers, n.STTProvider) {
+		fields = append(fields, FieldError{"stt_provider", "must be one of the configured providers"})
+	}
+	return validation(fields)
+}
+
+// ValidateDuration checks a completion's duration.
+func ValidateDuration(seconds int64) error {
+	if seconds < 0 || seconds > MaxDurationSeconds {
+		return validation([]FieldError{{"duration_seconds", "must be between 0 and 86400"}})
+	}
+	return nil
+}
+
+// ValidateFileSize checks an upload's announced size.
+func ValidateFileSize(sizeMB float64) error {
+	if !(sizeMB > 0) || sizeMB > 1e9 {
+		return validation([]FieldError{{"file_size_mb", "must be a number greater than 0"}})
+	}
+	return nil
+}
+
+func validation(fields []FieldError) error {
+	if len(fields) == 0 {
+		return nil
+	}
+	return &Error{Code: CodeValidation, Message: "invalid request", Fields: fields}
+}

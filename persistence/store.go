@@ -1,0 +1,124 @@
+// Package persistence declares the stores Tally keeps its state in and the
+// contract every implementation meets. Postgres (package postgres) is the
+// truth in production; the embedded SQL store (package sqlite) stands in for
+// it under `make run`; Redis (package rediscache) only caches counters.
+//
+// Implementations translate their driver's errors at this edge: a missing
+// row is domain.ErrNotFound, a broken connection is a CodeUnavailable
+// *domain.Error, and a rejected fence is an AdmitOutcome, never an error.
+package persistence
+
+import (
+	"context"
+	"time"
+
+	"github.com/tally-dev/tally/domain"
+)
+
+// Counters is one usage row: a user's usage in one billing period with the
+// row's version, which rises with every change. Caches compare versions so
+// that an older value never overwrites a newer one.
+type Counters struct {
+	domain.Usage
+	Version int64
+}
+
+// AdmitRequest asks to admit one session. The store commits it only if the
+// fence holds: the user's version is still UserVersion (plan and anchor did
+// not change since the caller decided) and the period's usage is still
+// within MaxSessions and MaxSeconds (-1 unlimited). This is what keeps two
+// processes, or two activations of one user's actor, from over-admitting.
+type AdmitRequest struct {
+	Session     domain.Session // ID, UserID, fields, CreatedAt and PeriodStart set by the caller
+	UserVersion int64
+	PeriodEnd   time.Time
+	MaxSessions domain.Limit
+	MaxSeconds  domain.Limit
+}
+
+// AdmitOutcome says how the fence decided.
+type AdmitOutcome int
+
+// The outcomes of one admission.
+const (
+	Admitted    AdmitOutcome = iota + 1
+	OverLimit                // the period's usage reached a limit; Counters tell which
+	StaleUser                // plan or anchor changed since the caller read the user
+	UnknownUser              // the user row does not exist
+)
+
+func (o AdmitOutcome) String() string {
+	switch o {
+	case Admitted:
+		return "admitted"
+	case OverLimit:
+		return "over_limit"
+	case StaleUser:
+		return "stale_user"
+	case UnknownUser:
+		return "unknown_user"
+	}
+	return "unknown"
+}
+
+// AdmitResult is the outcome of one AdmitRequest. Counters are the period's
+// usage after the decision (including this session when admitted).
+type AdmitResult struct {
+	Outcome  AdmitOutcome
+	Counters Counters
+}
+
+// UserChange creates a user or changes its plan and/or billing anchor. A nil
+// Plan keeps the current plan (the DefaultPlan for a new user); a nil Anchor
+// keeps the current anchor (Now for a new user).
+type UserChange struct {
+	ID     string
+	Plan   *string
+	Anchor *time.Time
+	Now    time.Time
+}
+
+// Store is Tally's source of truth. All methods are safe for concurrent use.
+// Every write commits before it returns.
+type Store interface {
+	// Migrate brings the schema up to date. Safe to call from several
+	// processes at once.
+	Migrate(ctx context.Context) error
+	// Ping checks that the store answers (readiness).
+	Ping(ctx context.Context) error
+	Close()
+
+	// EnsureUser returns the user, provisioning it on the default plan with
+	// billing anchor now when it is seen for the first time.
+	EnsureUser(ctx context.Context, id string, now time.Time) (domain.User, error)
+	// GetUser returns the user or domain.ErrNotFound.
+	GetUser(ctx context.Context, id string) (domain.User, error)
+	// PutUser applies a UserChange and bumps the user's version.
+	PutUser(ctx context.Context, c UserChange) (domain.User, error)
+
+	// LoadUsage returns the usage of the period starting at periodStart;
+	// zero counters when nothing was recorded yet.
+	LoadUsage(ctx context.Context, userID string, periodStart time.Time) (Counters, error)
+
+	// Admit commits each admitted session together with its period's usage,
+	// in one transaction, before returning. Results are in request order.
+	// An error means the outcome of every request is unknown.
+	Admit(ctx context.Context, reqs []AdmitRequest) ([]AdmitResult, error)
+
+	// GetSession returns a session by id, or domain.ErrNotFound.
+	GetSession(ctx context.Context, id string) (domain.Session, error)
+	// ListSessions returns up to limit of the user's sessions, newest first,
+	// strictly after the cursor when one is given.
+	ListSessions(ctx context.Context, userID string, limit int, after *domain.Cursor) ([]domain.Session, error)
+	// MarkUploading moves a created session to uploading (a no-op when it is
+	// already uploading); a CodeConflict *domain.Error when it is completed or failed.
+	MarkUploading(ctx context.Context, id string, now time.Time) (domain.Session, error)
+	// CompleteSession records the duration and adds it to the usage of the
+	// period the session was created in. Completing again with the same
+	// duration returns the session unchanged; with another duration, or a
+	// failed session, a CodeConflict *domain.Error. Counters are the period's usage after.
+	CompleteSession(ctx context.Context, id string, seconds int64, now time.Time) (domain.Session, Counters, error)
+	// FailSession marks the session failed (no usage recorded). Failing a
+	// failed session is a no-op; a completed one is a CodeConflict *domain.Error.
+	FailSession(ctx context.Context, id string, now time.Time) (domain.Session, error)
+}
