@@ -1,0 +1,286 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/persistence"
+	"github.com/tally-dev/tally/transport"
+)
+
+// CounterCache receives every counter value the actors confirm with the
+// store. It is a cache: Put must not block the actor and must never let an
+// older version overwrite a newer one (package rediscache implements it with
+// a versioned compare-and-set).
+type CounterCache interface {
+	Put(userID string, periodStart time.Time, c persistence.Counters)
+}
+
+// Options configures a Service.
+type Options struct {
+	Store   persistence.Store
+	Cache   CounterCache // nil: no cache
+	Catalog *domain.Catalog
+	Logger  *slog.Logger
+	// Registry receives the actors' metrics (live actors, rejections
+	// answered from memory); nil registers nothing.
+	Registry prometheus.Registerer
+	// IdleTimeout is how long a user's actor stays in memory unused.
+	IdleTimeout time.Duration
+	// Shards is the number of routing actors; 0 picks a default.
+	Shards int
+	// Now is the clock; nil uses time.Now.
+	Now func() time.Time
+	// DefaultTimeout bounds a request whose context has no deadline.
+	DefaultTimeout time.Duration
+}
+
+// Service implements transport.Accounts on top of the per-user actors.
+type Service struct {
+	system  *actor.ActorSystem
+	shards  []*actor.PID
+	deps    *deps
+	store   persistence.Store
+	timeout time.Duration
+	live    atomic.Int64
+
+	stopSweep chan struct{}
+	swept     sync.WaitGroup
+	closeOnce sync.Once
+}
+
+var _ transport.Accounts = (*Service)(nil)
+
+// deps is what every user actor shares.
+type deps struct {
+	store   persistence.Store
+	cache   CounterCache
+	catalog *domain.Catalog
+	now     func() time.Time
+	newID   func() string
+	log     *slog.Logger
+	metrics *metrics
+}
+
+type nopCache struct{}
+
+func (nopCache) Put(string, time.Time, persistence.Counters) {}
+
+// New starts the actor system and its shards.
+func New(o Options) (*Service, error) {
+	if o.Store == nil || o.Catalog == nil {
+		return nil, errors.New("actors: Store and Catalog are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Cache == nil {
+		o.Cache = nopCache{}
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 2 * time.Minute
+	}
+	if o.Shards <= 0 {
+		o.Shards = 64
+	}
+	if o.DefaultTimeout <= 0 {
+		o.DefaultTimeout = 5 * time.Second
+	}
+	clock := o.Now
+	if clock == nil {
+		clock = time.Now
+	}
+	s := &Service{store: o.Store, timeout: o.DefaultTimeout, stopSweep: make(chan struct{})}
+	s.deps = &deps{
+		store:   o.Store,
+		cache:   o.Cache,
+		catalog: o.Catalog,
+		// Postgres keeps microseconds: truncating here makes every time the
+		// actor computes with equal to the one it reads back.
+		now:     func() time.Time { return clock().UTC().Truncate(time.Microsecond) },
+		newID:   func() string { return uuid.Must(uuid.NewV7()).String() },
+		log:     o.Logger,
+		metrics: newMetrics(o.Registry, &s.live),
+	}
+	actorLog := o.Logger.With("component", "protoactor")
+	s.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return actorLog }))
+
+	userProps := func(userID string) *actor.Props {
+		return actor.PropsFromProducer(func() actor.Actor { return &userActor{id: userID, deps: s.deps} })
+	}
+	props := actor.PropsFromProducer(newShard(userProps, o.IdleTimeout, &s.live))
+	for i := 0; i < o.Shards; i++ {
+		pid, err := s.system.Root.SpawnNamed(props, fmt.Sprintf("shard-%d", i))
+		if err != nil {
+			return nil, fmt.Errorf("actors: spawn shard %d: %w", i, err)
+		}
+		s.shards = append(s.shards, pid)
+	}
+
+	// Sweep often enough that an idle actor lives at most ~1.25× IdleTimeout.
+	every := max(o.IdleTimeout/4, 10*time.Millisecond)
+	s.swept.Add(1)
+	go func() {
+		defer s.swept.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stopSweep:
+				return
+			case now := <-t.C:
+				for _, pid := range s.shards {
+					s.system.Root.Send(pid, &sweep{now: now})
+				}
+			}
+		}
+	}()
+	return s, nil
+}
+
+// LiveActors is the number of user actors in memory.
+func (s *Service) LiveActors() int64 { return s.live.Load() }
+
+// Close stops the sweeper and every actor. Call it after the HTTP server has
+// finished its in-flight requests; messages still queued are dropped.
+func (s *Service) Close() {
+	s.closeOnce.Do(func() {
+		close(s.stopSweep)
+		s.swept.Wait()
+		for _, pid := range s.shards {
+			_ = s.system.Root.PoisonFuture(pid).Wait()
+		}
+		s.system.Shutdown()
+	})
+}
+
+func (s *Service) shardFor(userID string) *actor.PID {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(userID))
+	return s.shards[h.Sum32()%uint32(len(s.shards))]
+}
+
+func (s *Service) deadline(ctx context.Context) time.Time {
+	if d, ok := ctx.Deadline(); ok {
+		return d
+	}
+	return time.Now().Add(s.timeout)
+}
+
+// ask sends m to the user's actor and waits for the reply until deadline.
+func (s *Service) ask(ctx context.Context, m userMessage, deadline time.Time) *reply {
+	if err := ctx.Err(); err != nil {
+		return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded", Err: err}}
+	}
+	wait := time.Until(deadline)
+	if wait <= 0 {
+		return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded"}}
+	}
+	res, err := s.system.Root.RequestFuture(s.shardFor(m.userID()), m, wait).Result()
+	if err != nil {
+		if errors.Is(err, actor.ErrTimeout) {
+			return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "the user's accounting did not answer in time", Err: err}}
+		}
+		return &reply{err: domain.Unavailable("accounting", err)}
+	}
+	r, ok := res.(*reply)
+	if !ok {
+		return &reply{err: fmt.Errorf("actors: unexpected reply %T", res)}
+	}
+	return r
+}
+
+// CreateSession admits and durably records a session.
+func (s *Service) CreateSession(ctx context.Context, userID string, in domain.NewSession, key string) (domain.Session, error) {
+	d := s.deadline(ctx)
+	r := s.ask(ctx, &createSession{user: userID, in: in, idempotencyKey: key, deadline: d}, d)
+	return r.session, r.err
+}
+
+// GetSession reads the session from the store: the admission committed
+// before its 200 went out, so any process can read it at once.
+func (s *Service) GetSession(ctx context.Context, userID, sessionID string) (domain.Session, error) {
+	sess, err := s.store.GetSession(ctx, sessionID)
+	if err != nil {
+		return domain.Session{}, err
+	}
+	if sess.UserID != userID {
+		return domain.Session{}, domain.ErrNotFound
+	}
+	return sess, nil
+}
+
+// ListSessions reads the user's sessions from the store, newest first.
+func (s *Service) ListSessions(ctx context.Context, userID string, limit int, after *domain.Cursor) ([]domain.Session, error) {
+	return s.store.ListSessions(ctx, userID, limit, after)
+}
+
+// PrepareUpload checks the file size against the user's plan and marks the
+// session uploading.
+func (s *Service) PrepareUpload(ctx context.Context, userID, sessionID string, sizeMB float64) (domain.Session, domain.Plan, error) {
+	d := s.deadline(ctx)
+	r := s.ask(ctx, &prepareUpload{user: userID, session: sessionID, sizeMB: sizeMB, deadline: d}, d)
+	return r.session, r.plan, r.err
+}
+
+// Usage reports the user's current period.
+func (s *Service) Usage(ctx context.Context, userID string) (domain.Report, error) {
+	d := s.deadline(ctx)
+	r := s.ask(ctx, &getUsage{user: userID, deadline: d}, d)
+	return r.report, r.err
+}
+
+// PutUser creates the user or changes plan and/or anchor.
+func (s *Service) PutUser(ctx context.Context, userID string, plan *string, anchor *time.Time) (domain.User, domain.Report, error) {
+	d := s.deadline(ctx)
+	r := s.ask(ctx, &putUser{user: userID, plan: plan, anchor: anchor, deadline: d}, d)
+	return r.user, r.report, r.err
+}
+
+// GetUser returns the user and its usage, or domain.ErrNotFound.
+func (s *Service) GetUser(ctx context.Context, userID string) (domain.User, domain.Report, error) {
+	d := s.deadline(ctx)
+	r := s.ask(ctx, &getUser{user: userID, deadline: d}, d)
+	return r.user, r.report, r.err
+}
+
+// ResetUsage starts a new billing period now.
+func (s *Service) ResetUsage(ctx context.Context, userID string) (domain.Report, error) {
+	d := s.deadline(ctx)
+	r := s.ask(ctx, &resetUsage{user: userID, deadline: d}, d)
+	return r.report, r.err
+}
+
+// CompleteSession records a session's duration through its user's actor,
+// which keeps that user's minutes current in memory.
+func (s *Service) CompleteSession(ctx context.Context, sessionID string, seconds int64) (domain.Session, error) {
+	sess, err := s.store.GetSession(ctx, sessionID)
+	if err != nil {
+		return domain.Session{}, err
+	}
+	d := s.deadline(ctx)
+	r := s.ask(ctx, &completeSession{user: sess.UserID, session: sessionID, seconds: seconds, deadline: d}, d)
+	return r.session, r.err
+}
+
+// FailSession marks a session failed through its user's actor.
+func (s *Service) FailSession(ctx context.Context, sessionID string) (domain.Session, error) {
+	sess, err := s.store.GetSession(ctx, sessionID)
+	if err != nil {
+		return domain.Session{}, err
+	}
+	d := s.deadline(ctx)
+	r := s.ask(ctx, &failSession{user: sess.UserID, session: sessionID, deadline: d}, d)
+	return r.session, r.err
+}

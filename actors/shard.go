@@ -1,0 +1,104 @@
+package actors
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+)
+
+// shard owns the user actors whose ids hash to it. It is the only sender to
+// its children, which is what makes passivation lossless: after it poisons a
+// child it sends that child nothing more, and buffers the user's messages
+// until the child's Terminated arrives, then respawns and replays them.
+type shard struct {
+	userProps func(userID string) *actor.Props
+	idle      time.Duration
+	live      *atomic.Int64 // user actors alive across all shards (a metric)
+
+	children map[string]*child // user id → its actor
+	byPID    map[string]string // child PID id → user id
+	pending  map[string][]held // user id → messages held while its old actor stops
+}
+
+type child struct {
+	pid      *actor.PID
+	lastUsed time.Time
+	stopping bool
+}
+
+// held is a message with its original sender, replayed once a new actor runs.
+type held struct {
+	msg    any
+	sender *actor.PID
+}
+
+func newShard(userProps func(string) *actor.Props, idle time.Duration, live *atomic.Int64) actor.Producer {
+	return func() actor.Actor {
+		return &shard{
+			userProps: userProps,
+			idle:      idle,
+			live:      live,
+			children:  make(map[string]*child),
+			byPID:     make(map[string]string),
+			pending:   make(map[string][]held),
+		}
+	}
+}
+
+func (s *shard) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case userMessage:
+		id := m.userID()
+		c := s.children[id]
+		switch {
+		case c == nil:
+			c = s.spawn(ctx, id)
+		case c.stopping:
+			s.pending[id] = append(s.pending[id], held{msg: m, sender: ctx.Sender()})
+			return
+		}
+		c.lastUsed = time.Now()
+		ctx.Forward(c.pid)
+
+	case *sweep:
+		for _, c := range s.children {
+			if !c.stopping && m.now.Sub(c.lastUsed) >= s.idle {
+				// Poison is a user message: everything already forwarded is
+				// processed first; later messages are held in s.pending.
+				c.stopping = true
+				ctx.Poison(c.pid)
+			}
+		}
+
+	case *actor.Terminated:
+		id, ok := s.byPID[m.Who.Id]
+		if !ok {
+			return
+		}
+		delete(s.byPID, m.Who.Id)
+		delete(s.children, id)
+		s.live.Add(-1)
+		held := s.pending[id]
+		delete(s.pending, id)
+		if len(held) == 0 {
+			return
+		}
+		c := s.spawn(ctx, id)
+		c.lastUsed = time.Now()
+		for _, h := range held {
+			ctx.RequestWithCustomSender(c.pid, h.msg, h.sender)
+		}
+	}
+}
+
+func (s *shard) spawn(ctx actor.Context, userID string) *child {
+	// Children get generated names: a respawned actor must not collide with
+	// the name of one that is still finishing its stop.
+	pid := ctx.Spawn(s.userProps(userID))
+	c := &child{pid: pid}
+	s.children[userID] = c
+	s.byPID[pid.Id] = userID
+	s.live.Add(1)
+	return c
+}

@@ -1,0 +1,329 @@
+package actors
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/persistence"
+)
+
+// maxFenceRetries bounds how often one admission is re-decided after the
+// store's fence reports that the user's plan or anchor changed under it.
+const maxFenceRetries = 3
+
+// userActor holds one user's state: the user row and the current period's
+// counters. It is rebuilt from the Store whenever it is (re)started, so a
+// passivated or crashed actor loses nothing.
+type userActor struct {
+	id   string
+	deps *deps
+
+	user     *domain.User         // nil until loaded
+	period   domain.Period        // the period counters belong to
+	counters persistence.Counters // usage in period, as last confirmed by the store
+	loaded   bool                 // counters are valid for period
+}
+
+func (a *userActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		// A restart after a panic gets a fresh instance: state is reloaded
+		// lazily from the store by the next message.
+	case userMessage:
+		ctx.Respond(a.handle(m))
+	}
+}
+
+// handle answers one request. A panic is turned into an internal error
+// reply, so the caller gets an answer instead of a timeout, and the state is
+// dropped so the next message reloads it from the store.
+func (a *userActor) handle(m userMessage) (r *reply) {
+	defer func() {
+		if p := recover(); p != nil {
+			a.forget()
+			a.deps.log.Error("user actor panicked", "user", a.id, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			r = &reply{err: &domain.Error{Code: domain.CodeInternal, Message: "internal error", Err: fmt.Errorf("panic: %v", p)}}
+		}
+	}()
+	var (
+		ctx    context.Context
+		cancel context.CancelFunc
+	)
+	switch m := m.(type) {
+	case *createSession:
+		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
+		defer cancel()
+		return a.create(ctx, m)
+	case *getUsage:
+		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
+		defer cancel()
+		return a.usage(ctx)
+	case *prepareUpload:
+		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
+		defer cancel()
+		return a.prepareUpload(ctx, m)
+	case *putUser:
+		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
+		defer cancel()
+		return a.putUser(ctx, m.plan, m.anchor)
+	case *resetUsage:
+		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
+		defer cancel()
+		now := a.deps.now()
+		return a.putUser(ctx, nil, &now)
+	case *getUser:
+		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
+		defer cancel()
+		return a.getUser(ctx)
+	case *completeSession:
+		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
+		defer cancel()
+		return a.complete(ctx, m)
+	case *failSession:
+		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
+		defer cancel()
+		return a.fail(ctx, m)
+	}
+	return &reply{err: fmt.Errorf("user actor: unexpected message %T", m)}
+}
+
+// forget drops the cached state; the next request reloads it from the store.
+// Called after any store error whose outcome is unknown.
+func (a *userActor) forget() {
+	a.user = nil
+	a.loaded = false
+}
+
+// refresh makes user, period and counters current for now: it provisions the
+// user on first sight, and reloads counters when the period rolled over or
+// when reload is set (the store may have moved on: another process, or an
+// error whose outcome is unknown).
+func (a *userActor) refresh(ctx context.Context, now time.Time, reload bool) error {
+	if a.user == nil || reload {
+		u, err := a.deps.store.EnsureUser(ctx, a.id, now)
+		if err != nil {
+			a.forget()
+			return err
+		}
+		a.user = &u
+	}
+	p := a.user.Period(now)
+	if reload || !a.loaded || !p.Start.Equal(a.period.Start) {
+		c, err := a.deps.store.LoadUsage(ctx, a.id, p.Start)
+		if err != nil {
+			a.forget()
+			return err
+		}
+		a.period, a.counters, a.loaded = p, c, true
+		a.deps.cache.Put(a.id, p.Start, c)
+	}
+	return nil
+}
+
+func (a *userActor) plan() (domain.Plan, error) {
+	p, ok := a.deps.catalog.Plan(a.user.Plan)
+	if !ok {
+		// The plans file no longer defines the user's plan: an operator
+		// error that must not silently admit or reject.
+		return domain.Plan{}, &domain.Error{Code: domain.CodeInternal, Message: "internal error",
+			Err: fmt.Errorf("user %s is on plan %q, which the catalog does not define", a.id, a.user.Plan)}
+	}
+	return p, nil
+}
+
+func (a *userActor) create(ctx context.Context, m *createSession) *reply {
+	now := a.deps.now()
+	if err := a.refresh(ctx, now, false); err != nil {
+		return &reply{err: err}
+	}
+	for attempt := 0; ; attempt++ {
+		plan, err := a.plan()
+		if err != nil {
+			return &reply{err: err}
+		}
+		if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
+			// Memory says no. Memory can only be stale towards "no" when an
+			// admin change happened elsewhere, so confirm with the store
+			// before a client is refused.
+			if err := a.refresh(ctx, now, true); err != nil {
+				return &reply{err: err}
+			}
+			if plan, err = a.plan(); err != nil {
+				return &reply{err: err}
+			}
+			if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
+				a.deps.metrics.rejectedFromMemory()
+				return &reply{err: err}
+			}
+		}
+		s := domain.Session{
+			ID:          a.deps.newID(),
+			UserID:      a.id,
+			Title:       m.in.Title,
+			Language:    m.in.Language,
+			STTProvider: m.in.STTProvider,
+			Status:      domain.StatusCreated,
+			PeriodStart: a.period.Start,
+			CreatedAt:   now,
+			UpdatedAt:   now,
+		}
+		res, err := a.deps.store.Admit(ctx, []persistence.AdmitRequest{{
+			Session:     s,
+			UserVersion: a.user.Version,
+			PeriodEnd:   a.period.End,
+			MaxSessions: plan.MaxSessions,
+			MaxSeconds:  plan.MaxSeconds(),
+		}})
+		if err != nil {
+			// The outcome is unknown: the commit may have happened. Drop the
+			// state so the next request counts from the store.
+			a.forget()
+			return &reply{err: err}
+		}
+		r := res[0]
+		switch r.Outcome {
+		case persistence.Admitted:
+			a.setCounters(r.Counters)
+			return &reply{session: s}
+		case persistence.OverLimit:
+			a.setCounters(r.Counters)
+			if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
+				return &reply{err: err}
+			}
+			return &reply{err: fmt.Errorf("store fenced off an admission that its own counters allow (user %s, usage %+v)", a.id, r.Counters)}
+		case persistence.StaleUser, persistence.UnknownUser:
+			if attempt >= maxFenceRetries {
+				return &reply{err: domain.Unavailable("accounting", fmt.Errorf("user %s changed %d times during one admission", a.id, attempt+1))}
+			}
+			if err := a.refresh(ctx, now, true); err != nil {
+				return &reply{err: err}
+			}
+		default:
+			return &reply{err: fmt.Errorf("store returned outcome %v", r.Outcome)}
+		}
+	}
+}
+
+func (a *userActor) setCounters(c persistence.Counters) {
+	a.counters = c
+	a.deps.cache.Put(a.id, a.period.Start, c)
+}
+
+func (a *userActor) report() (domain.Report, error) {
+	plan, err := a.plan()
+	if err != nil {
+		return domain.Report{}, err
+	}
+	return domain.Report{UserID: a.id, Plan: plan, Period: a.period, Usage: a.counters.Usage}, nil
+}
+
+// usage reports the current period. It reloads from the store: another
+// process may have admitted or completed sessions for this user.
+func (a *userActor) usage(ctx context.Context) *reply {
+	if err := a.refresh(ctx, a.deps.now(), true); err != nil {
+		return &reply{err: err}
+	}
+	rep, err := a.report()
+	return &reply{report: rep, user: *a.user, err: err}
+}
+
+func (a *userActor) getUser(ctx context.Context) *reply {
+	u, err := a.deps.store.GetUser(ctx, a.id)
+	if err != nil {
+		return &reply{err: err}
+	}
+	a.user = &u
+	a.loaded = false
+	if err := a.refresh(ctx, a.deps.now(), false); err != nil {
+		return &reply{err: err}
+	}
+	rep, err := a.report()
+	return &reply{user: *a.user, report: rep, err: err}
+}
+
+func (a *userActor) putUser(ctx context.Context, plan *string, anchor *time.Time) *reply {
+	if plan != nil {
+		if _, ok := a.deps.catalog.Plan(*plan); !ok {
+			return &reply{err: &domain.Error{Code: domain.CodeValidation, Message: "invalid request",
+				Fields: []domain.FieldError{{Field: "plan", Message: "must be one of the catalog's plans"}}}}
+		}
+	}
+	now := a.deps.now()
+	if anchor != nil {
+		t := anchor.UTC().Truncate(time.Microsecond)
+		anchor = &t
+	}
+	u, err := a.deps.store.PutUser(ctx, persistence.UserChange{ID: a.id, Plan: plan, Anchor: anchor, Now: now})
+	if err != nil {
+		a.forget()
+		return &reply{err: err}
+	}
+	a.user = &u
+	a.loaded = false // the anchor may have moved the period
+	if err := a.refresh(ctx, now, false); err != nil {
+		return &reply{err: err}
+	}
+	rep, err := a.report()
+	return &reply{user: *a.user, report: rep, err: err}
+}
+
+func (a *userActor) prepareUpload(ctx context.Context, m *prepareUpload) *reply {
+	now := a.deps.now()
+	if err := a.refresh(ctx, now, false); err != nil {
+		return &reply{err: err}
+	}
+	s, err := a.deps.store.GetSession(ctx, m.session)
+	if err != nil {
+		return &reply{err: err}
+	}
+	if s.UserID != a.id {
+		return &reply{err: domain.ErrNotFound}
+	}
+	plan, err := a.plan()
+	if err != nil {
+		return &reply{err: err}
+	}
+	if err := domain.CheckFileSize(plan, m.sizeMB, a.period); err != nil {
+		return &reply{err: err}
+	}
+	s, err = a.deps.store.MarkUploading(ctx, m.session, now)
+	if err != nil {
+		return &reply{err: err}
+	}
+	return &reply{session: s, plan: plan}
+}
+
+func (a *userActor) complete(ctx context.Context, m *completeSession) *reply {
+	s, c, err := a.deps.store.CompleteSession(ctx, m.session, m.seconds, a.deps.now())
+	if err != nil {
+		if !isClientError(err) {
+			a.forget()
+		}
+		return &reply{err: err}
+	}
+	if a.loaded && s.PeriodStart.Equal(a.period.Start) {
+		a.setCounters(c)
+	} else {
+		a.deps.cache.Put(a.id, s.PeriodStart, c)
+	}
+	return &reply{session: s}
+}
+
+func (a *userActor) fail(ctx context.Context, m *failSession) *reply {
+	s, err := a.deps.store.FailSession(ctx, m.session, a.deps.now())
+	return &reply{session: s, err: err}
+}
+
+// isClientError reports whether err is an answer about the request (not
+// found, conflict, invalid) rather than a failure with an unknown outcome.
+func isClientError(err error) bool {
+	switch domain.ErrorCode(err) {
+	case domain.CodeNotFound, domain.CodeConflict, domain.CodeValidation:
+		return true
+	}
+	return false
+}

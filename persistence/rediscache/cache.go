@@ -1,0 +1,219 @@
+// Package rediscache keeps a copy of each user's period counters in Redis.
+//
+// Redis is a cache that can fail: it loses acknowledged writes on a Sentinel
+// failover and may come back empty. So nothing here ever decides an
+// admission, and every write is a versioned compare-and-set (a Lua script)
+// rather than a blind INCR: a client retry, a reordered write or a replay of
+// an old value can never move a counter backwards or count twice. The
+// counters' version is the Postgres usage row's version.
+package rediscache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-dev/tally/persistence"
+)
+
+// casScript stores (sessions, seconds, version) only when version is newer
+// than the stored one. It returns 1 when it wrote, 0 when the stored value
+// was as new or newer.
+var casScript = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur and tonumber(cur) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 's', ARGV[1], 'sec', ARGV[2], 'v', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+`)
+
+// ttl keeps a period's counters a little longer than the longest period.
+const ttl = 40 * 24 * time.Hour
+
+// queueSize bounds the writes waiting for Redis; beyond it writes are
+// dropped (and counted): the next write for the same key carries a newer
+// version and repairs the entry, and a reader never believes the cache over
+// Postgres anyway.
+const queueSize = 8192
+
+// Cache writes counters to Redis in the background and reads them back.
+type Cache struct {
+	client redis.UniversalClient
+	prefix string
+	log    *slog.Logger
+
+	queue   chan entry
+	done    chan struct{}
+	stopped sync.WaitGroup
+	once    sync.Once
+
+	writes  *prometheus.CounterVec
+	dropped prometheus.Counter
+}
+
+type entry struct {
+	key string
+	c   persistence.Counters
+}
+
+// New starts a Cache on client with keys under prefix. reg may be nil.
+func New(client redis.UniversalClient, prefix string, log *slog.Logger, reg prometheus.Registerer) *Cache {
+	if log == nil {
+		log = slog.Default()
+	}
+	c := &Cache{
+		client: client,
+		prefix: prefix,
+		log:    log,
+		queue:  make(chan entry, queueSize),
+		done:   make(chan struct{}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_cache_writes_total",
+			Help: "Counter writes to Redis by result (written, stale: Redis already had a newer version, error).",
+		}, []string{"result"}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tally_cache_writes_dropped_total",
+			Help: "Counter writes dropped because the Redis write queue was full.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(c.writes, c.dropped)
+	}
+	c.stopped.Add(1)
+	go c.run()
+	return c
+}
+
+// Key is the Redis key of one user's counters in the period starting at
+// periodStart.
+func (c *Cache) Key(userID string, periodStart time.Time) string {
+	return c.prefix + "usage:" + userID + ":" + strconv.FormatInt(periodStart.UTC().UnixMicro(), 10)
+}
+
+// Put queues a versioned write. It never blocks the caller.
+func (c *Cache) Put(userID string, periodStart time.Time, counters persistence.Counters) {
+	select {
+	case c.queue <- entry{key: c.Key(userID, periodStart), c: counters}:
+	default:
+		c.dropped.Inc()
+	}
+}
+
+// Set writes counters now, with the versioned compare-and-set. It reports
+// whether Redis took the value (false: it held a newer version already).
+func (c *Cache) Set(ctx context.Context, userID string, periodStart time.Time, counters persistence.Counters) (bool, error) {
+	n, err := casScript.Run(ctx, c.client, []string{c.Key(userID, periodStart)},
+		counters.Sessions, counters.Seconds, counters.Version, ttl.Milliseconds()).Int()
+	return n == 1, err
+}
+
+// Get reads the cached counters; ok is false when Redis has none.
+func (c *Cache) Get(ctx context.Context, userID string, periodStart time.Time) (counters persistence.Counters, ok bool, err error) {
+	vals, err := c.client.HMGet(ctx, c.Key(userID, periodStart), "s", "sec", "v").Result()
+	if err != nil {
+		return persistence.Counters{}, false, err
+	}
+	if vals[2] == nil {
+		return persistence.Counters{}, false, nil
+	}
+	var parsed [3]int64
+	for i, v := range vals {
+		s, _ := v.(string)
+		if parsed[i], err = strconv.ParseInt(s, 10, 64); err != nil {
+			return persistence.Counters{}, false, fmt.Errorf("rediscache: corrupt field %d of %s: %q", i, c.Key(userID, periodStart), s)
+		}
+	}
+	counters.Sessions, counters.Seconds, counters.Version = parsed[0], parsed[1], parsed[2]
+	return counters, true, nil
+}
+
+// Name is the readiness check's name.
+func (c *Cache) Name() string { return "redis" }
+
+// Check pings Redis (readiness).
+func (c *Cache) Check(ctx context.Context) error { return c.client.Ping(ctx).Err() }
+
+// Close flushes queued writes (bounded by a few seconds) and stops the
+// writer. It does not close the client.
+func (c *Cache) Close() {
+	c.once.Do(func() {
+		close(c.done)
+		c.stopped.Wait()
+	})
+}
+
+// run drains the queue, coalescing writes to the same key (only the newest
+// version matters) and sending each batch in one pipeline.
+func (c *Cache) run() {
+	defer c.stopped.Done()
+	batch := make(map[string]persistence.Counters)
+	for {
+		select {
+		case e := <-c.queue:
+			batch[e.key] = e.c
+		case <-c.done:
+			c.drain(batch)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			c.flush(ctx, batch)
+			cancel()
+			return
+		}
+		c.drain(batch)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c.flush(ctx, batch)
+		cancel()
+		clear(batch)
+	}
+}
+
+func (c *Cache) drain(batch map[string]persistence.Counters) {
+	for len(batch) < 512 {
+		select {
+		case e := <-c.queue:
+			if old, ok := batch[e.key]; !ok || e.c.Version > old.Version {
+				batch[e.key] = e.c
+			}
+		default:
+			return
+		}
+	}
+}
+
+func (c *Cache) flush(ctx context.Context, batch map[string]persistence.Counters) {
+	if len(batch) == 0 {
+		return
+	}
+	pipe := c.client.Pipeline()
+	cmds := make([]*redis.Cmd, 0, len(batch))
+	for k, v := range batch {
+		// EVAL, not EVALSHA: a pipeline cannot fall back when a fresh or
+		// promoted Redis does not know the script yet.
+		cmds = append(cmds, casScript.Eval(ctx, pipe, []string{k}, v.Sessions, v.Seconds, v.Version, ttl.Milliseconds()))
+	}
+	_, err := pipe.Exec(ctx)
+	if err != nil && !errors.Is(err, redis.Nil) {
+		// A failing cache costs nothing but this log line and the metric:
+		// admissions are decided and recorded in Postgres.
+		c.writes.WithLabelValues("error").Add(float64(len(batch)))
+		c.log.Warn("redis counter writes failed", "keys", len(batch), "err", err)
+		return
+	}
+	for _, cmd := range cmds {
+		if n, err := cmd.Int(); err != nil {
+			c.writes.WithLabelValues("error").Inc()
+		} else if n == 1 {
+			c.writes.WithLabelValues("written").Inc()
+		} else {
+			c.writes.WithLabelValues("stale").Inc()
+		}
+	}
+}
