@@ -1,0 +1,158 @@
+package domain
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+func utc(y int, m time.Month, d, h, mi, s int) time.Time {
+	return time.Date(y, m, d, h, mi, s, 0, time.UTC)
+}
+
+func TestAddMonthsClampsFromTheAnchor(t *testing.T) {
+	anchor := utc(2027, time.January, 31, 9, 30, 0)
+	want := []time.Time{
+		utc(2027, time.January, 31, 9, 30, 0),
+		utc(2027, time.February, 28, 9, 30, 0),
+		utc(2027, time.March, 31, 9, 30, 0), // back to the 31st: computed from the anchor, not from Feb 28
+		utc(2027, time.April, 30, 9, 30, 0),
+		utc(2027, time.May, 31, 9, 30, 0),
+	}
+	for k, w := range want {
+		if got := AddMonths(anchor, k); !got.Equal(w) {
+			t.Errorf("AddMonths(%s, %d) = %s, want %s", anchor, k, got, w)
+		}
+	}
+	if got, w := AddMonths(anchor, -1), utc(2026, time.December, 31, 9, 30, 0); !got.Equal(w) {
+		t.Errorf("AddMonths(-1) = %s, want %s", got, w)
+	}
+	if got, w := AddMonths(anchor, -11), utc(2026, time.February, 28, 9, 30, 0); !got.Equal(w) {
+		t.Errorf("AddMonths(-11) = %s, want %s", got, w)
+	}
+}
+
+func TestLeapYears(t *testing.T) {
+	anchor := utc(2027, time.December, 31, 0, 0, 0)
+	cases := map[int]time.Time{
+		2:  utc(2028, time.February, 29, 0, 0, 0), // 2028 is a leap year
+		14: utc(2029, time.February, 28, 0, 0, 0),
+		26: utc(2030, time.February, 28, 0, 0, 0),
+	}
+	for k, w := range cases {
+		if got := AddMonths(anchor, k); !got.Equal(w) {
+			t.Errorf("AddMonths(%s, %d) = %s, want %s", anchor, k, got, w)
+		}
+	}
+	// 2100 is not a leap year (divisible by 100, not by 400); 2000 was.
+	if got := AddMonths(utc(2100, time.January, 29, 0, 0, 0), 1); !got.Equal(utc(2100, time.February, 28, 0, 0, 0)) {
+		t.Errorf("2100-02: got %s", got)
+	}
+	if got := AddMonths(utc(2000, time.January, 29, 0, 0, 0), 1); !got.Equal(utc(2000, time.February, 29, 0, 0, 0)) {
+		t.Errorf("2000-02: got %s", got)
+	}
+	// An anchor on Feb 29 keeps the 29th where it exists.
+	leap := utc(2028, time.February, 29, 12, 0, 0)
+	if got := AddMonths(leap, 12); !got.Equal(utc(2029, time.February, 28, 12, 0, 0)) {
+		t.Errorf("Feb 29 + 12 months: %s", got)
+	}
+	if got := AddMonths(leap, 1); !got.Equal(utc(2028, time.March, 29, 12, 0, 0)) {
+		t.Errorf("Feb 29 + 1 month: %s", got)
+	}
+}
+
+func TestPeriodBoundaryInstant(t *testing.T) {
+	anchor := utc(2026, time.October, 31, 15, 0, 0)
+	end := utc(2026, time.November, 30, 15, 0, 0)
+	before := PeriodAt(anchor, end.Add(-time.Nanosecond))
+	if !before.Start.Equal(anchor) || !before.End.Equal(end) {
+		t.Fatalf("1ns before the boundary: %+v", before)
+	}
+	at := PeriodAt(anchor, end)
+	if !at.Start.Equal(end) || !at.End.Equal(utc(2026, time.December, 31, 15, 0, 0)) {
+		t.Fatalf("at the boundary: %+v, want it to start the next period", at)
+	}
+	if p := PeriodAt(anchor, anchor); !p.Start.Equal(anchor) {
+		t.Fatalf("at the anchor: %+v", p)
+	}
+}
+
+func TestPeriodBeforeAnchor(t *testing.T) {
+	anchor := utc(2026, time.March, 31, 0, 0, 0)
+	p := PeriodAt(anchor, utc(2026, time.March, 1, 0, 0, 0))
+	if !p.Start.Equal(utc(2026, time.February, 28, 0, 0, 0)) || !p.End.Equal(anchor) {
+		t.Fatalf("before the anchor: %+v", p)
+	}
+}
+
+func TestPeriodIsUTCWhateverTheInputZone(t *testing.T) {
+	tokyo := time.FixedZone("JST", 9*3600)
+	anchor := time.Date(2026, time.January, 1, 5, 0, 0, 0, tokyo) // Dec 31 20:00 UTC
+	p := PeriodAt(anchor, time.Date(2026, time.January, 20, 0, 0, 0, 0, tokyo))
+	if p.Start.Location() != time.UTC || !p.Start.Equal(utc(2025, time.December, 31, 20, 0, 0)) {
+		t.Fatalf("start %s (%s)", p.Start, p.Start.Location())
+	}
+	if !p.End.Equal(utc(2026, time.January, 31, 20, 0, 0)) {
+		t.Fatalf("end %s", p.End)
+	}
+}
+
+// Property: for random anchors and instants, the instant lies in exactly
+// the period PeriodAt returns, that period is one of the anchor's, and the
+// periods around it are contiguous (each ends where the next starts).
+func TestPeriodPropertiesRandom(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	lo := utc(1999, time.January, 1, 0, 0, 0).Unix()
+	hi := utc(2101, time.January, 1, 0, 0, 0).Unix()
+	for i := 0; i < 20000; i++ {
+		anchor := time.Unix(lo+r.Int64N(hi-lo), r.Int64N(1e9)).UTC()
+		// Bias anchors to month ends, where clamping matters.
+		if i%3 == 0 {
+			y, m, _ := anchor.Date()
+			anchor = time.Date(y, m+1, 0, anchor.Hour(), anchor.Minute(), anchor.Second(), anchor.Nanosecond(), time.UTC)
+		}
+		now := time.Unix(lo+r.Int64N(hi-lo), r.Int64N(1e9)).UTC()
+		p := PeriodAt(anchor, now)
+		if !p.Contains(now) {
+			t.Fatalf("anchor %s now %s: period %+v does not contain now", anchor, now, p)
+		}
+		if !p.Start.Before(p.End) {
+			t.Fatalf("anchor %s: empty period %+v", anchor, p)
+		}
+		prev := PeriodAt(anchor, p.Start.Add(-time.Nanosecond))
+		next := PeriodAt(anchor, p.End)
+		if !prev.End.Equal(p.Start) || !next.Start.Equal(p.End) {
+			t.Fatalf("anchor %s: periods not contiguous: %+v | %+v | %+v", anchor, prev, p, next)
+		}
+		if prev.Contains(now) || next.Contains(now) {
+			t.Fatalf("anchor %s now %s: in more than one period", anchor, now)
+		}
+		// The start is anchor + k months for some k, with the day clamped.
+		ad := anchor.Day()
+		sd := p.Start.Day()
+		if sd != ad && sd != daysIn(p.Start.Year(), p.Start.Month()) {
+			t.Fatalf("anchor %s: period start %s is not an anchored month", anchor, p.Start)
+		}
+		if p.Start.Hour() != anchor.Hour() || p.Start.Minute() != anchor.Minute() || p.Start.Nanosecond() != anchor.Nanosecond() {
+			t.Fatalf("anchor %s: period start %s lost the time of day", anchor, p.Start)
+		}
+		if d := p.End.Sub(p.Start); d < 28*24*time.Hour || d > 31*24*time.Hour {
+			t.Fatalf("anchor %s: period length %s", anchor, d)
+		}
+	}
+}
+
+func FuzzPeriodAt(f *testing.F) {
+	f.Add(int64(1800000000), int64(1810000000))
+	f.Fuzz(func(t *testing.T, a, n int64) {
+		const span = int64(200 * 365 * 24 * 3600)
+		if a < -span || a > span || n < -span || n > span {
+			t.Skip()
+		}
+		anchor, now := time.Unix(a, 0).UTC(), time.Unix(n, 0).UTC()
+		p := PeriodAt(anchor, now)
+		if !p.Contains(now) {
+			t.Fatalf("anchor %s now %s: %+v", anchor, now, p)
+		}
+	})
+}
