@@ -14,7 +14,10 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -152,4 +155,47 @@ func FreePort(tb testing.TB) int {
 }
 
 // RedisURL is a redis:// URL for addr.
-func RedisURL(addr string) string { return fmt.Sprintf("redis://%s/0", strings.TrimPrefix(addr, "redis://")) }
+func RedisURL(addr string) string {
+	return fmt.Sprintf("redis://%s/0", strings.TrimPrefix(addr, "redis://"))
+}
+
+// StartRedis starts a private redis-server on a free port, for tests that
+// kill, flush or restart Redis (the shared one is never touched). It is
+// stopped when the test ends. The returned function kills it with SIGKILL.
+func StartRedis(tb testing.TB, extraArgs ...string) (addr string, kill func()) {
+	tb.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		Unreachable(tb, "redis-server binary", err)
+	}
+	port := FreePort(tb)
+	args := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}, extraArgs...)
+	cmd := exec.Command(bin, args...)
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start redis-server: %v", err)
+	}
+	var once sync.Once
+	kill = func() {
+		once.Do(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+	}
+	tb.Cleanup(kill)
+	addr = fmt.Sprintf("127.0.0.1:%d", port)
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return addr, kill
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("redis-server on %s did not answer: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
