@@ -1,0 +1,49 @@
+# Tally's tasks. `make` alone lists them: every target with a `## ` comment
+# is shown by `help`, so the list cannot drift from what the file does.
+
+GO       ?= go
+GOFMT    ?= gofmt
+BIN      ?= bin/tally
+FUZZ     ?= FuzzDecodeCreateSession
+FUZZPKG  ?= ./transport
+FUZZTIME ?= 60s
+IMAGE    ?= tally:dev
+
+.DEFAULT_GOAL := help
+.PHONY: help build run test lint fmt fuzz bench clean docker
+
+help: ## List the targets
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+build: ## Build the binary into bin/tally
+	$(GO) build -o $(BIN) ./cmd/tally
+
+run: build ## Build and run the service on embedded stores (SQL store in ./data, in-process Redis)
+	TALLY_DATA_DIR=./data ./$(BIN) serve
+
+# The short fuzz run keeps the request decoder's corpus exercised on every
+# `make test`; `make fuzz` is the long run.
+test: ## Run all tests with the race detector, then a 10s fuzz of request decoding
+	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -run='^$$' -fuzz=$(FUZZ) -fuzztime=10s $(FUZZPKG)
+
+lint: ## Run go vet and staticcheck
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+fmt: ## Fail, listing them, if any Go file is not gofmt-formatted
+	@files="$$($(GOFMT) -l .)"; \
+	if [ -n "$$files" ]; then echo "not gofmt-formatted (run gofmt -w):"; echo "$$files"; exit 1; fi
+
+fuzz: ## Fuzz request decoding for FUZZTIME (default 60s)
+	$(GO) test -run='^$$' -fuzz=$(FUZZ) -fuzztime=$(FUZZTIME) $(FUZZPKG)
+
+bench: ## Run the benchmarks with allocation counts
+	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+# ./data is left alone: it is the embedded store, i.e. a user's data.
+clean: ## Remove build output (bin/)
+	rm -rf bin
+
+docker: ## Build the container image IMAGE (default tally:dev); needs a Docker engine
+	docker build -t $(IMAGE) .
