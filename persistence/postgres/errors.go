@@ -1,0 +1,88 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/puddle/v2"
+
+	"github.com/tally-dev/tally/domain"
+)
+
+// errClosed is the cause reported by a store used after Close.
+var errClosed = errors.New("postgres store is closed")
+
+// translate maps a driver error to the domain's vocabulary at this edge:
+// infrastructure failures become CodeUnavailable (503, retry later), a
+// duplicate key becomes CodeConflict, and anything else stays an error
+// wrapped with the operation's name (a 500: it is a bug). Errors that are
+// already *domain.Error pass through.
+func translate(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var de *domain.Error
+	if errors.As(err, &de) {
+		return err
+	}
+	if unavailable(err) {
+		return domain.Unavailable("database", fmt.Errorf("postgres: %s: %w", op, err))
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" { // unique_violation
+		msg := "the record already exists"
+		if pgErr.ConstraintName == "sessions_pkey" {
+			msg = "a session with this id already exists"
+		}
+		return &domain.Error{Code: domain.CodeConflict, Message: msg, Err: fmt.Errorf("postgres: %s: %w", op, err)}
+	}
+	return fmt.Errorf("postgres: %s: %w", op, err)
+}
+
+// unavailable reports whether err means the database could not be reached
+// or could not serve the request right now, as opposed to a request it
+// refused. Retrying later may succeed.
+func unavailable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, errClosed) || errors.Is(err, puddle.ErrClosedPool) ||
+		errors.Is(err, pgconn.ErrConnClosed) || pgconn.Timeout(err) {
+		return true
+	}
+	// A server's answer is decided by its SQLSTATE, before the connection
+	// checks below: a ConnectError may wrap one (e.g. a failed login, which
+	// is a configuration mistake, not an outage).
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		code := pgErr.Code
+		switch {
+		case strings.HasPrefix(code, "08"): // connection exception
+			return true
+		case strings.HasPrefix(code, "53"): // insufficient resources: too many connections, disk full, out of memory
+			return true
+		case code == "57P01", code == "57P02", code == "57P03": // admin/crash shutdown, cannot connect now
+			return true
+		case code == "57014": // query canceled (statement_timeout)
+			return true
+		case code == "40001", code == "40P01": // serialization failure, deadlock: nothing committed, retry
+			return true
+		}
+		return false
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return true
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr)
+}

@@ -1,0 +1,111 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"syscall"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/puddle/v2"
+
+	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/persistence"
+)
+
+func TestTranslate(t *testing.T) {
+	pg := func(code string) error { return &pgconn.PgError{Code: code, Message: "m"} }
+	tests := []struct {
+		name string
+		err  error
+		want domain.Code
+	}{
+		{"connection failure 08006", pg("08006"), domain.CodeUnavailable},
+		{"connection does not exist 08003", pg("08003"), domain.CodeUnavailable},
+		{"admin shutdown 57P01", pg("57P01"), domain.CodeUnavailable},
+		{"crash shutdown 57P02", pg("57P02"), domain.CodeUnavailable},
+		{"cannot connect now 57P03", pg("57P03"), domain.CodeUnavailable},
+		{"too many connections 53300", pg("53300"), domain.CodeUnavailable},
+		{"disk full 53100", pg("53100"), domain.CodeUnavailable},
+		{"statement timeout 57014", pg("57014"), domain.CodeUnavailable},
+		{"deadlock 40P01", pg("40P01"), domain.CodeUnavailable},
+		{"unique violation", pg("23505"), domain.CodeConflict},
+		{"undefined table (a bug)", pg("42P01"), domain.CodeInternal},
+		{"check violation (a bug)", pg("23514"), domain.CodeInternal},
+		{"EOF", fmt.Errorf("read: %w", io.EOF), domain.CodeUnavailable},
+		{"unexpected EOF", io.ErrUnexpectedEOF, domain.CodeUnavailable},
+		{"connection refused", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, domain.CodeUnavailable},
+		{"connection reset", fmt.Errorf("write: %w", syscall.ECONNRESET), domain.CodeUnavailable},
+		{"deadline", context.DeadlineExceeded, domain.CodeUnavailable},
+		{"canceled", fmt.Errorf("query: %w", context.Canceled), domain.CodeUnavailable},
+		{"closed pool", puddle.ErrClosedPool, domain.CodeUnavailable},
+		{"closed conn", pgconn.ErrConnClosed, domain.CodeUnavailable},
+		{"closed store", errClosed, domain.CodeUnavailable},
+		{"not found passes through", domain.ErrNotFound, domain.CodeNotFound},
+		{"conflict passes through", conflict("no"), domain.CodeConflict},
+		{"anything else is a bug", errors.New("boom"), domain.CodeInternal},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := translate("op", tc.err)
+			if code := domain.ErrorCode(got); code != tc.want {
+				t.Fatalf("translate(%v) = %v (code %q), want code %q", tc.err, got, code, tc.want)
+			}
+			// The cause stays reachable for logs and errors.Is.
+			if !errors.Is(got, tc.err) {
+				t.Fatalf("translate(%v) = %v, which does not wrap the cause", tc.err, got)
+			}
+		})
+	}
+	if translate("op", nil) != nil {
+		t.Fatal("translate(nil) != nil")
+	}
+}
+
+func TestLoadMigrations(t *testing.T) {
+	ms, err := loadMigrations(migrationFiles, "migrations")
+	if err != nil {
+		t.Fatalf("embedded migrations: %v", err)
+	}
+	if len(ms) == 0 || ms[0].name != "0001_init" || ms[0].version != 1 {
+		t.Fatalf("embedded migrations start with %+v, want 0001_init", ms)
+	}
+	file := &fstest.MapFile{Data: []byte("SELECT 1;")}
+	bad := map[string]fstest.MapFS{
+		"gap":        {"m/0001_a.sql": file, "m/0003_c.sql": file},
+		"duplicate":  {"m/0001_a.sql": file, "m/0001_b.sql": file},
+		"unnumbered": {"m/0001_a.sql": file, "m/init.sql": file},
+		"zero":       {"m/0000_a.sql": file},
+	}
+	for name, fsys := range bad {
+		if _, err := loadMigrations(fsys, "m"); err == nil {
+			t.Errorf("%s: loadMigrations accepted it", name)
+		}
+	}
+	ok := fstest.MapFS{"m/0002_b.sql": file, "m/0001_a.sql": file, "m/README": file}
+	ms, err = loadMigrations(ok, "m")
+	if err != nil || len(ms) != 2 || ms[0].name != "0001_a" || ms[1].name != "0002_b" {
+		t.Fatalf("loadMigrations = %+v, %v; want 0001_a, 0002_b", ms, err)
+	}
+}
+
+func TestLockOrder(t *testing.T) {
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	req := func(user string, month int) persistence.AdmitRequest {
+		return persistence.AdmitRequest{Session: domain.Session{UserID: user, PeriodStart: at.AddDate(0, month, 0)}}
+	}
+	// One user's requests for one period keep their relative order (each
+	// sees the previous one's count); users and periods come sorted.
+	reqs := []persistence.AdmitRequest{req("b", 0), req("a", 1), req("b", 0), req("a", 0), req("a", 1), req("b", 0)}
+	got := lockOrder(reqs)
+	want := []int{3, 1, 4, 0, 2, 5}
+	if !slices.Equal(got, want) {
+		t.Fatalf("lockOrder = %v, want %v", got, want)
+	}
+}

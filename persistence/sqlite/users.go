@@ -1,0 +1,112 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"time"
+
+	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/persistence"
+)
+
+const userColumns = `id, plan, billing_anchor, version, created_at, updated_at`
+
+func scanUser(row scanner) (domain.User, error) {
+	var (
+		u                        domain.User
+		anchor, created, updated int64
+	)
+	if err := row.Scan(&u.ID, &u.Plan, &anchor, &u.Version, &created, &updated); err != nil {
+		return domain.User{}, err
+	}
+	u.BillingAnchor, u.CreatedAt, u.UpdatedAt = fromMicros(anchor), fromMicros(created), fromMicros(updated)
+	return u, nil
+}
+
+// EnsureUser returns the user, provisioning it on domain.DefaultPlan with
+// billing anchor now when it does not exist yet.
+func (s *Store) EnsureUser(ctx context.Context, id string, now time.Time) (domain.User, error) {
+	// Known users are the common case: one read, no write lock.
+	u, err := s.getUser(ctx, s.read, id)
+	if !errors.Is(err, sql.ErrNoRows) {
+		return u, s.translate("ensure user", err)
+	}
+	err = s.inTx(ctx, "ensure user", func(tx *sql.Tx) error {
+		n := micros(now)
+		if _, err := tx.ExecContext(ctx, `
+			INSERT INTO users (`+userColumns+`) VALUES (?, ?, ?, 1, ?, ?)
+			ON CONFLICT (id) DO NOTHING`,
+			id, domain.DefaultPlan, n, n, n); err != nil {
+			return err
+		}
+		// Either our row or the one another request inserted first.
+		u, err = s.getUser(ctx, tx, id)
+		return err
+	})
+	return u, err
+}
+
+// GetUser returns the user or domain.ErrNotFound.
+func (s *Store) GetUser(ctx context.Context, id string) (domain.User, error) {
+	u, err := s.getUser(ctx, s.read, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return domain.User{}, domain.ErrNotFound
+	}
+	return u, s.translate("get user", err)
+}
+
+func (s *Store) getUser(ctx context.Context, q querier, id string) (domain.User, error) {
+	return scanUser(q.QueryRowContext(ctx, `SELECT `+userColumns+` FROM users WHERE id = ?`, id))
+}
+
+// PutUser creates the user or changes its plan and/or anchor, bumping its
+// version on every call so that admissions decided under the old version
+// are refused by the fence. The plan name is not checked against a catalog:
+// that is the caller's concern.
+func (s *Store) PutUser(ctx context.Context, c persistence.UserChange) (domain.User, error) {
+	var plan, anchor any // NULL keeps the current value
+	if c.Plan != nil {
+		plan = *c.Plan
+	}
+	if c.Anchor != nil {
+		anchor = micros(*c.Anchor)
+	}
+	var u domain.User
+	err := s.inTx(ctx, "put user", func(tx *sql.Tx) error {
+		var err error
+		u, err = scanUser(tx.QueryRowContext(ctx, `
+			INSERT INTO users (`+userColumns+`)
+			VALUES (:id, COALESCE(:plan, :default_plan), COALESCE(:anchor, :now), 1, :now, :now)
+			ON CONFLICT (id) DO UPDATE SET
+			    plan           = COALESCE(:plan, plan),
+			    billing_anchor = COALESCE(:anchor, billing_anchor),
+			    version        = version + 1,
+			    updated_at     = :now
+			RETURNING `+userColumns,
+			sql.Named("id", c.ID), sql.Named("plan", plan), sql.Named("anchor", anchor),
+			sql.Named("default_plan", domain.DefaultPlan), sql.Named("now", micros(c.Now))))
+		return err
+	})
+	return u, err
+}
+
+// LoadUsage returns the counters of the period starting at periodStart, or
+// zero counters (version 0) when nothing was recorded in it.
+func (s *Store) LoadUsage(ctx context.Context, userID string, periodStart time.Time) (persistence.Counters, error) {
+	c, err := loadCounters(ctx, s.read, userID, periodStart)
+	return c, s.translate("load usage", err)
+}
+
+// loadCounters reads one usage row; a missing row is zero counters.
+func loadCounters(ctx context.Context, q querier, userID string, periodStart time.Time) (persistence.Counters, error) {
+	var c persistence.Counters
+	err := q.QueryRowContext(ctx, `
+		SELECT sessions, seconds, version FROM usage
+		WHERE user_id = ? AND period_start = ?`,
+		userID, micros(periodStart)).Scan(&c.Sessions, &c.Seconds, &c.Version)
+	if errors.Is(err, sql.ErrNoRows) {
+		return persistence.Counters{}, nil
+	}
+	return c, err
+}
