@@ -156,3 +156,18 @@ func FuzzPeriodAt(f *testing.F) {
 		}
 	})
 }
+
+// A clock behind the anchor (another process provisioned the user or reset
+// its usage a moment ago) must not open a period before the anchor with a
+// fresh quota: the bug that let two processes admit 11 of 10.
+func TestUserPeriodNeverBeforeAnchor(t *testing.T) {
+	anchor := utc(2026, time.November, 27, 10, 0, 0)
+	u := User{BillingAnchor: anchor}
+	p := u.Period(anchor.Add(-3 * time.Millisecond))
+	if !p.Start.Equal(anchor) || !p.End.Equal(utc(2026, time.December, 27, 10, 0, 0)) {
+		t.Fatalf("clock 3ms behind the anchor: %+v, want the first period", p)
+	}
+	if p := u.Period(anchor.AddDate(0, 1, 1)); !p.Start.Equal(utc(2026, time.December, 27, 10, 0, 0)) {
+		t.Fatalf("a month later: %+v", p)
+	}
+}

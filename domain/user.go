@@ -14,8 +14,17 @@ type User struct {
 	UpdatedAt time.Time
 }
 
-// Period returns the user's billing period containing now.
-func (u User) Period(now time.Time) Period { return PeriodAt(u.BillingAnchor, now) }
+// Period returns the user's billing period at now. Billing starts at the
+// anchor: a clock that reads earlier than the anchor (another process's
+// clock a few milliseconds behind the one that provisioned the user or reset
+// its usage) is in the first period, never in a phantom period before it
+// that would come with a fresh quota.
+func (u User) Period(now time.Time) Period {
+	if now.Before(u.BillingAnchor) {
+		now = u.BillingAnchor
+	}
+	return PeriodAt(u.BillingAnchor, now)
+}
 
 // ValidUserID reports whether id is 1–128 characters of [A-Za-z0-9._@:-].
 func ValidUserID(id string) bool {

@@ -1,0 +1,219 @@
+// Package app wires one Tally process together: configuration → stores
+// (Postgres or the embedded store, Redis or an in-process one) → the
+// per-user actors → the Gin HTTP edge. cmd/tally calls it; tests build whole
+// servers with it, so what is tested is what runs.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-dev/tally/actors"
+	"github.com/tally-dev/tally/config"
+	"github.com/tally-dev/tally/persistence"
+	"github.com/tally-dev/tally/persistence/postgres"
+	"github.com/tally-dev/tally/persistence/rediscache"
+	"github.com/tally-dev/tally/persistence/sqlite"
+	"github.com/tally-dev/tally/transport"
+)
+
+// App is one running Tally: its stores, actors and HTTP handler.
+type App struct {
+	cfg      config.Config
+	log      *slog.Logger
+	store    persistence.Store
+	redis    redis.UniversalClient
+	mini     *miniredis.Miniredis // in-process Redis of embedded mode, or nil
+	cache    *rediscache.Cache
+	accounts *actors.Service
+	handler  http.Handler
+	registry *prometheus.Registry
+}
+
+// OpenStore opens the configured store: Postgres when TALLY_DATABASE_URL
+// is set, else the embedded store in TALLY_DATA_DIR.
+func OpenStore(ctx context.Context, cfg config.Config) (persistence.Store, error) {
+	if cfg.Embedded() {
+		return sqlite.Open(ctx, cfg.DataDir)
+	}
+	return postgres.Open(ctx, withPoolSize(cfg.DatabaseURL, cfg.DatabaseMaxConns))
+}
+
+// withPoolSize sets pgxpool's pool_max_conns unless the URL already does.
+func withPoolSize(dsn string, n int) string {
+	u, err := url.Parse(dsn)
+	if err != nil || n <= 0 {
+		return dsn
+	}
+	q := u.Query()
+	if q.Get("pool_max_conns") == "" {
+		q.Set("pool_max_conns", fmt.Sprint(n))
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
+// New opens the stores, applies migrations and starts the actors. The
+// caller must Close the App.
+func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err error) {
+	if cfg.JWTSecret == "" || cfg.AdminToken == "" {
+		return nil, errors.New("app: the JWT secret and admin token must be set (embedded mode generates them in cmd/tally)")
+	}
+	a := &App{cfg: cfg, log: log, registry: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if a.store, err = OpenStore(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if err = a.store.Migrate(ctx); err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	if a.redis, a.mini, err = openRedis(cfg); err != nil {
+		return nil, err
+	}
+	a.cache = rediscache.New(a.redis, cfg.RedisKeyPrefix, log.With("component", "rediscache"), a.registry)
+
+	a.accounts, err = actors.New(actors.Options{
+		Store:          a.store,
+		Cache:          a.cache,
+		Catalog:        cfg.Plans,
+		Logger:         log.With("component", "actors"),
+		Registry:       a.registry,
+		IdleTimeout:    cfg.IdleTimeout,
+		DefaultTimeout: cfg.RequestTimeout,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.handler, err = transport.New(transport.Options{
+		Accounts:       a.accounts,
+		Catalog:        cfg.Plans,
+		JWTSecret:      []byte(cfg.JWTSecret),
+		AdminToken:     cfg.AdminToken,
+		UploadBaseURL:  cfg.UploadBaseURL,
+		Providers:      cfg.STTProviders,
+		Logger:         log,
+		Registry:       a.registry,
+		Checkers:       []transport.Checker{storeChecker{a.store, cfg.Embedded()}, a.cache},
+		RequestTimeout: cfg.RequestTimeout,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// openRedis connects to Sentinel, a Redis URL, or starts an in-process
+// Redis (miniredis) when neither is configured.
+func openRedis(cfg config.Config) (redis.UniversalClient, *miniredis.Miniredis, error) {
+	switch {
+	case len(cfg.RedisSentinels) > 0:
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName:    cfg.RedisMaster,
+			SentinelAddrs: cfg.RedisSentinels,
+		}), nil, nil
+	case cfg.RedisURL != "":
+		opts, err := redis.ParseURL(cfg.RedisURL)
+		if err != nil {
+			return nil, nil, fmt.Errorf("TALLY_REDIS_URL: %w", err)
+		}
+		return redis.NewClient(opts), nil, nil
+	default:
+		mini := miniredis.NewMiniRedis()
+		if err := mini.Start(); err != nil {
+			return nil, nil, fmt.Errorf("start in-process redis: %w", err)
+		}
+		return redis.NewClient(&redis.Options{Addr: mini.Addr()}), mini, nil
+	}
+}
+
+// Handler is the HTTP handler of the service.
+func (a *App) Handler() http.Handler { return a.handler }
+
+// Accounts is the accounting core (for tools and tests).
+func (a *App) Accounts() *actors.Service { return a.accounts }
+
+// Store is the store of truth (for tools and tests).
+func (a *App) Store() persistence.Store { return a.store }
+
+// Cache is the Redis counter cache (for tools and tests).
+func (a *App) Cache() *rediscache.Cache { return a.cache }
+
+// Serve answers HTTP on ln until ctx is done, then shuts down gracefully:
+// it stops accepting, lets in-flight requests finish (bounded by
+// TALLY_SHUTDOWN_TIMEOUT) and returns. Close the App afterwards.
+func (a *App) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           a.handler,
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	a.log.Info("shutting down: draining in-flight requests", "timeout", a.cfg.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("graceful shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Close stops the actors, then the cache writer, then closes the stores.
+func (a *App) Close() {
+	if a.accounts != nil {
+		a.accounts.Close()
+	}
+	if a.cache != nil {
+		a.cache.Close()
+	}
+	if a.redis != nil {
+		_ = a.redis.Close()
+	}
+	if a.mini != nil {
+		a.mini.Close()
+	}
+	if a.store != nil {
+		a.store.Close()
+	}
+}
+
+// storeChecker reports the store's reachability to /readyz.
+type storeChecker struct {
+	store    persistence.Store
+	embedded bool
+}
+
+func (c storeChecker) Name() string {
+	if c.embedded {
+		return "database"
+	}
+	return "postgres"
+}
+
+func (c storeChecker) Check(ctx context.Context) error { return c.store.Ping(ctx) }
