@@ -1,0 +1,197 @@
+package transport
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/tally-dev/tally/domain"
+)
+
+// ctxUserID is the gin context key of the authenticated user id.
+type ctxUserIDKey struct{}
+
+var ctxUserID = ctxUserIDKey{}
+
+// IssueToken signs an HS256 user token for userID, valid for ttl from now.
+// `tally token` and tests use it; the service itself never issues tokens.
+func IssueToken(secret []byte, userID string, ttl time.Duration, now time.Time) (string, error) {
+	if len(secret) == 0 {
+		return "", errors.New("issue token: empty secret")
+	}
+	if !domain.ValidUserID(userID) {
+		return "", fmt.Errorf("issue token: user id %q is not 1-128 characters of [A-Za-z0-9._@:-]", userID)
+	}
+	if ttl <= 0 {
+		return "", fmt.Errorf("issue token: ttl %v must be positive", ttl)
+	}
+	claims := jwt.RegisteredClaims{
+		Subject:   userID,
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+	}
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
+}
+
+// tokenCacheSize bounds the verified-token cache; tokenCacheMaxLen keeps a
+// flood of huge tokens from pinning memory (larger ones are verified every
+// time).
+const (
+	tokenCacheSize   = 8192
+	tokenCacheMaxLen = 1024
+)
+
+// authenticator verifies user tokens and the admin token.
+//
+// Verifying an HS256 token (base64, JSON, HMAC) cost as much as the rest of
+// an over-limit answer, so verified tokens are cached by their exact string.
+// The cache is safe because a token string fully determines its claims and
+// signature; what changes with time, the expiry, is checked on every hit.
+type authenticator struct {
+	secret    []byte
+	adminHash [sha256.Size]byte
+	parser    *jwt.Parser
+	now       func() time.Time
+
+	mu    sync.RWMutex
+	cache map[string]verifiedToken
+}
+
+type verifiedToken struct {
+	sub string
+	exp time.Time
+}
+
+func newAuthenticator(secret []byte, adminToken string, now func() time.Time) *authenticator {
+	return &authenticator{
+		secret:    append([]byte(nil), secret...),
+		adminHash: sha256.Sum256([]byte(adminToken)),
+		parser: jwt.NewParser(
+			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+			jwt.WithExpirationRequired(),
+			jwt.WithTimeFunc(now),
+		),
+		now:   now,
+		cache: make(map[string]verifiedToken),
+	}
+}
+
+var (
+	errNoToken      = &domain.Error{Code: domain.CodeUnauthorized, Message: "missing bearer token"}
+	errBadToken     = &domain.Error{Code: domain.CodeUnauthorized, Message: "invalid token"}
+	errExpiredToken = &domain.Error{Code: domain.CodeUnauthorized, Message: "token is expired"}
+	errBadAdmin     = &domain.Error{Code: domain.CodeUnauthorized, Message: "invalid admin token"}
+	errNotAdmin     = &domain.Error{Code: domain.CodeForbidden, Message: "this endpoint needs the admin token"}
+)
+
+// user verifies a user token and returns its subject.
+func (a *authenticator) user(token string) (string, error) {
+	now := a.now()
+	a.mu.RLock()
+	v, ok := a.cache[token]
+	a.mu.RUnlock()
+	if ok {
+		if now.Before(v.exp) {
+			return v.sub, nil
+		}
+		return "", errExpiredToken
+	}
+
+	var claims jwt.RegisteredClaims
+	_, err := a.parser.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return a.secret, nil })
+	if err != nil {
+		if errors.Is(err, jwt.ErrTokenExpired) {
+			return "", errExpiredToken
+		}
+		return "", errBadToken
+	}
+	if !domain.ValidUserID(claims.Subject) || claims.ExpiresAt == nil {
+		return "", errBadToken
+	}
+	if len(token) <= tokenCacheMaxLen {
+		a.remember(token, verifiedToken{sub: claims.Subject, exp: claims.ExpiresAt.Time}, now)
+	}
+	return claims.Subject, nil
+}
+
+func (a *authenticator) remember(token string, v verifiedToken, now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.cache) >= tokenCacheSize {
+		for k, e := range a.cache {
+			if !now.Before(e.exp) {
+				delete(a.cache, k)
+			}
+		}
+		if len(a.cache) >= tokenCacheSize {
+			// Still full of live tokens: start over rather than track
+			// recency; a miss only costs one verification.
+			clear(a.cache)
+		}
+	}
+	a.cache[token] = v
+}
+
+// admin reports whether token is the admin token. Comparing digests in
+// constant time leaks neither the token's bytes nor its length.
+func (a *authenticator) admin(token string) bool {
+	h := sha256.Sum256([]byte(token))
+	return subtle.ConstantTimeCompare(h[:], a.adminHash[:]) == 1
+}
+
+// bearer extracts the credential of an `Authorization: Bearer …` header.
+// The scheme is case-insensitive (RFC 9110).
+func bearer(c *gin.Context) (string, bool) {
+	h := c.GetHeader("Authorization")
+	const prefix = "bearer "
+	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
+		return "", false
+	}
+	tok := strings.TrimSpace(h[len(prefix):])
+	return tok, tok != ""
+}
+
+// requireUser admits requests with a valid user token and records the
+// user id for the handlers.
+func (s *server) requireUser(c *gin.Context) {
+	tok, ok := bearer(c)
+	if !ok {
+		s.fail(c, errNoToken)
+		return
+	}
+	uid, err := s.auth.user(tok)
+	if err != nil {
+		s.fail(c, err)
+		return
+	}
+	c.Set(ctxUserID, uid)
+	c.Next()
+}
+
+// requireAdmin admits requests with the admin token. A valid user token is
+// told it lacks the right (403); anything else lacks a credential (401).
+func (s *server) requireAdmin(c *gin.Context) {
+	tok, ok := bearer(c)
+	if !ok {
+		s.fail(c, errNoToken)
+		return
+	}
+	if s.auth.admin(tok) {
+		c.Next()
+		return
+	}
+	if _, err := s.auth.user(tok); err == nil {
+		s.fail(c, errNotAdmin)
+		return
+	}
+	s.fail(c, errBadAdmin)
+}
+
+func userID(c *gin.Context) string { return c.GetString(ctxUserID) }

@@ -1,0 +1,311 @@
+package transport
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tally-dev/tally/domain"
+)
+
+// maxBodyBytes is the largest request body accepted (SPEC §3: 64 KiB).
+const maxBodyBytes = 64 << 10
+
+var errTooLarge = &domain.Error{Code: domain.CodeTooLarge, Message: "the request body is over 64 KiB"}
+
+// readBody reads the whole body, refusing more than maxBodyBytes without
+// reading further.
+func readBody(c *gin.Context) ([]byte, error) {
+	if c.Request.ContentLength > maxBodyBytes {
+		return nil, errTooLarge
+	}
+	if c.Request.Body == nil {
+		return nil, nil
+	}
+	b, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxBodyBytes))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, errTooLarge
+		}
+		return nil, &domain.Error{Code: domain.CodeBadRequest, Message: "could not read the request body", Err: err}
+	}
+	return b, nil
+}
+
+// decodeBody reads the body and decodes it strictly into v.
+func decodeBody(c *gin.Context, v any) error {
+	b, err := readBody(c)
+	if err != nil {
+		return err
+	}
+	return decodeJSON(b, v)
+}
+
+// decodeEmptyBody accepts an absent body or an empty object: the endpoints
+// that take no input still refuse input they would silently ignore.
+func decodeEmptyBody(c *gin.Context) error {
+	b, err := readBody(c)
+	if err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil
+	}
+	return decodeJSON(b, &struct{}{})
+}
+
+func badRequest(format string, args ...any) error {
+	return &domain.Error{Code: domain.CodeBadRequest, Message: fmt.Sprintf(format, args...)}
+}
+
+// decodeJSON decodes exactly one JSON object into v: unknown fields, wrong
+// types, malformed JSON, a top level that is not an object, and anything
+// after the object are 400s. Values are checked afterwards (422).
+func decodeJSON(data []byte, v any) error {
+	trimmed := bytes.TrimLeft(data, " \t\r\n")
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return badRequest("the request body must be a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return badRequest("unexpected data after the JSON object")
+	}
+	return nil
+}
+
+// jsonError turns encoding/json's errors into client messages that name the
+// problem without echoing Go types.
+func jsonError(err error) error {
+	if se, ok := errors.AsType[*json.SyntaxError](err); ok {
+		return badRequest("malformed JSON at byte %d", se.Offset)
+	}
+	if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		if te.Field == "" {
+			return badRequest("the request body must be a JSON object")
+		}
+		return badRequest("field %q must be %s", te.Field, jsonKind(te.Type))
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return badRequest("malformed JSON: unexpected end of input")
+	}
+	// DisallowUnknownFields reports with an untyped error; its text is the
+	// only handle encoding/json gives.
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return badRequest("unknown field %s", name)
+	}
+	return badRequest("malformed JSON")
+}
+
+func jsonKind(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer in range"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Bool:
+		return "a boolean"
+	default:
+		return "an object"
+	}
+}
+
+// fieldErrors collects invalid fields across several checks, so that one
+// 422 lists every problem of a request.
+type fieldErrors []domain.FieldError
+
+func (f *fieldErrors) add(field, message string) {
+	*f = append(*f, domain.FieldError{Field: field, Message: message})
+}
+
+// merge appends the fields of a validation error; other errors are
+// returned for the caller to answer as they are.
+func (f *fieldErrors) merge(err error) error {
+	if err == nil {
+		return nil
+	}
+	if de, ok := errors.AsType[*domain.Error](err); ok && de.Code == domain.CodeValidation {
+		*f = append(*f, de.Fields...)
+		return nil
+	}
+	return err
+}
+
+func (f fieldErrors) err() error {
+	if len(f) == 0 {
+		return nil
+	}
+	return &domain.Error{Code: domain.CodeValidation, Message: "invalid request", Fields: f}
+}
+
+// completeRequest is the body of POST /admin/v1/sessions/{id}/complete.
+type completeRequest struct {
+	DurationSeconds *int64 `json:"duration_seconds"`
+}
+
+func (r completeRequest) validate(f *fieldErrors) {
+	if r.DurationSeconds == nil {
+		f.add("duration_seconds", "is required")
+		return
+	}
+	_ = f.merge(domain.ValidateDuration(*r.DurationSeconds))
+}
+
+// uploadRequest is the body of POST /api/v1/sessions/{id}/upload-url.
+type uploadRequest struct {
+	Filename   *string  `json:"filename"`
+	FileSizeMB *float64 `json:"file_size_mb"`
+}
+
+func (r uploadRequest) validate(f *fieldErrors) {
+	switch {
+	case r.Filename == nil:
+		f.add("filename", "is required")
+	case !validFilename(*r.Filename):
+		f.add("filename", `must be 1 to 255 characters without '/', '\', control characters, and not "." or ".."`)
+	}
+	if r.FileSizeMB == nil {
+		f.add("file_size_mb", "is required")
+	} else {
+		_ = f.merge(domain.ValidateFileSize(*r.FileSizeMB))
+	}
+}
+
+// validFilename keeps the name a single, harmless path segment of the
+// upload URL: "." and ".." would climb out of the session's directory.
+func validFilename(name string) bool {
+	if n := utf8.RuneCountInString(name); n < 1 || n > 255 || !utf8.ValidString(name) || name == "." || name == ".." {
+		return false
+	}
+	for _, r := range name {
+		if r == '/' || r == '\\' || unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// putUserRequest is the body of PUT /admin/v1/users/{id}.
+type putUserRequest struct {
+	Plan          *string `json:"plan"`
+	BillingAnchor *string `json:"billing_anchor"`
+}
+
+// validate checks the plan against the catalog and parses the anchor.
+func (r putUserRequest) validate(catalog *domain.Catalog, f *fieldErrors) (anchor *time.Time) {
+	switch {
+	case r.Plan == nil:
+		f.add("plan", "is required")
+	default:
+		if _, ok := catalog.Plan(*r.Plan); !ok {
+			f.add("plan", "must be one of: "+strings.Join(catalog.Names(), ", "))
+		}
+	}
+	if r.BillingAnchor != nil {
+		t, err := time.Parse(time.RFC3339, *r.BillingAnchor)
+		if err != nil {
+			f.add("billing_anchor", "must be an RFC 3339 timestamp such as 2026-11-01T00:00:00Z")
+			return nil
+		}
+		t = t.UTC()
+		anchor = &t
+	}
+	return anchor
+}
+
+// maxIdempotencyKey bounds the Idempotency-Key header (SPEC: ≤ 255 chars).
+const maxIdempotencyKey = 255
+
+// validateIdempotencyKey accepts an absent key or 1–255 visible ASCII
+// characters: the key is stored and compared byte for byte.
+func validateIdempotencyKey(key string, f *fieldErrors) {
+	if len(key) > maxIdempotencyKey {
+		f.add("Idempotency-Key", "must be at most 255 characters")
+		return
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < '!' || key[i] > '~' {
+			f.add("Idempotency-Key", "must be visible ASCII characters")
+			return
+		}
+	}
+}
+
+// List paging.
+const (
+	defaultListLimit = 20
+	maxListLimit     = 100
+	maxCursorLen     = 512
+)
+
+// listParams parses ?limit= and ?cursor=.
+func listParams(c *gin.Context, f *fieldErrors) (limit int, after *domain.Cursor) {
+	limit = defaultListLimit
+	if raw, ok := c.GetQuery("limit"); ok {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > maxListLimit {
+			f.add("limit", "must be an integer from 1 to 100")
+		} else {
+			limit = n
+		}
+	}
+	if raw, ok := c.GetQuery("cursor"); ok {
+		cur, err := decodeCursor(raw)
+		if err != nil {
+			f.add("cursor", "must be a next_cursor returned by this endpoint")
+		} else {
+			after = &cur
+		}
+	}
+	return limit, after
+}
+
+// encodeCursor makes the opaque next_cursor: base64url of
+// "<created_at RFC3339Nano>|<id>" of the last item of a page.
+func encodeCursor(s domain.Session) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(s.CreatedAt.UTC().Format(time.RFC3339Nano) + "|" + s.ID))
+}
+
+func decodeCursor(raw string) (domain.Cursor, error) {
+	if raw == "" || len(raw) > maxCursorLen {
+		return domain.Cursor{}, errors.New("bad cursor length")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(raw)
+	if err != nil {
+		return domain.Cursor{}, err
+	}
+	ts, id, ok := strings.Cut(string(b), "|")
+	if !ok || !validSessionID(id) {
+		return domain.Cursor{}, errors.New("bad cursor")
+	}
+	t, err := time.Parse(time.RFC3339Nano, ts)
+	if err != nil {
+		return domain.Cursor{}, err
+	}
+	return domain.Cursor{CreatedAt: t.UTC(), ID: id}, nil
+}
+
+// validSessionID: session ids are opaque, but never longer than 128
+// characters of the user-id alphabet; anything else cannot exist (404).
+func validSessionID(id string) bool { return domain.ValidUserID(id) }

@@ -1,0 +1,105 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/tally-dev/tally/domain"
+)
+
+// Every code the domain defines has a deliberate status; a limit, however
+// wrapped, is a 403 and never a 500.
+func TestClassify(t *testing.T) {
+	period := domain.Period{Start: time.Date(2026, 1, 31, 0, 0, 0, 0, time.UTC), End: time.Date(2026, 2, 28, 0, 0, 0, 0, time.UTC)}
+	for _, tc := range []struct {
+		err    error
+		status int
+		code   domain.Code
+	}{
+		{domain.Errorf(domain.CodeBadRequest, "x"), 400, domain.CodeBadRequest},
+		{domain.Errorf(domain.CodeUnauthorized, "x"), 401, domain.CodeUnauthorized},
+		{domain.Errorf(domain.CodeForbidden, "x"), 403, domain.CodeForbidden},
+		{&domain.LimitExceededError{Code: domain.CodeSessionLimit, Plan: "free", Limit: 10, Period: period}, 403, domain.CodeSessionLimit},
+		{fmt.Errorf("a: %w", fmt.Errorf("b: %w", &domain.LimitExceededError{Code: domain.CodeTranscriptionLimit, Plan: "free", Limit: 120, Period: period})), 403, domain.CodeTranscriptionLimit},
+		{errors.Join(errors.New("other"), &domain.LimitExceededError{Code: domain.CodeFileSizeLimit, Plan: "free", Limit: 60, Period: period}), 403, domain.CodeFileSizeLimit},
+		{domain.ErrNotFound, 404, domain.CodeNotFound},
+		{domain.Errorf(domain.CodeConflict, "x"), 409, domain.CodeConflict},
+		{domain.Errorf(domain.CodeIdempotencyConflict, "x"), 409, domain.CodeIdempotencyConflict},
+		{errTooLarge, 413, domain.CodeTooLarge},
+		{&domain.Error{Code: domain.CodeValidation, Message: "x"}, 422, domain.CodeValidation},
+		{domain.Unavailable("redis", errors.New("EOF")), 503, domain.CodeUnavailable},
+		{domain.Errorf(domain.CodeTimeout, "x"), 504, domain.CodeTimeout},
+		{context.DeadlineExceeded, 504, domain.CodeTimeout},
+		{context.Canceled, 503, domain.CodeUnavailable},
+		{errors.New("boom"), 500, domain.CodeInternal},
+		{nil, 500, domain.CodeInternal},
+	} {
+		status, body := classify(tc.err)
+		if status != tc.status || body.Detail.Error != tc.code {
+			t.Errorf("%v: got %d %s, want %d %s", tc.err, status, body.Detail.Error, tc.status, tc.code)
+		}
+		if (body.Detail.limitDetail != nil) != (status == 403 && tc.code != domain.CodeForbidden) {
+			t.Errorf("%v: limit detail %+v", tc.err, body.Detail.limitDetail)
+		}
+		if status == 422 && len(body.Detail.Fields) == 0 {
+			t.Errorf("%v: 422 without fields", tc.err)
+		}
+	}
+	for code := range statusOf {
+		if code != domain.CodeInternal && statusOf[code] == http.StatusInternalServerError {
+			t.Errorf("%s maps to 500", code)
+		}
+	}
+}
+
+func TestTokenCacheIsBounded(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	a := newAuthenticator([]byte("k"), "admin", clock)
+	for i := range tokenCacheSize + 10 {
+		tok, err := IssueToken([]byte("k"), fmt.Sprintf("u%d", i), time.Hour, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sub, err := a.user(tok); err != nil || sub != fmt.Sprintf("u%d", i) {
+			t.Fatalf("token %d: %q %v", i, sub, err)
+		}
+		if n := len(a.cache); n > tokenCacheSize {
+			t.Fatalf("cache holds %d tokens", n)
+		}
+	}
+	// A cached token whose expiry passes is refused, as an uncached one is.
+	tok, _ := IssueToken([]byte("k"), "late", time.Minute, now)
+	if _, err := a.user(tok); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Minute)
+	if _, err := a.user(tok); err != errExpiredToken {
+		t.Errorf("expired cached token: %v", err)
+	}
+}
+
+func TestIssueTokenRefusesBadInput(t *testing.T) {
+	now := time.Now()
+	for name, f := range map[string]func() (string, error){
+		"no secret": func() (string, error) { return IssueToken(nil, "u", time.Hour, now) },
+		"bad user":  func() (string, error) { return IssueToken([]byte("k"), "a b", time.Hour, now) },
+		"no ttl":    func() (string, error) { return IssueToken([]byte("k"), "u", 0, now) },
+	} {
+		if _, err := f(); err == nil {
+			t.Errorf("%s: issued", name)
+		}
+	}
+}
+
+func TestCursorRoundTrip(t *testing.T) {
+	s := domain.Session{ID: "s-1:x", CreatedAt: time.Date(2026, 11, 14, 9, 30, 0, 123456789, time.FixedZone("x", 3600))}
+	c, err := decodeCursor(encodeCursor(s))
+	if err != nil || !c.CreatedAt.Equal(s.CreatedAt) || c.ID != s.ID || c.CreatedAt.Location() != time.UTC {
+		t.Errorf("%+v %v", c, err)
+	}
+}

@@ -1,0 +1,72 @@
+package transport
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tally-dev/tally/domain"
+)
+
+// metrics are the edge's Prometheus series.
+type metrics struct {
+	requests   *prometheus.CounterVec   // route, method, status
+	duration   *prometheus.HistogramVec // route, method
+	admissions *prometheus.CounterVec   // outcome
+}
+
+// Admission outcomes, the values of tally_admissions_total{outcome}.
+const (
+	outcomeAdmitted      = "admitted"
+	outcomeSessionLimit  = "session_limit_exceeded"
+	outcomeMinutesLimit  = "transcription_limit_exceeded"
+	outcomeAdmissionFail = "error"
+)
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_http_requests_total",
+			Help: "HTTP requests answered, by route pattern, method and status code.",
+		}, []string{"route", "method", "status"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tally_http_request_duration_seconds",
+			Help: "Time to answer an HTTP request, by route pattern and method.",
+			// Admissions answer in well under a millisecond when the
+			// actor's memory decides, and wait for a group commit otherwise.
+			Buckets: []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"route", "method"}),
+		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_admissions_total",
+			Help: "Session admissions decided at the HTTP edge, by outcome.",
+		}, []string{"outcome"}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.admissions} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	// Export every outcome from the start, so that rates and alerts do not
+	// see a series appear only with its first event.
+	for _, o := range []string{outcomeAdmitted, outcomeSessionLimit, outcomeMinutesLimit, outcomeAdmissionFail} {
+		m.admissions.WithLabelValues(o)
+	}
+	return m, nil
+}
+
+// admission counts the outcome of one CreateSession call.
+func (m *metrics) admission(err error) {
+	outcome := outcomeAdmitted
+	if err != nil {
+		outcome = outcomeAdmissionFail
+		if le, ok := errors.AsType[*domain.LimitExceededError](err); ok {
+			switch le.Code {
+			case domain.CodeSessionLimit:
+				outcome = outcomeSessionLimit
+			case domain.CodeTranscriptionLimit:
+				outcome = outcomeMinutesLimit
+			}
+		}
+	}
+	m.admissions.WithLabelValues(outcome).Inc()
+}

@@ -1,0 +1,313 @@
+// Package transport is Tally's HTTP edge (Gin): it authenticates callers,
+// decodes and validates requests strictly, forwards them to the accounting
+// core through the Accounts interface, and maps every error to one status
+// code in one place (errors.go). It also serves the ops endpoints (/healthz,
+// /readyz, /metrics, /openapi.yaml) and the OpenAPI document that describes
+// all of it.
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tally-dev/tally/domain"
+)
+
+// DefaultRequestTimeout bounds a request's call into Accounts when
+// Options.RequestTimeout is zero.
+const DefaultRequestTimeout = 5 * time.Second
+
+// Options configures the HTTP edge. Accounts, Catalog, JWTSecret,
+// AdminToken, UploadBaseURL and Providers are required.
+type Options struct {
+	Accounts   Accounts
+	Catalog    *domain.Catalog
+	JWTSecret  []byte // HS256 key of user tokens; also the root of the upload-URL key
+	AdminToken string
+	// UploadBaseURL is the absolute http(s) URL signed upload URLs are
+	// built under: <base>/<session id>/<filename>?expires=…&size_mb=…&sig=….
+	UploadBaseURL string
+	Providers     []string // the configured speech-to-text providers
+	Logger        *slog.Logger
+	// Registry receives the HTTP and admission metrics and is what /metrics
+	// serves. Nil means a private registry.
+	Registry *prometheus.Registry
+	Checkers []Checker // run by /readyz
+	// RequestTimeout is the deadline of the context passed to Accounts;
+	// when it passes the request is answered 504.
+	RequestTimeout time.Duration
+	// MaxInFlight bounds the API and admin requests being served at once;
+	// more are answered 503 with Retry-After at once instead of queueing
+	// in the actors' unbounded mailboxes. Zero means no bound.
+	MaxInFlight int
+	Now         func() time.Time // the clock; nil means time.Now
+}
+
+// server holds what the handlers share. It is immutable after New, apart
+// from the token cache, which guards itself.
+type server struct {
+	accounts   Accounts
+	catalog    *domain.Catalog
+	plansJSON  []byte // the catalog never changes, so its answer is encoded once
+	providers  []string
+	auth       *authenticator
+	uploadBase string
+	uploadKey  []byte
+	log        *slog.Logger
+	metrics    *metrics
+	checkers   []Checker
+	timeout    time.Duration
+	slots      chan struct{} // nil: no in-flight bound
+	now        func() time.Time
+}
+
+// New builds the HTTP handler. It fails on missing or invalid options, or
+// when the metrics cannot be registered (New called twice with one registry).
+func New(opts Options) (http.Handler, error) {
+	if opts.Accounts == nil {
+		return nil, errors.New("transport: Accounts is required")
+	}
+	if opts.Catalog == nil {
+		return nil, errors.New("transport: Catalog is required")
+	}
+	if len(opts.JWTSecret) == 0 {
+		return nil, errors.New("transport: JWTSecret is required")
+	}
+	if opts.AdminToken == "" {
+		// An empty admin token would match an empty bearer credential.
+		return nil, errors.New("transport: AdminToken is required")
+	}
+	if len(opts.Providers) == 0 {
+		return nil, errors.New("transport: at least one STT provider is required")
+	}
+	base, err := parseUploadBase(opts.UploadBaseURL)
+	if err != nil {
+		return nil, err
+	}
+	seen := make(map[string]bool, len(opts.Checkers))
+	for _, ch := range opts.Checkers {
+		if ch == nil || ch.Name() == "" || seen[ch.Name()] {
+			return nil, errors.New("transport: every readiness checker needs a distinct, non-empty name")
+		}
+		seen[ch.Name()] = true
+	}
+	s := &server{
+		accounts:   opts.Accounts,
+		catalog:    opts.Catalog,
+		providers:  append([]string(nil), opts.Providers...),
+		uploadBase: base,
+		uploadKey:  uploadKey(opts.JWTSecret),
+		log:        opts.Logger,
+		checkers:   append([]Checker(nil), opts.Checkers...),
+		timeout:    opts.RequestTimeout,
+		now:        opts.Now,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.timeout <= 0 {
+		s.timeout = DefaultRequestTimeout
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if opts.MaxInFlight > 0 {
+		s.slots = make(chan struct{}, opts.MaxInFlight)
+	}
+	s.auth = newAuthenticator(opts.JWTSecret, opts.AdminToken, s.now)
+	if s.plansJSON, err = encodePlans(opts.Catalog); err != nil {
+		return nil, err
+	}
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	if s.metrics, err = newMetrics(reg); err != nil {
+		return nil, err
+	}
+	return s.routes(reg), nil
+}
+
+func parseUploadBase(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("transport: UploadBaseURL %q must be an absolute http(s) URL without query or fragment", raw)
+	}
+	return strings.TrimRight(raw, "/"), nil
+}
+
+func (s *server) routes(reg *prometheus.Registry) *gin.Engine {
+	gin.SetMode(gin.ReleaseMode)
+	r := gin.New()
+	// The API has one spelling per resource: no redirects that a client
+	// would follow with its body dropped.
+	r.RedirectTrailingSlash = false
+	r.RedirectFixedPath = false
+	r.Use(s.observe)
+	r.NoRoute(func(c *gin.Context) {
+		s.fail(c, &domain.Error{Code: domain.CodeNotFound, Message: "no such route"})
+	})
+
+	r.GET("/healthz", s.healthz)
+	r.GET("/readyz", s.readyz)
+	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
+	r.GET("/openapi.yaml", s.openAPI)
+	r.GET("/api/v1/plans", s.listPlans)
+
+	api := r.Group("/api/v1", s.requireUser, s.bound, s.deadline)
+	api.POST("/sessions", s.createSession)
+	api.GET("/sessions", s.listSessions)
+	api.GET("/sessions/:id", s.getSession)
+	api.POST("/sessions/:id/upload-url", s.createUploadURL)
+	api.GET("/usage", s.usage)
+
+	admin := r.Group("/admin/v1", s.requireAdmin, s.bound, s.deadline)
+	admin.PUT("/users/:id", s.putUser)
+	admin.GET("/users/:id", s.getUser)
+	admin.POST("/users/:id/reset-usage", s.resetUsage)
+	admin.POST("/sessions/:id/complete", s.completeSession)
+	admin.POST("/sessions/:id/fail", s.failSession)
+	return r
+}
+
+const headerRequestID = "X-Request-Id"
+
+// observe wraps every request: it assigns the request id, recovers panics
+// into a 500, and writes the access log line and the HTTP metrics.
+func (s *server) observe(c *gin.Context) {
+	start := time.Now()
+	id := c.GetHeader(headerRequestID)
+	if !validRequestID(id) {
+		id = newRequestID()
+	}
+	c.Header(headerRequestID, id)
+
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				panic(p) // net/http's way to abort a response; not a bug
+			}
+			s.log.LogAttrs(c.Request.Context(), slog.LevelError, "panic in handler",
+				slog.String("request_id", id), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+			if !c.Writer.Written() {
+				s.fail(c, errors.New("panic")) // unknown error: a generic 500
+			}
+			c.Abort()
+		}
+		s.record(c, id, start)
+	}()
+	c.Next()
+}
+
+func (s *server) record(c *gin.Context, id string, start time.Time) {
+	latency := time.Since(start)
+	route := c.FullPath()
+	if route == "" {
+		route = "unmatched" // bounded label values: never the raw path
+	}
+	method := c.Request.Method
+	switch method {
+	case http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodHead, http.MethodOptions:
+	default:
+		method = "other"
+	}
+	status := c.Writer.Status()
+	s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
+	s.metrics.duration.WithLabelValues(route, method).Observe(latency.Seconds())
+
+	// Probes hit the ops endpoints every few seconds; their lines would
+	// drown the ones that matter.
+	level := slog.LevelInfo
+	if route == "/healthz" || route == "/readyz" || route == "/metrics" {
+		level = slog.LevelDebug
+	}
+	if !s.log.Enabled(c.Request.Context(), level) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("request_id", id),
+		slog.String("method", method),
+		slog.String("route", route),
+		slog.String("path", c.Request.URL.Path),
+		slog.Int("status", status),
+		slog.Float64("latency_ms", float64(latency.Microseconds())/1000),
+	}
+	if uid := c.GetString(ctxUserID); uid != "" {
+		attrs = append(attrs, slog.String("user_id", uid))
+	}
+	s.log.LogAttrs(c.Request.Context(), level, "http request", attrs...)
+}
+
+// validRequestID accepts a client's request id only when it cannot break a
+// log line or a header: 1–128 characters of [A-Za-z0-9._:-].
+func validRequestID(id string) bool {
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == ':', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// newRequestID returns 32 hex digits. math/rand/v2's global source is
+// ChaCha8 seeded by the runtime: unpredictable enough for an id that only
+// correlates log lines, and cheaper than crypto/rand.
+func newRequestID() string {
+	const hexdigits = "0123456789abcdef"
+	var b [32]byte
+	for half := 0; half < 2; half++ {
+		v := rand.Uint64()
+		for i := 0; i < 16; i++ {
+			b[half*16+i] = hexdigits[v&0xf]
+			v >>= 4
+		}
+	}
+	return string(b[:])
+}
+
+// deadline bounds the request's context, which every Accounts call gets:
+// the actors turn the time left into their own timeouts.
+func (s *server) deadline(c *gin.Context) {
+	ctx, cancel := context.WithTimeout(c.Request.Context(), s.timeout)
+	defer cancel()
+	c.Request = c.Request.WithContext(ctx)
+	c.Next()
+}
+
+// errBusy answers requests over MaxInFlight.
+var errBusy = &domain.Error{Code: domain.CodeUnavailable, Message: "the server is busy; retry later"}
+
+// bound sheds load over MaxInFlight. It runs after authentication, so that
+// a flood of bad tokens is still answered 401 and holds no slot.
+func (s *server) bound(c *gin.Context) {
+	if s.slots == nil {
+		c.Next()
+		return
+	}
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+		c.Next()
+	default:
+		s.fail(c, errBusy)
+	}
+}
