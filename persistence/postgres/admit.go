@@ -39,13 +39,14 @@ counted AS (
             version  = u.version + 1
         WHERE (@max_sessions::bigint < 0 OR u.sessions < @max_sessions::bigint)
           AND (@max_seconds::bigint < 0 OR u.seconds < @max_seconds::bigint)
-    RETURNING 1
+    RETURNING u.sessions AS seq
 ),
 created AS (
     INSERT INTO sessions (id, user_id, title, language, stt_provider, status,
-                          duration_seconds, period_start, created_at, updated_at)
+                          duration_seconds, period_start, seq, max_sessions, created_at, updated_at)
     SELECT @id::text, @user_id::text, @title::text, @language::text, @stt_provider::text,
-           'created', NULL, @period_start::timestamptz, @created_at::timestamptz, @created_at::timestamptz
+           'created', NULL, @period_start::timestamptz, counted.seq, @max_sessions::bigint,
+           @created_at::timestamptz, @created_at::timestamptz
     FROM counted
 )
 SELECT (SELECT version FROM fence) AS user_version,

@@ -78,10 +78,10 @@ func admitOne(ctx context.Context, tx *sql.Tx, r persistence.AdmitRequest) (pers
 	created := micros(r.Session.CreatedAt)
 	if _, err := tx.ExecContext(ctx, `
 		INSERT INTO sessions (id, user_id, title, language, stt_provider, status,
-		                      duration_seconds, period_start, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)`,
+		                      duration_seconds, period_start, seq, max_sessions, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)`,
 		r.Session.ID, userID, r.Session.Title, r.Session.Language, r.Session.STTProvider,
-		string(domain.StatusCreated), periodStart, created, created); err != nil {
+		string(domain.StatusCreated), periodStart, c.Sessions, int64(r.MaxSessions), created, created); err != nil {
 		return persistence.AdmitResult{}, err
 	}
 	return persistence.AdmitResult{Outcome: persistence.Admitted, Counters: c}, nil

@@ -39,6 +39,11 @@ CREATE TABLE sessions (
     duration_seconds bigint      CHECK (duration_seconds >= 0),
     -- The period the session was admitted in: its seconds count there.
     period_start     timestamptz NOT NULL,
+    -- The audit trail of the fence (tally verify): the session's ordinal in
+    -- its period when it was admitted, and the plan's max_sessions then
+    -- (-1 unlimited). seq <= max_sessions must hold for every row.
+    seq              bigint      NOT NULL CHECK (seq >= 1),
+    max_sessions     bigint      NOT NULL,
     created_at       timestamptz NOT NULL,
     updated_at       timestamptz NOT NULL,
     CHECK ((status = 'completed') = (duration_seconds IS NOT NULL))

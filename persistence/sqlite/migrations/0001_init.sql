@@ -38,6 +38,11 @@ CREATE TABLE sessions (
     duration_seconds INTEGER CHECK (duration_seconds >= 0),
     -- The period the session was admitted in: its seconds count there.
     period_start     INTEGER NOT NULL,
+    -- The audit trail of the fence (tally verify): the session's ordinal in
+    -- its period when it was admitted, and the plan's max_sessions then
+    -- (-1 unlimited). seq <= max_sessions must hold for every row.
+    seq              INTEGER NOT NULL CHECK (seq >= 1),
+    max_sessions     INTEGER NOT NULL,
     created_at       INTEGER NOT NULL,
     updated_at       INTEGER NOT NULL,
     CHECK ((status = 'completed') = (duration_seconds IS NOT NULL))
