@@ -2,8 +2,10 @@ package actors_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -235,3 +237,129 @@ func TestPlanChangeAppliesToNextAdmission(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// lostReplyStore commits an admission and then reports a broken connection,
+// as when the COMMIT reply is lost: the outcome is unknown to the caller
+// although the row is committed.
+type lostReplyStore struct {
+	persistence.Store
+	lose atomic.Int32
+}
+
+func (l *lostReplyStore) Admit(ctx context.Context, reqs []persistence.AdmitRequest) ([]persistence.AdmitResult, error) {
+	res, err := l.Store.Admit(ctx, reqs)
+	if err == nil && l.lose.Add(-1) >= 0 {
+		return nil, domain.Unavailable("database", errors.New("read tcp: connection reset by peer (after COMMIT)"))
+	}
+	return res, err
+}
+
+// A lost COMMIT reply is resolved by looking the outcome up, never by
+// guessing: the committed admission is answered 200, and a retry with the
+// same Idempotency-Key is counted once (invariant 5).
+func TestLostCommitReplyIsResolvedByLookup(t *testing.T) {
+	for _, key := range []string{"retry-key-1", ""} {
+		name := "with key"
+		if key == "" {
+			name = "without key"
+		}
+		t.Run(name, func(t *testing.T) {
+			ls := &lostReplyStore{Store: openStore(t)}
+			svc := newService(t, ls, time.Minute)
+			user := "lost-" + strings.ReplaceAll(name, " ", "-")
+			ls.lose.Store(1)
+			first, err := svc.CreateSession(ctxFor(t, 5*time.Second), user, in, key)
+			if err != nil {
+				t.Fatalf("lost reply: %v; the committed admission must be found and answered", err)
+			}
+			if key != "" {
+				again, err := svc.CreateSession(ctxFor(t, 5*time.Second), user, in, key)
+				if err != nil || again.ID != first.ID {
+					t.Fatalf("retry: %+v %v, want the same session %s", again, err, first.ID)
+				}
+			}
+			rep, err := svc.Usage(ctxFor(t, 5*time.Second), user)
+			if err != nil || rep.Usage.Sessions != 1 {
+				t.Fatalf("usage %+v %v, want exactly 1 session", rep.Usage, err)
+			}
+		})
+	}
+}
+
+func TestIdempotencyKeySemantics(t *testing.T) {
+	svc := newService(t, openStore(t), time.Minute)
+	ctx := ctxFor(t, 20*time.Second)
+
+	a, err := svc.CreateSession(ctx, "idem", in, "k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := svc.CreateSession(ctx, "idem", in, "k1")
+	if err != nil || b.ID != a.ID {
+		t.Fatalf("replay: %+v %v, want session %s", b, err, a.ID)
+	}
+	other := in
+	other.Title = "another body"
+	if _, err := svc.CreateSession(ctx, "idem", other, "k1"); domain.ErrorCode(err) != domain.CodeIdempotencyConflict {
+		t.Fatalf("same key, other body: %v, want idempotency_conflict", err)
+	}
+	// The same key for another user is another request.
+	c, err := svc.CreateSession(ctx, "idem-2", in, "k1")
+	if err != nil || c.ID == a.ID {
+		t.Fatalf("other user's key: %+v %v", c, err)
+	}
+	// Fill the quota; a keyed 403 replays as the same 403 even after an upgrade.
+	for i := 0; i < 9; i++ {
+		if _, err := svc.CreateSession(ctx, "idem", in, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = svc.CreateSession(ctx, "idem", in, "k-full")
+	var le *domain.LimitExceededError
+	if !errors.As(err, &le) || le.Usage != 10 {
+		t.Fatalf("at the limit: %v", err)
+	}
+	if _, _, err := svc.PutUser(ctx, "idem", ptr("student"), nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err = svc.CreateSession(ctx, "idem", in, "k-full")
+	var le2 *domain.LimitExceededError
+	if !errors.As(err, &le2) || *le2 != *le {
+		t.Fatalf("replayed 403: %v, want the first answer %v", err, le)
+	}
+	if _, err := svc.CreateSession(ctx, "idem", in, "k-new"); err != nil {
+		t.Fatalf("a new key after the upgrade: %v", err)
+	}
+	rep, _ := svc.Usage(ctx, "idem")
+	if rep.Usage.Sessions != 11 {
+		t.Fatalf("sessions %d, want 11 (replays count nothing)", rep.Usage.Sessions)
+	}
+}
+
+// Ten concurrent requests with one key: one session, ten identical answers.
+func TestSameKeyConcurrently(t *testing.T) {
+	svc := newService(t, openStore(t), time.Minute)
+	var wg sync.WaitGroup
+	ids := make([]string, 10)
+	for i := range ids {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			s, err := svc.CreateSession(ctxFor(t, 10*time.Second), "conc", in, "same")
+			if err != nil {
+				t.Errorf("request %d: %v", i, err)
+			}
+			ids[i] = s.ID
+		}(i)
+	}
+	wg.Wait()
+	for _, id := range ids {
+		if id != ids[0] {
+			t.Fatalf("different sessions for one key: %v", ids)
+		}
+	}
+	rep, _ := svc.Usage(ctxFor(t, 5*time.Second), "conc")
+	if rep.Usage.Sessions != 1 {
+		t.Fatalf("sessions %d, want 1", rep.Usage.Sessions)
+	}
+}

@@ -8,6 +8,8 @@ import (
 
 type metrics struct {
 	memoryRejects prometheus.Counter
+	replays       prometheus.Counter
+	resolutions   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, live *atomic.Int64) *metrics {
@@ -17,8 +19,16 @@ func newMetrics(reg prometheus.Registerer, live *atomic.Int64) *metrics {
 			Help: "Over-limit admissions answered after the actor confirmed its counters with the store.",
 		}),
 	}
+	m.replays = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tally_idempotent_replays_total",
+		Help: "Creates answered from a stored Idempotency-Key outcome instead of being decided again.",
+	})
+	m.resolutions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tally_unknown_outcomes_total",
+		Help: "Admissions whose transaction failed with an unknown outcome, by what the lookup found (committed, not_committed, unknown).",
+	}, []string{"found"})
 	if reg != nil {
-		reg.MustRegister(m.memoryRejects, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		reg.MustRegister(m.replays, m.resolutions, m.memoryRejects, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tally_live_actors",
 			Help: "User actors currently in memory (idle ones are passivated).",
 		}, func() float64 { return float64(live.Load()) }))
@@ -26,4 +36,6 @@ func newMetrics(reg prometheus.Registerer, live *atomic.Int64) *metrics {
 	return m
 }
 
-func (m *metrics) rejectedFromMemory() { m.memoryRejects.Inc() }
+func (m *metrics) rejectedFromMemory()   { m.memoryRejects.Inc() }
+func (m *metrics) replayed()             { m.replays.Inc() }
+func (m *metrics) resolved(found string) { m.resolutions.WithLabelValues(found).Inc() }

@@ -44,6 +44,10 @@ type Options struct {
 	Now func() time.Time
 	// DefaultTimeout bounds a request whose context has no deadline.
 	DefaultTimeout time.Duration
+	// IdempotencyTTL is how long Idempotency-Keys are kept at least
+	// (default 24h); older ones are pruned every PruneEvery (default 10m).
+	IdempotencyTTL time.Duration
+	PruneEvery     time.Duration
 }
 
 // Service implements transport.Accounts on top of the per-user actors.
@@ -97,6 +101,12 @@ func New(o Options) (*Service, error) {
 	if o.DefaultTimeout <= 0 {
 		o.DefaultTimeout = 5 * time.Second
 	}
+	if o.IdempotencyTTL <= 0 {
+		o.IdempotencyTTL = 24 * time.Hour
+	}
+	if o.PruneEvery <= 0 {
+		o.PruneEvery = 10 * time.Minute
+	}
 	clock := o.Now
 	if clock == nil {
 		clock = time.Now
@@ -146,7 +156,33 @@ func New(o Options) (*Service, error) {
 			}
 		}
 	}()
+	s.swept.Add(1)
+	go s.pruneKeys(o.IdempotencyTTL, o.PruneEvery, o.Logger)
 	return s, nil
+}
+
+// pruneKeys deletes Idempotency-Keys older than ttl, every `every`. Keys
+// live at least ttl: a client may retry a create for that long and still
+// get its first answer.
+func (s *Service) pruneKeys(ttl, every time.Duration, log *slog.Logger) {
+	defer s.swept.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopSweep:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), every/2)
+		n, err := s.store.PruneIdempotencyKeys(ctx, s.deps.now().Add(-ttl))
+		cancel()
+		if err != nil {
+			log.Warn("pruning idempotency keys failed; will retry", "err", err)
+		} else if n > 0 {
+			log.Info("pruned idempotency keys", "deleted", n, "older_than", ttl.String())
+		}
+	}
 }
 
 // LiveActors is the number of user actors in memory.

@@ -11,6 +11,19 @@ import (
 	"github.com/tally-dev/tally/persistence"
 )
 
+// The actor stops its own store work a little before the caller stops
+// waiting, so that a store that hangs yields a 503 the caller still receives
+// rather than a 504; resolveMargin is what the lookup of an unknown outcome
+// leaves for the reply to travel back.
+const (
+	maxWorkMargin = 100 * time.Millisecond
+	resolveMargin = 5 * time.Millisecond
+)
+
+func workDeadline(d time.Time) time.Time {
+	return d.Add(-min(maxWorkMargin, time.Until(d)/5))
+}
+
 // maxFenceRetries bounds how often one admission is re-decided after the
 // store's fence reports that the user's plan or anchor changed under it.
 const maxFenceRetries = 3
@@ -49,43 +62,30 @@ func (a *userActor) handle(m userMessage) (r *reply) {
 			r = &reply{err: &domain.Error{Code: domain.CodeInternal, Message: "internal error", Err: fmt.Errorf("panic: %v", p)}}
 		}
 	}()
-	var (
-		ctx    context.Context
-		cancel context.CancelFunc
-	)
+	if time.Until(m.due()) <= 0 {
+		// The caller has stopped waiting (it queued behind slow work):
+		// doing the work now would only delay the requests behind it.
+		return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded before the user's accounting could start it"}}
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), workDeadline(m.due()))
+	defer cancel()
 	switch m := m.(type) {
 	case *createSession:
-		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
-		defer cancel()
 		return a.create(ctx, m)
 	case *getUsage:
-		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
-		defer cancel()
 		return a.usage(ctx)
 	case *prepareUpload:
-		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
-		defer cancel()
 		return a.prepareUpload(ctx, m)
 	case *putUser:
-		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
-		defer cancel()
 		return a.putUser(ctx, m.plan, m.anchor)
 	case *resetUsage:
-		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
-		defer cancel()
 		now := a.deps.now()
 		return a.putUser(ctx, nil, &now)
 	case *getUser:
-		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
-		defer cancel()
 		return a.getUser(ctx)
 	case *completeSession:
-		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
-		defer cancel()
 		return a.complete(ctx, m)
 	case *failSession:
-		ctx, cancel = context.WithDeadline(context.Background(), m.deadline)
-		defer cancel()
 		return a.fail(ctx, m)
 	}
 	return &reply{err: fmt.Errorf("user actor: unexpected message %T", m)}
@@ -145,67 +145,160 @@ func (a *userActor) create(ctx context.Context, m *createSession) *reply {
 		if err != nil {
 			return &reply{err: err}
 		}
-		if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
-			// Memory says no. Memory can only be stale towards "no" when an
-			// admin change happened elsewhere, so confirm with the store
-			// before a client is refused.
-			if err := a.refresh(ctx, now, true); err != nil {
-				return &reply{err: err}
-			}
-			if plan, err = a.plan(); err != nil {
-				return &reply{err: err}
-			}
-			if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
-				a.deps.metrics.rejectedFromMemory()
+		// A keyed request always goes to the store: a retry of an admitted
+		// request must replay its 200 even when memory now says "full".
+		if m.idempotencyKey == "" {
+			if err := a.confirmRejection(ctx, now, &plan); err != nil {
 				return &reply{err: err}
 			}
 		}
-		s := domain.Session{
-			ID:          a.deps.newID(),
-			UserID:      a.id,
-			Title:       m.in.Title,
-			Language:    m.in.Language,
-			STTProvider: m.in.STTProvider,
-			Status:      domain.StatusCreated,
-			PeriodStart: a.period.Start,
-			CreatedAt:   now,
-			UpdatedAt:   now,
+		req := persistence.AdmitRequest{
+			Session: domain.Session{
+				ID:          a.deps.newID(),
+				UserID:      a.id,
+				Title:       m.in.Title,
+				Language:    m.in.Language,
+				STTProvider: m.in.STTProvider,
+				Status:      domain.StatusCreated,
+				PeriodStart: a.period.Start,
+				CreatedAt:   now,
+				UpdatedAt:   now,
+			},
+			UserVersion:    a.user.Version,
+			PeriodEnd:      a.period.End,
+			PlanName:       plan.Name,
+			MaxSessions:    plan.MaxSessions,
+			MaxSeconds:     plan.MaxSeconds(),
+			IdempotencyKey: m.idempotencyKey,
+			RequestHash:    m.in.Fingerprint(),
 		}
-		res, err := a.deps.store.Admit(ctx, []persistence.AdmitRequest{{
-			Session:     s,
-			UserVersion: a.user.Version,
-			PeriodEnd:   a.period.End,
-			MaxSessions: plan.MaxSessions,
-			MaxSeconds:  plan.MaxSeconds(),
-		}})
+		res, err := a.deps.store.Admit(ctx, []persistence.AdmitRequest{req})
 		if err != nil {
-			// The outcome is unknown: the commit may have happened. Drop the
-			// state so the next request counts from the store.
-			a.forget()
+			return a.resolveUnknown(m, req, err)
+		}
+		r, retry := a.outcome(ctx, req, plan, res[0])
+		if !retry {
+			return r
+		}
+		if attempt >= maxFenceRetries {
+			return &reply{err: domain.Unavailable("accounting", fmt.Errorf("user %s changed %d times during one admission", a.id, attempt+1))}
+		}
+		if err := a.refresh(ctx, now, true); err != nil {
 			return &reply{err: err}
 		}
-		r := res[0]
-		switch r.Outcome {
-		case persistence.Admitted:
-			a.setCounters(r.Counters)
-			return &reply{session: s}
-		case persistence.OverLimit:
-			a.setCounters(r.Counters)
-			if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
-				return &reply{err: err}
-			}
-			return &reply{err: fmt.Errorf("store fenced off an admission that its own counters allow (user %s, usage %+v)", a.id, r.Counters)}
-		case persistence.StaleUser, persistence.UnknownUser:
-			if attempt >= maxFenceRetries {
-				return &reply{err: domain.Unavailable("accounting", fmt.Errorf("user %s changed %d times during one admission", a.id, attempt+1))}
-			}
-			if err := a.refresh(ctx, now, true); err != nil {
-				return &reply{err: err}
-			}
-		default:
-			return &reply{err: fmt.Errorf("store returned outcome %v", r.Outcome)}
-		}
 	}
+}
+
+// confirmRejection returns the limit error when the user is over a limit.
+// Memory can only be stale towards "no" when an admin change happened in
+// another process, so a rejection is confirmed with the store before a
+// client is refused; plan is updated if the user's plan changed.
+func (a *userActor) confirmRejection(ctx context.Context, now time.Time, plan *domain.Plan) error {
+	if domain.Admit(*plan, a.counters.Usage, a.period) == nil {
+		return nil
+	}
+	if err := a.refresh(ctx, now, true); err != nil {
+		return err
+	}
+	p, err := a.plan()
+	if err != nil {
+		return err
+	}
+	*plan = p
+	if err := domain.Admit(p, a.counters.Usage, a.period); err != nil {
+		a.deps.metrics.rejectedFromMemory()
+		return err
+	}
+	return nil
+}
+
+// outcome turns the store's decision into the reply; retry is true when the
+// user changed under the decision and it must be made again.
+func (a *userActor) outcome(ctx context.Context, req persistence.AdmitRequest, plan domain.Plan, r persistence.AdmitResult) (_ *reply, retry bool) {
+	switch r.Outcome {
+	case persistence.Admitted:
+		a.setCounters(r.Counters)
+		return &reply{session: req.Session}, false
+	case persistence.OverLimit:
+		a.setCounters(r.Counters)
+		if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
+			return &reply{err: err}, false
+		}
+		return &reply{err: fmt.Errorf("store fenced off an admission that its own counters allow (user %s, usage %+v)", a.id, r.Counters)}, false
+	case persistence.Replayed:
+		if r.Record == nil {
+			return &reply{err: fmt.Errorf("store replayed key %q without a record", req.IdempotencyKey)}, false
+		}
+		return a.replay(ctx, req, *r.Record), false
+	case persistence.StaleUser, persistence.UnknownUser:
+		return nil, true
+	}
+	return &reply{err: fmt.Errorf("store returned outcome %v", r.Outcome)}, false
+}
+
+// replay answers a request whose Idempotency-Key was seen before: the first
+// answer again, or 409 when the key came with another body.
+func (a *userActor) replay(ctx context.Context, req persistence.AdmitRequest, rec persistence.IdempotencyRecord) *reply {
+	if rec.RequestHash != req.RequestHash {
+		return &reply{err: domain.Errorf(domain.CodeIdempotencyConflict,
+			"Idempotency-Key %q was already used with a different request body", req.IdempotencyKey)}
+	}
+	a.deps.metrics.replayed()
+	if rec.Admitted {
+		s, err := a.deps.store.GetSession(ctx, rec.SessionID)
+		if err != nil {
+			return &reply{err: err}
+		}
+		return &reply{session: s}
+	}
+	minutes := domain.Unlimited
+	if !rec.MaxSeconds.IsUnlimited() {
+		minutes = rec.MaxSeconds / 60
+	}
+	plan := domain.Plan{Name: rec.PlanName, MaxSessions: rec.MaxSessions, MaxTotalMinutes: minutes}
+	if err := domain.Admit(plan, rec.Usage, domain.Period{Start: rec.PeriodStart, End: rec.PeriodEnd}); err != nil {
+		return &reply{err: err}
+	}
+	return &reply{err: fmt.Errorf("idempotency record %q of user %s is a rejection its own figures allow", rec.Key, a.id)}
+}
+
+// resolveUnknown answers an admission whose transaction failed with an
+// unknown outcome (the COMMIT may have happened, its reply lost). It looks
+// the outcome up instead of guessing: by the Idempotency-Key when there is
+// one (and, when nothing was stored, decides again — the key makes that
+// safe), else by the session id generated for the attempt. Only when the
+// store cannot tell does the client get 503, and counters are reloaded
+// before the next decision.
+func (a *userActor) resolveUnknown(m *createSession, req persistence.AdmitRequest, cause error) *reply {
+	a.forget()
+	ctx, cancel := context.WithDeadline(context.Background(), m.deadline.Add(-resolveMargin))
+	defer cancel()
+	if req.IdempotencyKey != "" {
+		rec, err := a.deps.store.LookupIdempotencyKey(ctx, a.id, req.IdempotencyKey)
+		switch {
+		case err == nil:
+			a.deps.metrics.resolved("committed")
+			return a.replay(ctx, req, rec)
+		case domain.ErrorCode(err) == domain.CodeNotFound:
+			// Nothing was stored: the client's retry with the same key
+			// will be decided afresh.
+			a.deps.metrics.resolved("not_committed")
+		default:
+			a.deps.metrics.resolved("unknown")
+		}
+		return &reply{err: cause}
+	}
+	s, err := a.deps.store.GetSession(ctx, req.Session.ID)
+	switch {
+	case err == nil:
+		a.deps.metrics.resolved("committed")
+		return &reply{session: s}
+	case domain.ErrorCode(err) == domain.CodeNotFound:
+		a.deps.metrics.resolved("not_committed")
+	default:
+		a.deps.metrics.resolved("unknown")
+	}
+	return &reply{err: cause}
 }
 
 func (a *userActor) setCounters(c persistence.Counters) {

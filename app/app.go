@@ -88,6 +88,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		return nil, err
 	}
 	a.cache = rediscache.New(a.redis, cfg.RedisKeyPrefix, log.With("component", "rediscache"), a.registry)
+	a.cache.Watch(a.store, time.Second)
 
 	a.accounts, err = actors.New(actors.Options{
 		Store:          a.store,

@@ -1,6 +1,9 @@
 package domain
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"regexp"
 	"slices"
 	"time"
@@ -51,6 +54,21 @@ type NewSession struct {
 	Language    string `json:"language"`
 	STTProvider string `json:"stt_provider"`
 }
+
+// Fingerprint identifies the request's content for Idempotency-Key checks:
+// the same key with another fingerprint is a conflict. It hashes the decoded
+// fields, so whitespace or field order in the JSON does not matter.
+func (n NewSession) Fingerprint() string {
+	h := sha256.New()
+	for _, f := range []string{n.Title, n.Language, n.STTProvider} {
+		// Length-prefixed, so that ("ab","c") and ("a","bc") differ.
+		fmt.Fprintf(h, "%d:%s;", len(f), f)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// MaxIdempotencyKeyLen bounds an Idempotency-Key header.
+const MaxIdempotencyKeyLen = 255
 
 // MaxDurationSeconds bounds a completion: one session is at most a day.
 const MaxDurationSeconds = 86400

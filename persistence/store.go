@@ -28,12 +28,23 @@ type Counters struct {
 // not change since the caller decided) and the period's usage is still
 // within MaxSessions and MaxSeconds (-1 unlimited). This is what keeps two
 // processes, or two activations of one user's actor, from over-admitting.
+//
+// With an IdempotencyKey, the key is stored in the same transaction as the
+// decision, together with the outcome (admitted with the session id, or
+// rejected with the plan, limits and usage that rejected it). A request
+// whose key is already stored for the user is not decided again: its result
+// is Replayed with the stored record, and it changes nothing. A concurrent
+// request with the same key waits for the first one's transaction.
 type AdmitRequest struct {
 	Session     domain.Session // ID, UserID, fields, CreatedAt and PeriodStart set by the caller
 	UserVersion int64
 	PeriodEnd   time.Time
+	PlanName    string // recorded with a keyed rejection, to replay its 403
 	MaxSessions domain.Limit
 	MaxSeconds  domain.Limit
+
+	IdempotencyKey string // empty: none
+	RequestHash    string // fingerprint of the request body, compared on replay
 }
 
 // AdmitOutcome says how the fence decided.
@@ -45,6 +56,7 @@ const (
 	OverLimit                // the period's usage reached a limit; Counters tell which
 	StaleUser                // plan or anchor changed since the caller read the user
 	UnknownUser              // the user row does not exist
+	Replayed                 // the idempotency key was already stored: Record is its first outcome
 )
 
 func (o AdmitOutcome) String() string {
@@ -57,15 +69,46 @@ func (o AdmitOutcome) String() string {
 		return "stale_user"
 	case UnknownUser:
 		return "unknown_user"
+	case Replayed:
+		return "replayed"
 	}
 	return "unknown"
 }
 
 // AdmitResult is the outcome of one AdmitRequest. Counters are the period's
-// usage after the decision (including this session when admitted).
+// usage after the decision (including this session when admitted); they are
+// zero for StaleUser, UnknownUser and Replayed.
 type AdmitResult struct {
 	Outcome  AdmitOutcome
 	Counters Counters
+	Record   *IdempotencyRecord // set when Replayed
+}
+
+// IdempotencyRecord is the stored first outcome of a keyed admission.
+type IdempotencyRecord struct {
+	UserID      string
+	Key         string
+	RequestHash string
+	Admitted    bool
+	SessionID   string // when Admitted
+
+	// What rejected it, when not Admitted: enough to rebuild the same 403.
+	PlanName    string
+	MaxSessions domain.Limit
+	MaxSeconds  domain.Limit
+	Usage       domain.Usage
+	PeriodStart time.Time
+	PeriodEnd   time.Time
+
+	CreatedAt time.Time
+}
+
+// UsageRow is one period's counters, as ScanUsage reports them.
+type UsageRow struct {
+	UserID      string
+	PeriodStart time.Time
+	PeriodEnd   time.Time
+	Counters
 }
 
 // UserChange creates a user or changes its plan and/or billing anchor. A nil
@@ -104,6 +147,18 @@ type Store interface {
 	// in one transaction, before returning. Results are in request order.
 	// An error means the outcome of every request is unknown.
 	Admit(ctx context.Context, reqs []AdmitRequest) ([]AdmitResult, error)
+
+	// LookupIdempotencyKey returns the stored outcome of a keyed admission,
+	// or domain.ErrNotFound. It is how an admission whose commit reply was
+	// lost is resolved: by looking, never by guessing.
+	LookupIdempotencyKey(ctx context.Context, userID, key string) (IdempotencyRecord, error)
+	// PruneIdempotencyKeys deletes keys stored before the given time and
+	// returns how many it deleted.
+	PruneIdempotencyKeys(ctx context.Context, before time.Time) (int64, error)
+	// ScanUsage calls fn for every usage row of a period that ends after
+	// `after` (the current periods, when after is now), in no particular
+	// order; it stops at fn's first error. Used to re-seed the Redis cache.
+	ScanUsage(ctx context.Context, after time.Time, fn func(UsageRow) error) error
 
 	// GetSession returns a session by id, or domain.ErrNotFound.
 	GetSession(ctx context.Context, id string) (domain.Session, error)

@@ -64,18 +64,27 @@ collect:
 	}
 	checks := make(map[string]string, len(s.checkers))
 	var failed []string
+	degraded := false
 	for i, ch := range s.checkers {
 		t := texts[i]
 		if t == "" {
 			t = "timeout after " + checkTimeout.String()
 		}
 		checks[ch.Name()] = t
-		if t != "ok" {
+		switch {
+		case t == "ok":
+		case optional(ch):
+			degraded = true
+		default:
 			failed = append(failed, ch.Name())
 		}
 	}
 	if len(failed) == 0 {
-		s.writeJSON(c, http.StatusOK, readyJSON{Status: "ready", Checks: checks})
+		status := "ready"
+		if degraded {
+			status = "degraded"
+		}
+		s.writeJSON(c, http.StatusOK, readyJSON{Status: status, Checks: checks})
 		return
 	}
 	c.Header("Retry-After", "1")

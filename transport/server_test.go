@@ -210,6 +210,11 @@ type checker struct {
 }
 
 func (c checker) Name() string { return c.name }
+
+// optionalChecker is a dependency the service runs without (Redis).
+type optionalChecker struct{ checker }
+
+func (optionalChecker) Optional() bool { return true }
 func (c checker) Check(ctx context.Context) error {
 	if c.wait {
 		time.Sleep(3 * time.Second)
@@ -965,6 +970,31 @@ func TestReadyzFailing(t *testing.T) {
 	want := `{"detail":{"error":"unavailable","message":"not ready: postgres, stuck"},"checks":{"postgres":"dial tcp 127.0.0.1:5432: connection refused","redis":"ok","stuck":"timeout after 2s"}}`
 	if r.Status != 503 || string(r.Body) != want || r.Header.Get("Retry-After") != "1" {
 		t.Errorf("got %d %s (Retry-After %q)\nwant 503 %s", r.Status, r.Body, r.Header.Get("Retry-After"), want)
+	}
+}
+
+// Redis down degrades readiness but keeps the instance in rotation: Tally
+// admits exactly from Postgres without it.
+func TestReadyzDegradedWhenOnlyOptionalFails(t *testing.T) {
+	e := newEnv(t, func(o *transport.Options) {
+		o.Checkers = []transport.Checker{
+			checker{name: "postgres"},
+			optionalChecker{checker{name: "redis", err: errors.New("dial tcp 127.0.0.1:6379: connection refused")}},
+		}
+	})
+	r := e.do("GET", "/readyz", "", nil)
+	want := `{"status":"degraded","checks":{"postgres":"ok","redis":"dial tcp 127.0.0.1:6379: connection refused"}}`
+	if r.Status != 200 || string(r.Body) != want {
+		t.Errorf("got %d %s\nwant 200 %s", r.Status, r.Body, want)
+	}
+	e = newEnv(t, func(o *transport.Options) {
+		o.Checkers = []transport.Checker{
+			checker{name: "postgres", err: errors.New("down")},
+			optionalChecker{checker{name: "redis"}},
+		}
+	})
+	if r := e.do("GET", "/readyz", "", nil); r.Status != 503 {
+		t.Errorf("store down: %d %s, want 503", r.Status, r.Body)
 	}
 }
 

@@ -164,11 +164,15 @@ func RedisURL(addr string) string {
 // stopped when the test ends. The returned function kills it with SIGKILL.
 func StartRedis(tb testing.TB, extraArgs ...string) (addr string, kill func()) {
 	tb.Helper()
+	return startRedisOn(tb, FreePort(tb), extraArgs...)
+}
+
+func startRedisOn(tb testing.TB, port int, extraArgs ...string) (addr string, kill func()) {
+	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		Unreachable(tb, "redis-server binary", err)
 	}
-	port := FreePort(tb)
 	args := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}, extraArgs...)
 	cmd := exec.Command(bin, args...)
 	if err := cmd.Start(); err != nil {
@@ -198,4 +202,16 @@ func StartRedis(tb testing.TB, extraArgs ...string) (addr string, kill func()) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// RestartRedisOnPort starts an empty redis-server on a port a killed one
+// used, as a Redis restarted without persistence would come back.
+func RestartRedisOnPort(tb testing.TB, port string) func() {
+	tb.Helper()
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		tb.Fatalf("port %q: %v", port, err)
+	}
+	_, kill := startRedisOn(tb, p)
+	return kill
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -12,7 +13,8 @@ import (
 	"github.com/tally-dev/tally/persistence"
 )
 
-// admitSQL is the fence and the count of one admission, in one statement.
+// admitStatement is the fence and the count of one admission, in one
+// statement.
 //
 //   - fence: FOR SHARE holds off a concurrent plan or anchor change
 //     (PutUser) until this transaction commits, so the version checked is
@@ -23,7 +25,12 @@ import (
 //     that is what makes the limits exact across transactions. A limit that
 //     admits nothing (0) creates no row.
 //   - created: the session row, only if it was counted.
-const admitSQL = `
+//
+// gate adds a condition to counting and more adds CTEs: the keyed variant
+// counts only when this transaction has claimed the key, and settles the
+// claim as admitted when the session was created.
+func admitStatement(gate, more string) string {
+	return `
 WITH fence AS (
     SELECT version FROM users WHERE id = @user_id FOR SHARE
 ),
@@ -31,7 +38,7 @@ counted AS (
     INSERT INTO usage AS u (user_id, period_start, period_end, sessions, seconds, version)
     SELECT @user_id::text, @period_start::timestamptz, @period_end::timestamptz, 1, 0, 1
     FROM fence
-    WHERE fence.version = @user_version::bigint
+    WHERE fence.version = @user_version::bigint` + gate + `
       AND (@max_sessions::bigint < 0 OR @max_sessions::bigint > 0)
       AND (@max_seconds::bigint < 0 OR @max_seconds::bigint > 0)
     ON CONFLICT (user_id, period_start) DO UPDATE
@@ -48,9 +55,28 @@ created AS (
            'created', NULL, @period_start::timestamptz, counted.seq, @max_sessions::bigint,
            @created_at::timestamptz, @created_at::timestamptz
     FROM counted
-)
+    RETURNING id
+)` + more + `
 SELECT (SELECT version FROM fence) AS user_version,
        EXISTS (SELECT FROM counted) AS admitted`
+}
+
+// admitSQL admits a request without an Idempotency-Key.
+var admitSQL = admitStatement("", "")
+
+// keyedAdmitSQL admits a request whose key this transaction claimed before
+// (claimKeySQL): it counts only while the claim is still pending — a key
+// that was already stored was not claimed, so nothing is counted — and
+// settles the claim as admitted together with the session. The claim row
+// was written by an earlier statement, so this one sees and may update it.
+var keyedAdmitSQL = admitStatement(`
+      AND EXISTS (SELECT FROM idempotency_keys
+                  WHERE user_id = @user_id AND key = @key AND outcome = 'pending')`, `,
+admitted_key AS (
+    UPDATE idempotency_keys SET outcome = 'admitted', session_id = created.id
+    FROM created
+    WHERE user_id = @user_id AND key = @key AND outcome = 'pending'
+)`)
 
 // countersSQL reads the usage row after admitSQL. It is a statement of its
 // own because, in READ COMMITTED, it then sees the latest committed row
@@ -58,71 +84,291 @@ SELECT (SELECT version FROM fence) AS user_version,
 // admitSQL would see that statement's older snapshot.
 const countersSQL = `SELECT sessions, seconds, version FROM usage WHERE user_id = $1 AND period_start = $2`
 
+// claimKeySQL claims an Idempotency-Key for this transaction, after the
+// same fence as the admission (a stale or unknown user stores nothing). It
+// returns a row only when it inserted the claim, a 'pending' row that
+// keyedAdmitSQL and settleKeySQL turn into the final outcome before COMMIT.
+//
+// The primary key does the waiting: when another transaction has inserted
+// the same key and not yet committed, this INSERT waits for it; once it
+// commits, the key conflicts and nothing is claimed (the request replays
+// that outcome); had it rolled back, the key is claimed here. On a conflict
+// with a stored key, DO UPDATE … WHERE false updates nothing but locks the
+// row until this transaction ends, so that pruning (which skips locked
+// rows) cannot delete the record before settleKeySQL reads it.
+const claimKeySQL = `
+WITH fence AS (
+    SELECT version FROM users WHERE id = @user_id FOR SHARE
+)
+INSERT INTO idempotency_keys AS k (user_id, key, request_hash, outcome, created_at)
+SELECT @user_id::text, @key::text, @request_hash::text, 'pending', @created_at::timestamptz
+FROM fence
+WHERE fence.version = @user_version::bigint
+ON CONFLICT (user_id, key) DO UPDATE SET outcome = k.outcome WHERE false
+RETURNING true`
+
+// settleKeySQL runs right after keyedAdmitSQL: it reads the period's
+// counters (a statement of its own, like countersSQL), settles a claim that
+// was not admitted as rejected with the plan, limits and those counters,
+// and returns the key's record: the one just settled, the one
+// keyedAdmitSQL settled as admitted, or the one stored before (a replay).
+// It returns exactly one row; its record columns are NULL when no key is
+// stored (the fence refused the request and no other request stored it).
+const settleKeySQL = `
+WITH c AS (
+    SELECT sessions, seconds, version FROM usage
+    WHERE user_id = @user_id AND period_start = @period_start::timestamptz
+),
+rejected AS (
+    UPDATE idempotency_keys SET
+        outcome        = 'rejected',
+        plan_name      = @plan_name::text,
+        max_sessions   = @max_sessions::bigint,
+        max_seconds    = @max_seconds::bigint,
+        usage_sessions = COALESCE((SELECT sessions FROM c), 0),
+        usage_seconds  = COALESCE((SELECT seconds FROM c), 0),
+        period_start   = @period_start::timestamptz,
+        period_end     = @period_end::timestamptz
+    WHERE user_id = @user_id AND key = @key AND outcome = 'pending'
+      -- Only the request that claimed the key settles it, not a stale
+      -- one with the same key in the batch.
+      AND EXISTS (SELECT FROM users WHERE id = @user_id AND version = @user_version::bigint)
+    RETURNING ` + keyColumns + `
+),
+rec AS (
+    SELECT ` + keyColumns + ` FROM rejected
+    UNION ALL
+    -- This statement's snapshot predates the update above: the stored row
+    -- counts only when nothing was settled now. A row still pending is
+    -- the claim of another request in this batch, not yet decided: this
+    -- request, which the fence refused, has none.
+    SELECT ` + keyColumns + ` FROM idempotency_keys
+    WHERE user_id = @user_id AND key = @key AND outcome <> 'pending'
+      AND NOT EXISTS (SELECT FROM rejected)
+)
+SELECT c.sessions, c.seconds, c.version, rec.*
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN c ON true
+LEFT JOIN rec ON true`
+
 // Admit runs every request in one transaction, its statements pipelined in
-// one round trip between BEGIN and COMMIT, and commits before returning. Requests run in lock order — by user, then
-// period, keeping the callers' order within a user — so that concurrent
-// batches lock rows in the same order and cannot deadlock; results are in
-// request order. A rejected request changes nothing. Counters are zero for
-// StaleUser and UnknownUser, whose period may not even be the right one.
+// one round trip between BEGIN and COMMIT, and commits before returning.
+// Results are in request order. A rejected request changes nothing but its
+// Idempotency-Key, if it has one.
+//
+// Locks are taken in one global order, so that concurrent batches cannot
+// deadlock: first the Idempotency-Keys (claimKeySQL) by user and key, then
+// the usage rows (admitSQL, keyedAdmitSQL) by user and period, keeping the
+// callers' order within a user and period. settleKeySQL, which follows
+// each keyedAdmitSQL, touches only rows this transaction holds. A request
+// repeating the user, key and user version of an earlier one in the batch
+// runs no statement: it replays the earlier one's record, or shares its
+// fence refusal. A request without a key runs the same two statements as
+// ever (admitSQL, countersSQL); one with a key runs three.
+//
+// Counters are zero for StaleUser, UnknownUser (whose period may not even
+// be the right one) and Replayed.
 func (s *Store) Admit(ctx context.Context, reqs []persistence.AdmitRequest) ([]persistence.AdmitResult, error) {
 	results := make([]persistence.AdmitResult, len(reqs))
 	if len(reqs) == 0 {
 		return results, nil
 	}
+	owner := keyOwners(reqs)
 	order := lockOrder(reqs)
+	claims := claimOrder(reqs, owner)
 	err := s.inTx(ctx, "admit", func(tx pgx.Tx) error {
 		batch := &pgx.Batch{}
-		for _, i := range order {
-			r := reqs[i]
-			periodStart := ts(r.Session.PeriodStart)
-			batch.Queue(admitSQL, pgx.NamedArgs{
-				"user_id":      r.Session.UserID,
-				"user_version": r.UserVersion,
-				"period_start": periodStart,
-				"period_end":   ts(r.PeriodEnd),
-				"max_sessions": int64(r.MaxSessions),
-				"max_seconds":  int64(r.MaxSeconds),
-				"id":           r.Session.ID,
-				"title":        r.Session.Title,
-				"language":     r.Session.Language,
-				"stt_provider": r.Session.STTProvider,
-				"created_at":   ts(r.Session.CreatedAt),
-			})
-			batch.Queue(countersSQL, r.Session.UserID, periodStart)
+		for _, i := range claims {
+			batch.Queue(claimKeySQL, admitArgs(reqs[i]))
 		}
-		br := tx.SendBatch(ctx, batch)
 		for _, i := range order {
-			var (
-				userVersion *int64
-				admitted    bool
-			)
-			if err := br.QueryRow().Scan(&userVersion, &admitted); err != nil {
-				br.Close()
-				return err
-			}
-			var c persistence.Counters
-			err := br.QueryRow().Scan(&c.Sessions, &c.Seconds, &c.Version)
-			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-				br.Close()
-				return err
-			}
 			switch {
-			case userVersion == nil:
-				results[i] = persistence.AdmitResult{Outcome: persistence.UnknownUser}
-			case *userVersion != reqs[i].UserVersion:
-				results[i] = persistence.AdmitResult{Outcome: persistence.StaleUser}
-			case admitted:
-				results[i] = persistence.AdmitResult{Outcome: persistence.Admitted, Counters: c}
+			case owner[i] != i: // repeats an earlier request's key: nothing to run
+			case reqs[i].IdempotencyKey == "":
+				batch.Queue(admitSQL, admitArgs(reqs[i]))
+				batch.Queue(countersSQL, reqs[i].Session.UserID, ts(reqs[i].Session.PeriodStart))
 			default:
-				results[i] = persistence.AdmitResult{Outcome: persistence.OverLimit, Counters: c}
+				args := admitArgs(reqs[i])
+				batch.Queue(keyedAdmitSQL, args)
+				batch.Queue(settleKeySQL, args)
 			}
 		}
-		return br.Close()
+
+		br := tx.SendBatch(ctx, batch)
+		defer br.Close()
+		claimed := make([]bool, len(reqs))
+		for _, i := range claims {
+			err := br.QueryRow().Scan(&claimed[i])
+			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+		}
+		decided := make([]admitRow, len(reqs))
+		records := make([]*persistence.IdempotencyRecord, len(reqs))
+		for _, i := range order {
+			if owner[i] != i {
+				continue
+			}
+			d := &decided[i]
+			if err := br.QueryRow().Scan(&d.userVersion, &d.admitted); err != nil {
+				return err
+			}
+			var err error
+			if reqs[i].IdempotencyKey == "" {
+				err = br.QueryRow().Scan(&d.counters.Sessions, &d.counters.Seconds, &d.counters.Version)
+				if errors.Is(err, pgx.ErrNoRows) {
+					err = nil
+				}
+			} else {
+				d.counters, records[i], err = scanSettled(br.QueryRow())
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+
+		for i, r := range reqs {
+			if owner[i] != i {
+				continue
+			}
+			var err error
+			if results[i], err = decided[i].result(r, claimed[i], records[i]); err != nil {
+				return err
+			}
+		}
+		for i := range reqs {
+			if o := owner[i]; o != i {
+				results[i] = repeated(results[o], records[o])
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return results, nil
+}
+
+// admitRow is what the statements of one request reported.
+type admitRow struct {
+	userVersion *int64 // nil: no such user
+	admitted    bool
+	counters    persistence.Counters
+}
+
+// result turns the statements' answers for request r into its outcome.
+// claimed and rec are those of its key (none without one). Answers that
+// contradict each other are a bug; the error rolls the batch back, so
+// that no claim can commit unsettled.
+func (d admitRow) result(r persistence.AdmitRequest, claimed bool, rec *persistence.IdempotencyRecord) (persistence.AdmitResult, error) {
+	switch {
+	case d.userVersion == nil:
+		return persistence.AdmitResult{Outcome: persistence.UnknownUser}, nil
+	case *d.userVersion != r.UserVersion:
+		return persistence.AdmitResult{Outcome: persistence.StaleUser}, nil
+	}
+	if r.IdempotencyKey == "" {
+		if d.admitted {
+			return persistence.AdmitResult{Outcome: persistence.Admitted, Counters: d.counters}, nil
+		}
+		return persistence.AdmitResult{Outcome: persistence.OverLimit, Counters: d.counters}, nil
+	}
+	switch {
+	case rec == nil:
+		return persistence.AdmitResult{}, fmt.Errorf("idempotency key %q of user %s: no record after the admission", r.IdempotencyKey, r.Session.UserID)
+	case !claimed:
+		if d.admitted {
+			return persistence.AdmitResult{}, fmt.Errorf("idempotency key %q of user %s: counted without a claim", r.IdempotencyKey, r.Session.UserID)
+		}
+		return persistence.AdmitResult{Outcome: persistence.Replayed, Record: rec}, nil
+	case d.admitted:
+		if !rec.Admitted || rec.SessionID != r.Session.ID {
+			return persistence.AdmitResult{}, fmt.Errorf("idempotency key %q of user %s: admitted, but the key records %+v", r.IdempotencyKey, r.Session.UserID, *rec)
+		}
+		return persistence.AdmitResult{Outcome: persistence.Admitted, Counters: d.counters}, nil
+	default:
+		if rec.Admitted || rec.PlanName != r.PlanName {
+			return persistence.AdmitResult{}, fmt.Errorf("idempotency key %q of user %s: rejected, but the key records %+v", r.IdempotencyKey, r.Session.UserID, *rec)
+		}
+		return persistence.AdmitResult{Outcome: persistence.OverLimit, Counters: d.counters}, nil
+	}
+}
+
+// repeated is the result of a request that repeats the key of an earlier
+// request in the same batch, whose result and record are given: a replay
+// of that record, or the same fence refusal.
+func repeated(first persistence.AdmitResult, rec *persistence.IdempotencyRecord) persistence.AdmitResult {
+	switch first.Outcome {
+	case persistence.StaleUser, persistence.UnknownUser:
+		return persistence.AdmitResult{Outcome: first.Outcome}
+	}
+	cp := *rec
+	return persistence.AdmitResult{Outcome: persistence.Replayed, Record: &cp}
+}
+
+func admitArgs(r persistence.AdmitRequest) pgx.NamedArgs {
+	return pgx.NamedArgs{
+		"user_id":      r.Session.UserID,
+		"user_version": r.UserVersion,
+		"period_start": ts(r.Session.PeriodStart),
+		"period_end":   ts(r.PeriodEnd),
+		"plan_name":    r.PlanName,
+		"max_sessions": int64(r.MaxSessions),
+		"max_seconds":  int64(r.MaxSeconds),
+		"id":           r.Session.ID,
+		"title":        r.Session.Title,
+		"language":     r.Session.Language,
+		"stt_provider": r.Session.STTProvider,
+		"created_at":   ts(r.Session.CreatedAt),
+		"key":          r.IdempotencyKey,
+		"request_hash": r.RequestHash,
+	}
+}
+
+// keyOwners maps each request to the first request of the batch with the
+// same user, Idempotency-Key and user version (itself when it is the
+// first, or has no key). Only owners run statements; a request repeating
+// an owner's key replays the owner's outcome. At most one user version
+// passes the fence, so at most one owner per key claims it.
+func keyOwners(reqs []persistence.AdmitRequest) []int {
+	type id struct {
+		user, key string
+		version   int64
+	}
+	first := map[id]int{}
+	owner := make([]int, len(reqs))
+	for i, r := range reqs {
+		owner[i] = i
+		if r.IdempotencyKey == "" {
+			continue
+		}
+		k := id{r.Session.UserID, r.IdempotencyKey, r.UserVersion}
+		if o, ok := first[k]; ok {
+			owner[i] = o
+		} else {
+			first[k] = i
+		}
+	}
+	return owner
+}
+
+// claimOrder returns the keyed owners sorted by user and key: the order in
+// which every transaction claims keys.
+func claimOrder(reqs []persistence.AdmitRequest, owner []int) []int {
+	var claims []int
+	for i, r := range reqs {
+		if r.IdempotencyKey != "" && owner[i] == i {
+			claims = append(claims, i)
+		}
+	}
+	slices.SortStableFunc(claims, func(a, b int) int {
+		ra, rb := reqs[a], reqs[b]
+		return cmp.Or(strings.Compare(ra.Session.UserID, rb.Session.UserID), strings.Compare(ra.IdempotencyKey, rb.IdempotencyKey))
+	})
+	return claims
 }
 
 // lockOrder returns the indexes of reqs sorted by user and period, stable

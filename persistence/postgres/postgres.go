@@ -30,6 +30,9 @@ type Store struct {
 	// closed makes Migrate, which dials its own connection, fail like the
 	// pool-backed methods once the store is closed.
 	closed atomic.Bool
+	// pruneBatch is how many idempotency keys one pruning statement
+	// deletes at most.
+	pruneBatch int
 }
 
 // Open connects to the database at url (postgres://…) and checks that it
@@ -50,7 +53,7 @@ func Open(ctx context.Context, url string) (*Store, error) {
 		pool.Close()
 		return nil, translate("connect", err)
 	}
-	return &Store{pool: pool}, nil
+	return &Store{pool: pool, pruneBatch: defaultPruneBatch}, nil
 }
 
 // Ping checks that the database answers a query.

@@ -264,8 +264,20 @@ func TestAdmitWaitsForPlanChange(t *testing.T) {
 // conn's waits for a lock, i.e. until the store's statement is blocked.
 func waitForLockWaiter(t *testing.T, conn *pgx.Conn) {
 	t.Helper()
+	waitForLockWaiters(t, conn, 1)
+}
+
+// waitForLockWaiters waits until at least n backends of the test database
+// other than conn's wait for a lock.
+func waitForLockWaiters(t *testing.T, conn *pgx.Conn, want int) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
+		// Within a transaction, activity statistics are a snapshot taken
+		// at their first read: clear it, or conn would never see a change.
+		if _, err := conn.Exec(t.Context(), `SELECT pg_stat_clear_snapshot()`); err != nil {
+			t.Fatal(err)
+		}
 		var n int
 		err := conn.QueryRow(t.Context(), `
 			SELECT count(*) FROM pg_stat_activity
@@ -273,7 +285,7 @@ func waitForLockWaiter(t *testing.T, conn *pgx.Conn) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n > 0 {
+		if n >= want {
 			return
 		}
 		if time.Now().After(deadline) {

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,11 +54,18 @@ type Cache struct {
 
 	queue   chan entry
 	done    chan struct{}
+	ctx     context.Context // canceled by Close, bounding background work
+	cancel  context.CancelFunc
 	stopped sync.WaitGroup
 	once    sync.Once
 
 	writes  *prometheus.CounterVec
 	dropped prometheus.Counter
+	reseeds *prometheus.CounterVec
+
+	// writeFailed tells the watcher that writes were lost to an error, so
+	// Redis needs a re-seed once it answers again.
+	writeFailed atomic.Bool
 }
 
 type entry struct {
@@ -85,8 +93,10 @@ func New(client redis.UniversalClient, prefix string, log *slog.Logger, reg prom
 			Help: "Counter writes dropped because the Redis write queue was full.",
 		}),
 	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.reseeds = newReseedMetric()
 	if reg != nil {
-		reg.MustRegister(c.writes, c.dropped)
+		reg.MustRegister(c.writes, c.dropped, c.reseeds)
 	}
 	c.stopped.Add(1)
 	go c.run()
@@ -105,6 +115,7 @@ func (c *Cache) Put(userID string, periodStart time.Time, counters persistence.C
 	case c.queue <- entry{key: c.Key(userID, periodStart), c: counters}:
 	default:
 		c.dropped.Inc()
+		c.writeFailed.Store(true)
 	}
 }
 
@@ -139,6 +150,10 @@ func (c *Cache) Get(ctx context.Context, userID string, periodStart time.Time) (
 // Name is the readiness check's name.
 func (c *Cache) Name() string { return "redis" }
 
+// Optional marks Redis as a dependency Tally runs without (readiness is
+// degraded, not failed, while it is down).
+func (c *Cache) Optional() bool { return true }
+
 // Check pings Redis (readiness).
 func (c *Cache) Check(ctx context.Context) error { return c.client.Ping(ctx).Err() }
 
@@ -147,6 +162,7 @@ func (c *Cache) Check(ctx context.Context) error { return c.client.Ping(ctx).Err
 func (c *Cache) Close() {
 	c.once.Do(func() {
 		close(c.done)
+		c.cancel()
 		c.stopped.Wait()
 	})
 }
@@ -204,12 +220,14 @@ func (c *Cache) flush(ctx context.Context, batch map[string]persistence.Counters
 		// A failing cache costs nothing but this log line and the metric:
 		// admissions are decided and recorded in Postgres.
 		c.writes.WithLabelValues("error").Add(float64(len(batch)))
+		c.writeFailed.Store(true)
 		c.log.Warn("redis counter writes failed", "keys", len(batch), "err", err)
 		return
 	}
 	for _, cmd := range cmds {
 		if n, err := cmd.Int(); err != nil {
 			c.writes.WithLabelValues("error").Inc()
+			c.writeFailed.Store(true)
 		} else if n == 1 {
 			c.writes.WithLabelValues("written").Inc()
 		} else {

@@ -12,10 +12,11 @@ import (
 // Admit runs every request, in order, in one write transaction and commits
 // before returning. The transaction holds the database's write lock from
 // its first statement, so the fence below cannot interleave with another
-// writer. A rejected request changes nothing that a reader can tell apart
-// (at most a zero usage row, which reads like a missing one). Counters are
-// zero for StaleUser and UnknownUser, whose period may not even be the
-// right one.
+// writer, and a request with an Idempotency-Key that another one is
+// deciding waits for it (then replays it). A rejected request changes
+// nothing that a reader can tell apart (at most a zero usage row, which
+// reads like a missing one) but its key. Counters are zero for StaleUser,
+// UnknownUser (whose period may not even be the right one) and Replayed.
 func (s *Store) Admit(ctx context.Context, reqs []persistence.AdmitRequest) ([]persistence.AdmitResult, error) {
 	results := make([]persistence.AdmitResult, len(reqs))
 	if len(reqs) == 0 {
@@ -36,8 +37,12 @@ func (s *Store) Admit(ctx context.Context, reqs []persistence.AdmitRequest) ([]p
 	return results, nil
 }
 
+// admitOne decides one request: the fence, then the Idempotency-Key (a
+// stored key is replayed and nothing is counted), then the count, and the
+// key with the outcome. Writes take turns, so a key stored by an earlier
+// transaction, or by an earlier request of this one, is always seen here.
 func admitOne(ctx context.Context, tx *sql.Tx, r persistence.AdmitRequest) (persistence.AdmitResult, error) {
-	userID, periodStart := r.Session.UserID, micros(r.Session.PeriodStart)
+	userID := r.Session.UserID
 
 	var version int64
 	err := tx.QueryRowContext(ctx, `SELECT version FROM users WHERE id = ?`, userID).Scan(&version)
@@ -50,6 +55,38 @@ func admitOne(ctx context.Context, tx *sql.Tx, r persistence.AdmitRequest) (pers
 		return persistence.AdmitResult{Outcome: persistence.StaleUser}, nil
 	}
 
+	if r.IdempotencyKey != "" {
+		rec, err := lookupKey(ctx, tx, userID, r.IdempotencyKey)
+		switch {
+		case err == nil:
+			return persistence.AdmitResult{Outcome: persistence.Replayed, Record: &rec}, nil
+		case !errors.Is(err, sql.ErrNoRows):
+			return persistence.AdmitResult{}, err
+		}
+	}
+
+	res, err := decide(ctx, tx, r)
+	if err != nil || r.IdempotencyKey == "" {
+		return res, err
+	}
+	rec := persistence.IdempotencyRecord{
+		UserID: userID, Key: r.IdempotencyKey, RequestHash: r.RequestHash,
+		Admitted: res.Outcome == persistence.Admitted, CreatedAt: r.Session.CreatedAt,
+	}
+	if rec.Admitted {
+		rec.SessionID = r.Session.ID
+	} else {
+		rec.PlanName, rec.MaxSessions, rec.MaxSeconds = r.PlanName, r.MaxSessions, r.MaxSeconds
+		rec.Usage = res.Counters.Usage
+		rec.PeriodStart, rec.PeriodEnd = r.Session.PeriodStart, r.PeriodEnd
+	}
+	return res, storeKey(ctx, tx, rec)
+}
+
+// decide counts the session if the period's usage is within the limits,
+// and creates it; the user's fence has been checked.
+func decide(ctx context.Context, tx *sql.Tx, r persistence.AdmitRequest) (persistence.AdmitResult, error) {
+	userID, periodStart := r.Session.UserID, micros(r.Session.PeriodStart)
 	if _, err := tx.ExecContext(ctx, `
 		INSERT INTO usage (user_id, period_start, period_end, sessions, seconds, version)
 		VALUES (?, ?, ?, 0, 0, 0)
@@ -58,7 +95,7 @@ func admitOne(ctx context.Context, tx *sql.Tx, r persistence.AdmitRequest) (pers
 		return persistence.AdmitResult{}, err
 	}
 	var c persistence.Counters
-	err = tx.QueryRowContext(ctx, `
+	err := tx.QueryRowContext(ctx, `
 		UPDATE usage SET sessions = sessions + 1, version = version + 1
 		WHERE user_id = :user_id AND period_start = :period_start
 		  AND (:max_sessions < 0 OR sessions < :max_sessions)

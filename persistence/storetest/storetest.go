@@ -48,6 +48,19 @@ func Run(t *testing.T, open func(t *testing.T) persistence.Store) {
 		{"AdmitDuplicateSessionID", testAdmitDuplicateSessionID},
 		{"AdmitConcurrently", testAdmitConcurrently},
 		{"AdmitConcurrentBatchesCrossUsers", testAdmitConcurrentBatchesCrossUsers},
+		{"AdmitKeyReplaysAdmission", testAdmitKeyReplaysAdmission},
+		{"AdmitKeyReplaysRejection", testAdmitKeyReplaysRejection},
+		{"AdmitKeyZeroLimitRejection", testAdmitKeyZeroLimitRejection},
+		{"AdmitKeyIsPerUser", testAdmitKeyIsPerUser},
+		{"AdmitKeyConcurrently", testAdmitKeyConcurrently},
+		{"AdmitKeyTwiceInOneBatch", testAdmitKeyTwiceInOneBatch},
+		{"AdmitKeyConcurrentBatches", testAdmitKeyConcurrentBatches},
+		{"AdmitKeyFencedOffStoresNothing", testAdmitKeyFencedOffStoresNothing},
+		{"AdmitKeyResolvesLostReply", testAdmitKeyResolvesLostReply},
+		{"LookupIdempotencyKey", testLookupIdempotencyKey},
+		{"PruneIdempotencyKeys", testPruneIdempotencyKeys},
+		{"ScanUsage", testScanUsage},
+		{"ScanUsageStopsAtError", testScanUsageStopsAtError},
 		{"TimesRoundTrip", testTimesRoundTrip},
 		{"GetSessionNotFound", testGetSessionNotFound},
 		{"ListSessions", testListSessions},
@@ -108,6 +121,7 @@ func request(u domain.User, id string, at time.Time, maxSessions, maxSeconds dom
 		},
 		UserVersion: u.Version,
 		PeriodEnd:   p.End,
+		PlanName:    u.Plan,
 		MaxSessions: maxSessions,
 		MaxSeconds:  maxSeconds,
 	}
@@ -133,6 +147,9 @@ func wantResult(t *testing.T, what string, got persistence.AdmitResult, outcome 
 	t.Helper()
 	if got.Outcome != outcome || got.Counters != c {
 		t.Fatalf("%s: got %v %+v, want %v %+v", what, got.Outcome, got.Counters, outcome, c)
+	}
+	if got.Record != nil {
+		t.Fatalf("%s: %v with a record %+v; only a replay has one", what, got.Outcome, *got.Record)
 	}
 }
 
@@ -1002,6 +1019,10 @@ func everyMethod(ctx context.Context, s persistence.Store, u domain.User) map[st
 	_, errs["PutUser"] = s.PutUser(ctx, persistence.UserChange{ID: u.ID, Now: t0})
 	_, errs["LoadUsage"] = s.LoadUsage(ctx, u.ID, r.Session.PeriodStart)
 	_, errs["Admit"] = s.Admit(ctx, []persistence.AdmitRequest{r})
+	_, errs["Admit with a key"] = s.Admit(ctx, []persistence.AdmitRequest{keyed(request(u, "later", t0, unlimited, unlimited), "k", "h")})
+	_, errs["LookupIdempotencyKey"] = s.LookupIdempotencyKey(ctx, u.ID, "k1")
+	_, errs["PruneIdempotencyKeys"] = s.PruneIdempotencyKeys(ctx, t0.Add(time.Hour))
+	errs["ScanUsage"] = s.ScanUsage(ctx, t0, func(persistence.UsageRow) error { return nil })
 	_, errs["GetSession"] = s.GetSession(ctx, "s1")
 	_, errs["ListSessions"] = s.ListSessions(ctx, u.ID, 10, nil)
 	_, errs["MarkUploading"] = s.MarkUploading(ctx, "s1", t0)
@@ -1012,7 +1033,7 @@ func everyMethod(ctx context.Context, s persistence.Store, u domain.User) map[st
 
 func testCanceledContextIsUnavailable(t *testing.T, s persistence.Store) {
 	u := ensureUser(t, s, "alice")
-	admit(t, s, request(u, "s1", t0, unlimited, unlimited))
+	admit(t, s, keyed(request(u, "s1", t0, unlimited, unlimited), "k1", "h1"))
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	for method, err := range everyMethod(ctx, s, u) {
@@ -1022,7 +1043,7 @@ func testCanceledContextIsUnavailable(t *testing.T, s persistence.Store) {
 
 func testClosedStoreIsUnavailable(t *testing.T, s persistence.Store) {
 	u := ensureUser(t, s, "alice")
-	admit(t, s, request(u, "s1", t0, unlimited, unlimited))
+	admit(t, s, keyed(request(u, "s1", t0, unlimited, unlimited), "k1", "h1"))
 	s.Close()
 	for method, err := range everyMethod(t.Context(), s, u) {
 		wantCode(t, method+" on a closed store", err, domain.CodeUnavailable)

@@ -1,0 +1,532 @@
+package verify_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-dev/tally/config"
+	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/internal/testenv"
+	"github.com/tally-dev/tally/persistence"
+	"github.com/tally-dev/tally/persistence/postgres"
+	"github.com/tally-dev/tally/persistence/rediscache"
+	"github.com/tally-dev/tally/persistence/sqlite"
+	"github.com/tally-dev/tally/tools/verify"
+)
+
+// t0 anchors every user of the fixture.
+var t0 = time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+
+// backend is one store under audit, with raw SQL access to corrupt it the
+// way a bug (or a broken fence) would.
+type backend struct {
+	name  string
+	store persistence.Store
+	opts  verify.Options
+	// exec runs SQL written with ? placeholders.
+	exec func(t *testing.T, query string, args ...any)
+	// ts is how a timestamp is passed to exec.
+	ts func(time.Time) any
+}
+
+func backends() []struct {
+	name string
+	open func(t *testing.T) *backend
+} {
+	return []struct {
+		name string
+		open func(t *testing.T) *backend
+	}{
+		{"postgres", openPostgres},
+		{"sqlite", openSQLite},
+	}
+}
+
+func openPostgres(t *testing.T) *backend {
+	t.Helper()
+	url := testenv.PostgresURL(t)
+	s, err := postgres.Open(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return &backend{
+		name: "postgres", store: s, opts: verify.Options{DatabaseURL: url},
+		exec: func(t *testing.T, query string, args ...any) {
+			t.Helper()
+			n := 0
+			query = replaceEach(query, "?", func() string { n++; return "$" + strconv.Itoa(n) })
+			if _, err := conn.Exec(t.Context(), query, args...); err != nil {
+				t.Fatalf("%s: %v", query, err)
+			}
+		},
+		ts: func(tm time.Time) any { return tm },
+	}
+}
+
+func openSQLite(t *testing.T) *backend {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := sqlite.Open(t.Context(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	db, err := sql.Open("sqlite", filepath.Join(dir, sqlite.FileName)+"?_busy_timeout=5000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return &backend{
+		name: "sqlite", store: s, opts: verify.Options{DataDir: dir},
+		exec: func(t *testing.T, query string, args ...any) {
+			t.Helper()
+			if _, err := db.ExecContext(t.Context(), query, args...); err != nil {
+				t.Fatalf("%s: %v", query, err)
+			}
+		},
+		ts: func(tm time.Time) any { return tm.UnixMicro() },
+	}
+}
+
+func replaceEach(s, old string, next func() string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, old)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i])
+		b.WriteString(next())
+		s = s[i+len(old):]
+	}
+}
+
+// fixture is the clean data every test starts from, created through the
+// store's own Admit and CompleteSession:
+//
+//	alice (limit 10): 10 sessions, the 11th rejected; 630 s completed
+//	bob (unlimited):  3 sessions; 100 s completed
+//	carol (limit 10): 2 sessions in her first period, 1 in the next (50 s)
+//	dave (limit 10):  1 session
+type fixture struct {
+	users   map[string]domain.User
+	periods map[string]domain.Period // each user's first period
+	next    domain.Period            // carol's second period
+}
+
+const (
+	wantUsers    = 4
+	wantPeriods  = 5
+	wantSessions = 17
+)
+
+func seed(t *testing.T, b *backend) *fixture {
+	t.Helper()
+	ctx := t.Context()
+	if err := b.store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{users: map[string]domain.User{}, periods: map[string]domain.Period{}}
+	for _, id := range []string{"alice", "bob", "carol", "dave"} {
+		u, err := b.store.EnsureUser(ctx, id, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.users[id], f.periods[id] = u, u.Period(t0)
+	}
+	admit := func(user, id string, at time.Time, limit domain.Limit, want persistence.AdmitOutcome) {
+		t.Helper()
+		u := f.users[user]
+		p := u.Period(at)
+		res, err := b.store.Admit(ctx, []persistence.AdmitRequest{{
+			Session: domain.Session{
+				ID: id, UserID: user, Title: "Lecture " + id, Language: "en-US", STTProvider: "google",
+				PeriodStart: p.Start, CreatedAt: at,
+			},
+			UserVersion: u.Version, PeriodEnd: p.End, MaxSessions: limit, MaxSeconds: -1,
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res[0].Outcome != want {
+			t.Fatalf("admit %s: %s, want %s", id, res[0].Outcome, want)
+		}
+	}
+	complete := func(id string, seconds int64) {
+		t.Helper()
+		if _, _, err := b.store.CompleteSession(ctx, id, seconds, t0.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		admit("alice", fmt.Sprintf("a%d", i+1), t0.Add(time.Duration(i)*time.Minute), 10, persistence.Admitted)
+	}
+	admit("alice", "a11", t0.Add(time.Hour), 10, persistence.OverLimit)
+	complete("a1", 600)
+	complete("a2", 30)
+	for i := range 3 {
+		admit("bob", fmt.Sprintf("b%d", i+1), t0.Add(time.Duration(i)*time.Minute), -1, persistence.Admitted)
+	}
+	complete("b1", 100)
+	admit("carol", "c1", t0, 10, persistence.Admitted)
+	admit("carol", "c2", t0.Add(time.Minute), 10, persistence.Admitted)
+	later := t0.AddDate(0, 1, 5)
+	f.next = f.users["carol"].Period(later)
+	admit("carol", "c3", later, 10, persistence.Admitted)
+	complete("c3", 50)
+	admit("dave", "d1", t0, 10, persistence.Admitted)
+	return f
+}
+
+// withRedis points the audit at a private prefix of the shared Redis and
+// writes the fixture's counters there with the service's own cache, all
+// but carol's second period (a cold key).
+func withRedis(t *testing.T, b *backend, f *fixture) (*redis.Client, *rediscache.Cache) {
+	t.Helper()
+	addr, prefix := testenv.Redis(t)
+	client := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { _ = client.Close() })
+	cache := rediscache.New(client, prefix, nil, nil)
+	t.Cleanup(cache.Close)
+	for user, p := range f.periods {
+		c, err := b.store.LoadUsage(t.Context(), user, p.Start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := cache.Set(t.Context(), user, p.Start, c); err != nil || !ok {
+			t.Fatalf("cache %s: %v %v", user, ok, err)
+		}
+	}
+	b.opts.Redis, b.opts.RedisKeyPrefix = client, prefix
+	return client, cache
+}
+
+func run(t *testing.T, b *backend) *verify.Report {
+	t.Helper()
+	rep, err := verify.Run(t.Context(), b.opts)
+	if err != nil {
+		t.Fatalf("verify.Run: %v", err)
+	}
+	var text strings.Builder
+	if err := rep.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("report:\n%s", text.String())
+	return rep
+}
+
+func TestCleanStorePasses(t *testing.T) {
+	for _, bk := range backends() {
+		t.Run(bk.name, func(t *testing.T) {
+			b := bk.open(t)
+			f := seed(t, b)
+			withRedis(t, b, f)
+			rep := run(t, b)
+			if !rep.OK() {
+				t.Fatalf("a clean store has %d violation(s): %v", rep.Total, rep.Violations)
+			}
+			if rep.Users != wantUsers || rep.Periods != wantPeriods || rep.Sessions != wantSessions {
+				t.Errorf("checked %d users, %d periods, %d sessions; want %d, %d, %d",
+					rep.Users, rep.Periods, rep.Sessions, wantUsers, wantPeriods, wantSessions)
+			}
+			// Every cached key matched (so the key layout is the cache's),
+			// and carol's second period is a cold key, not a violation.
+			want := verify.RedisSummary{Checked: true, Keys: 5, Equal: 4, Missing: 1, Scanned: 4}
+			if rep.Redis != want {
+				t.Errorf("redis summary %+v, want %+v", rep.Redis, want)
+			}
+		})
+	}
+}
+
+func TestEmbeddedRedisIsReportedAsNotChecked(t *testing.T) {
+	b := openSQLite(t)
+	seed(t, b)
+	b.opts.RedisSkipped = "in-process Redis"
+	rep := run(t, b)
+	if !rep.OK() || rep.Redis.Checked || rep.Redis.Skipped != "in-process Redis" {
+		t.Fatalf("report %+v", rep)
+	}
+	var text strings.Builder
+	_ = rep.WriteText(&text)
+	if !strings.Contains(text.String(), "redis: not checked: in-process Redis") {
+		t.Errorf("the text report does not say Redis was not checked:\n%s", text.String())
+	}
+}
+
+// want is one expected violation.
+type want struct {
+	check   verify.Check
+	user    string
+	numbers map[string]int64 // a subset of the violation's numbers
+}
+
+// corruptions are what a broken fence, a lost write or a stale cache would
+// leave behind; each must be reported, and nothing else.
+var storeCorruptions = []struct {
+	name    string
+	corrupt func(t *testing.T, b *backend, f *fixture)
+	want    []want
+}{
+	{
+		name: "session admitted over the limit",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			p := f.periods["alice"]
+			b.exec(t, `INSERT INTO sessions (id, user_id, title, language, stt_provider, status, period_start, seq, max_sessions, created_at, updated_at)
+				VALUES ('a11', 'alice', 'x', 'en-US', 'google', 'created', ?, 11, 10, ?, ?)`, b.ts(p.Start), b.ts(t0), b.ts(t0))
+			b.exec(t, `UPDATE usage SET sessions = sessions + 1, version = version + 1 WHERE user_id = 'alice'`)
+		},
+		want: []want{{verify.OverLimit, "alice", map[string]int64{"seq": 11, "max_sessions": 10, "sessions_over": 1}}},
+	},
+	{
+		name: "usage.sessions off by one",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `UPDATE usage SET sessions = sessions + 1 WHERE user_id = 'bob'`)
+		},
+		want: []want{{verify.SessionCount, "bob", map[string]int64{"usage_sessions": 4, "sessions": 3}}},
+	},
+	{
+		name: "a session not counted",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `UPDATE usage SET sessions = sessions - 1 WHERE user_id = 'alice'`)
+		},
+		want: []want{{verify.SessionCount, "alice", map[string]int64{"usage_sessions": 9, "sessions": 10}}},
+	},
+	{
+		name: "usage.seconds off",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `UPDATE usage SET seconds = seconds + 7 WHERE user_id = 'alice'`)
+		},
+		want: []want{{verify.Seconds, "alice", map[string]int64{"usage_seconds": 637, "completed_seconds": 630}}},
+	},
+	{
+		name: "completed seconds lost",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `UPDATE usage SET seconds = 0 WHERE user_id = 'carol' AND period_start = ?`, b.ts(f.next.Start))
+		},
+		want: []want{{verify.Seconds, "carol", map[string]int64{"usage_seconds": 0, "completed_seconds": 50}}},
+	},
+	{
+		name: "session in a period without a usage row",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			start := f.periods["dave"].Start.AddDate(0, -1, 0)
+			b.exec(t, `INSERT INTO sessions (id, user_id, title, language, stt_provider, status, duration_seconds, period_start, seq, max_sessions, created_at, updated_at)
+				VALUES ('d0', 'dave', 'x', 'en-US', 'google', 'completed', 40, ?, 1, 10, ?, ?)`, b.ts(start), b.ts(start), b.ts(start))
+		},
+		want: []want{{verify.MissingUsage, "dave", map[string]int64{"sessions": 1, "completed_seconds": 40}}},
+	},
+	{
+		name: "duplicated seq",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `UPDATE sessions SET seq = 1 WHERE id = 'b2'`)
+		},
+		want: []want{{verify.Seq, "bob", map[string]int64{"sessions": 3, "min_seq": 1, "max_seq": 3, "distinct_seqs": 2}}},
+	},
+	{
+		name: "gap in seq",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `UPDATE sessions SET seq = 5 WHERE id = 'b3'`)
+		},
+		want: []want{{verify.Seq, "bob", map[string]int64{"sessions": 3, "min_seq": 1, "max_seq": 5, "distinct_seqs": 3}}},
+	},
+}
+
+func TestStoreCorruptionsAreReported(t *testing.T) {
+	for _, bk := range backends() {
+		t.Run(bk.name, func(t *testing.T) {
+			for _, tc := range storeCorruptions {
+				t.Run(tc.name, func(t *testing.T) {
+					t.Parallel() // each has a store of its own
+					b := bk.open(t)
+					f := seed(t, b)
+					tc.corrupt(t, b, f)
+					wantReport(t, run(t, b), tc.want)
+				})
+			}
+		})
+	}
+}
+
+func TestRedisCorruptionsAreReported(t *testing.T) {
+	for _, bk := range backends() {
+		t.Run(bk.name, func(t *testing.T) {
+			b := bk.open(t)
+			f := seed(t, b)
+			client, cache := withRedis(t, b, f)
+			ctx := t.Context()
+			key := func(user string) string { return cache.Key(user, f.periods[user].Start) }
+			// alice's cache lost her last write (a failover): one version behind.
+			must(t, client.HIncrBy(ctx, key("alice"), "v", -1).Err())
+			must(t, client.HIncrBy(ctx, key("alice"), "s", -1).Err())
+			// bob's has the right version but counts something else.
+			must(t, client.HIncrBy(ctx, key("bob"), "s", 1).Err())
+			// dave's key is not a counter hash at all.
+			must(t, client.Del(ctx, key("dave")).Err())
+			must(t, client.Set(ctx, key("dave"), "garbage", 0).Err())
+			// carol's is ahead of the store, which is no violation (the
+			// service may have written since), only counted.
+			must(t, client.HIncrBy(ctx, key("carol"), "v", 5).Err())
+			// Counters of a period the store never recorded: lost usage.
+			erinPeriod := t0.AddDate(0, 2, 0)
+			must(t, client.HSet(ctx, cache.Key("erin:x", erinPeriod), "s", 2, "sec", 0, "v", 3).Err())
+			// An empty seed of a period without a row is not evidence of
+			// anything.
+			must(t, client.HSet(ctx, cache.Key("frank", erinPeriod), "s", 0, "sec", 0, "v", 0).Err())
+
+			rep := run(t, b)
+			wantReport(t, rep, []want{
+				{verify.RedisBehind, "alice", map[string]int64{"redis_version": 11, "store_version": 12, "redis_sessions": 9, "store_sessions": 10}},
+				{verify.RedisMismatch, "bob", map[string]int64{"redis_sessions": 4, "store_sessions": 3}},
+				{verify.RedisCorrupt, "dave", nil},
+				{verify.RedisOrphan, "erin:x", map[string]int64{"redis_version": 3, "redis_sessions": 2}},
+			})
+			want := verify.RedisSummary{Checked: true, Keys: 5, Missing: 1, Behind: 1, Ahead: 1, Mismatched: 1, Corrupt: 1, Scanned: 6, Orphans: 1}
+			if rep.Redis != want {
+				t.Errorf("redis summary %+v, want %+v", rep.Redis, want)
+			}
+		})
+	}
+}
+
+func TestMaxViolationsTruncatesTheListNotTheCount(t *testing.T) {
+	b := openSQLite(t)
+	seed(t, b)
+	b.exec(t, `UPDATE usage SET seconds = seconds + 1`)
+	b.opts.MaxViolations = 2
+	rep := run(t, b)
+	if rep.Total != wantPeriods || len(rep.Violations) != 2 || !rep.Truncated || rep.Counts[verify.Seconds] != wantPeriods {
+		t.Fatalf("total %d, listed %d, truncated %v, counts %v", rep.Total, len(rep.Violations), rep.Truncated, rep.Counts)
+	}
+}
+
+func TestMissingEmbeddedStoreIsAnError(t *testing.T) {
+	_, err := verify.Run(t.Context(), verify.Options{DataDir: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "no embedded store") {
+		t.Fatalf("verify of an empty data directory: %v", err)
+	}
+}
+
+// wantReport checks that the report holds exactly the wanted violations.
+func wantReport(t *testing.T, rep *verify.Report, wants []want) {
+	t.Helper()
+	if rep.OK() {
+		t.Fatal("the report is OK; want violations")
+	}
+	if rep.Total != int64(len(wants)) || len(rep.Violations) != len(wants) {
+		t.Errorf("%d violation(s), want %d", rep.Total, len(wants))
+	}
+	for _, w := range wants {
+		i := slices.IndexFunc(rep.Violations, func(v verify.Violation) bool { return v.Check == w.check && v.UserID == w.user })
+		if i < 0 {
+			t.Errorf("no %s violation for %s", w.check, w.user)
+			continue
+		}
+		v := rep.Violations[i]
+		for k, n := range w.numbers {
+			if got, ok := v.Numbers[k]; !ok || got != n {
+				t.Errorf("%s %s: %s = %d (present %v), want %d", w.check, w.user, k, got, ok, n)
+			}
+		}
+		if !strings.Contains(v.String(), "user="+w.user) || !strings.Contains(v.String(), string(w.check)) {
+			t.Errorf("the line does not name the check and user: %s", v)
+		}
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSQLiteOfAStoppedService audits the embedded store after the service
+// closed it (no -wal or -shm file left), read-only: the audit must work and
+// must not write to the file.
+func TestSQLiteOfAStoppedService(t *testing.T) {
+	b := openSQLite(t)
+	seed(t, b)
+	b.store.Close()
+	path := filepath.Join(b.opts.DataDir, sqlite.FileName)
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := run(t, b)
+	if !rep.OK() || rep.Sessions != wantSessions {
+		t.Fatalf("report %+v", rep)
+	}
+	after, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Fatal("the audit changed the database file")
+	}
+}
+
+// TestFromConfig audits what the TALLY_* variables describe, as `tally
+// verify` does: the embedded store with its in-process Redis (not checked),
+// then Postgres with a Redis URL.
+func TestFromConfig(t *testing.T) {
+	b := openSQLite(t)
+	seed(t, b)
+	load := func(env map[string]string) verify.Options {
+		t.Helper()
+		cfg, err := config.Load(func(k string) string { return env[k] })
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts, release, err := verify.FromConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(release)
+		return opts
+	}
+
+	opts := load(map[string]string{"TALLY_DATA_DIR": b.opts.DataDir})
+	rep, err := verify.Run(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() || rep.Sessions != wantSessions || rep.Redis.Checked || !strings.Contains(rep.Redis.Skipped, "in-process Redis") {
+		t.Fatalf("embedded: %+v", rep)
+	}
+
+	pg := openPostgres(t)
+	f := seed(t, pg)
+	withRedis(t, pg, f) // the counters, under pg.opts.RedisKeyPrefix
+	addr := pg.opts.Redis.(*redis.Client).Options().Addr
+	opts = load(map[string]string{
+		"TALLY_DATABASE_URL": pg.opts.DatabaseURL, "TALLY_REDIS_URL": testenv.RedisURL(addr),
+		"TALLY_REDIS_KEY_PREFIX": pg.opts.RedisKeyPrefix,
+		"TALLY_JWT_SECRET":       "verify-test-secret-0123456789", "TALLY_ADMIN_TOKEN": "verify-test-admin-0123456789",
+	})
+	rep, err = verify.Run(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() || rep.Sessions != wantSessions || !rep.Redis.Checked || rep.Redis.Equal != 4 {
+		t.Fatalf("postgres and redis: %+v", rep)
+	}
+}
