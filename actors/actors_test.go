@@ -363,3 +363,104 @@ func TestSameKeyConcurrently(t *testing.T) {
 		t.Fatalf("sessions %d, want 1", rep.Usage.Sessions)
 	}
 }
+
+// countingStore counts Admit calls (transactions) and their sizes.
+type countingStore struct {
+	persistence.Store
+	calls, reqs atomic.Int64
+	failNext    atomic.Int32 // fail this many Admit calls before the store sees them
+}
+
+func (c *countingStore) Admit(ctx context.Context, reqs []persistence.AdmitRequest) ([]persistence.AdmitResult, error) {
+	if c.failNext.Add(-1) >= 0 {
+		return nil, domain.Unavailable("database", errors.New("injected: connection refused"))
+	}
+	c.calls.Add(1)
+	c.reqs.Add(int64(len(reqs)))
+	return c.Store.Admit(ctx, reqs)
+}
+
+// One hot user with many concurrent creates: the actor keeps several
+// admissions in flight, so they share transactions (pipelining + group
+// commit), and every one is answered after its commit.
+func TestHotUserIsPipelined(t *testing.T) {
+	cs := &countingStore{Store: openStore(t)}
+	svc := newService(t, cs, time.Minute)
+	if _, _, err := svc.PutUser(ctxFor(t, 5*time.Second), "hot", ptr("enterprise"), nil); err != nil {
+		t.Fatal(err)
+	}
+	const n = 400
+	var wg sync.WaitGroup
+	ids := make(chan string, n)
+	for i := 0; i < 32; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < n/32; j++ {
+				s, err := svc.CreateSession(ctxFor(t, 10*time.Second), "hot", in, "")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ids <- s.ID
+			}
+		}()
+	}
+	wg.Wait()
+	close(ids)
+	seen := map[string]bool{}
+	for id := range ids {
+		seen[id] = true
+	}
+	rep, err := svc.Usage(ctxFor(t, 5*time.Second), "hot")
+	if err != nil || rep.Usage.Sessions != int64(len(seen)) || len(seen) != n/32*32 {
+		t.Fatalf("usage %+v err %v, %d distinct sessions answered", rep.Usage, err, len(seen))
+	}
+	if calls, reqs := cs.calls.Load(), cs.reqs.Load(); calls >= reqs {
+		t.Fatalf("%d transactions for %d admissions: no batching happened", calls, reqs)
+	} else {
+		t.Logf("%d admissions in %d transactions (%.1f per commit)", reqs, calls, float64(reqs)/float64(calls))
+	}
+}
+
+// A reservation is released when its write fails: with one session left and
+// the first write failing (nothing committed), the failed request gets a
+// 503 and exactly one later request is admitted.
+func TestFailedWriteReleasesReservation(t *testing.T) {
+	cs := &countingStore{Store: openStore(t)}
+	svc := newService(t, cs, time.Minute)
+	ctx := ctxFor(t, 10*time.Second)
+	for i := 0; i < 9; i++ {
+		if _, err := svc.CreateSession(ctx, "rel", in, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cs.failNext.Store(1)
+	var wg sync.WaitGroup
+	var ok, limited, unavailable atomic.Int32
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := svc.CreateSession(ctxFor(t, 10*time.Second), "rel", in, "")
+			switch domain.ErrorCode(err) {
+			case "":
+				ok.Add(1)
+			case domain.CodeSessionLimit:
+				limited.Add(1)
+			case domain.CodeUnavailable:
+				unavailable.Add(1)
+			default:
+				t.Errorf("unexpected %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 1 || unavailable.Load() != 1 || limited.Load() != 6 {
+		t.Fatalf("ok %d, unavailable %d, limited %d; want 1, 1, 6", ok.Load(), unavailable.Load(), limited.Load())
+	}
+	rep, _ := svc.Usage(ctx, "rel")
+	if rep.Usage.Sessions != 10 {
+		t.Fatalf("sessions %d, want 10", rep.Usage.Sessions)
+	}
+}

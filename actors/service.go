@@ -75,6 +75,7 @@ type deps struct {
 	newID   func() string
 	log     *slog.Logger
 	metrics *metrics
+	writer  *writer
 }
 
 type nopCache struct{}
@@ -122,6 +123,7 @@ func New(o Options) (*Service, error) {
 		newID:   func() string { return uuid.Must(uuid.NewV7()).String() },
 		log:     o.Logger,
 		metrics: newMetrics(o.Registry, &s.live),
+		writer:  newWriter(o.Store, o.Registry),
 	}
 	actorLog := o.Logger.With("component", "protoactor")
 	s.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return actorLog }))
@@ -197,6 +199,7 @@ func (s *Service) Close() {
 		for _, pid := range s.shards {
 			_ = s.system.Root.PoisonFuture(pid).Wait()
 		}
+		s.deps.writer.close()
 		s.system.Shutdown()
 	})
 }

@@ -7,10 +7,12 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 )
 
-// shard owns the user actors whose ids hash to it. It is the only sender to
-// its children, which is what makes passivation lossless: after it poisons a
-// child it sends that child nothing more, and buffers the user's messages
-// until the child's Terminated arrives, then respawns and replays them.
+// shard owns the user actors whose ids hash to it. It is the only sender of
+// requests to its children (the group-commit writer only answers admissions
+// a child is waiting for), which is what makes passivation lossless: after
+// it asks a child to passivate it sends that child nothing more, the child
+// stops only once it owes no answer, and the shard buffers the user's
+// messages until the child's Terminated arrives, then respawns and replays.
 type shard struct {
 	userProps func(userID string) *actor.Props
 	idle      time.Duration
@@ -64,10 +66,12 @@ func (s *shard) Receive(ctx actor.Context) {
 	case *sweep:
 		for _, c := range s.children {
 			if !c.stopping && m.now.Sub(c.lastUsed) >= s.idle {
-				// Poison is a user message: everything already forwarded is
-				// processed first; later messages are held in s.pending.
+				// passivate is a user message: everything already forwarded
+				// is processed first, and the child stops itself once it owes
+				// no answer (no admission in flight); later messages are held
+				// in s.pending until its Terminated.
 				c.stopping = true
-				ctx.Poison(c.pid)
+				ctx.Send(c.pid, &passivate{})
 			}
 		}
 

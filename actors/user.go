@@ -35,10 +35,18 @@ type userActor struct {
 	id   string
 	deps *deps
 
-	user     *domain.User         // nil until loaded
-	period   domain.Period        // the period counters belong to
-	counters persistence.Counters // usage in period, as last confirmed by the store
-	loaded   bool                 // counters are valid for period
+	user        *domain.User         // nil until loaded
+	period      domain.Period        // the period counters belong to
+	counters    persistence.Counters // usage in period, as last confirmed by the store
+	loaded      bool                 // counters are valid for period
+	confirmedAt time.Time            // when the store last confirmed counters
+
+	// Admissions handed to the writer and not yet answered (admit.go).
+	inflight    map[uint64]*inflight
+	nextID      uint64
+	reserved    int64 // in-flight admissions in the current period
+	waiting     []waiter
+	passivating bool
 }
 
 func (a *userActor) Receive(ctx actor.Context) {
@@ -46,9 +54,42 @@ func (a *userActor) Receive(ctx actor.Context) {
 	case *actor.Started:
 		// A restart after a panic gets a fresh instance: state is reloaded
 		// lazily from the store by the next message.
+		a.inflight = make(map[uint64]*inflight)
+	case *createSession:
+		sender := ctx.Sender()
+		a.guard(ctx, sender, func() { a.onCreate(ctx, m, sender, 0) })
+	case *admitDone:
+		var sender *actor.PID
+		if e := a.inflight[m.id]; e != nil {
+			sender = e.sender
+		}
+		a.guard(ctx, sender, func() { a.onAdmitDone(ctx, m) })
+	case *passivate:
+		a.onPassivate(ctx)
 	case userMessage:
 		ctx.Respond(a.handle(m))
 	}
+}
+
+// respond answers a caller that is not the current message's sender (an
+// admission answered after its commit).
+func (a *userActor) respond(ctx actor.Context, to *actor.PID, r *reply) {
+	if to != nil {
+		ctx.Send(to, r)
+	}
+}
+
+// guard turns a panic into an internal error answer to the caller and drops
+// the state, so the next message reloads it from the store.
+func (a *userActor) guard(ctx actor.Context, caller *actor.PID, f func()) {
+	defer func() {
+		if p := recover(); p != nil {
+			a.forget()
+			a.deps.log.Error("user actor panicked", "user", a.id, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			a.respond(ctx, caller, &reply{err: &domain.Error{Code: domain.CodeInternal, Message: "internal error", Err: fmt.Errorf("panic: %v", p)}})
+		}
+	}()
+	f()
 }
 
 // handle answers one request. A panic is turned into an internal error
@@ -70,8 +111,6 @@ func (a *userActor) handle(m userMessage) (r *reply) {
 	ctx, cancel := context.WithDeadline(context.Background(), workDeadline(m.due()))
 	defer cancel()
 	switch m := m.(type) {
-	case *createSession:
-		return a.create(ctx, m)
 	case *getUsage:
 		return a.usage(ctx)
 	case *prepareUpload:
@@ -119,7 +158,15 @@ func (a *userActor) refresh(ctx context.Context, now time.Time, reload bool) err
 			return err
 		}
 		a.period, a.counters, a.loaded = p, c, true
+		a.confirmedAt = now
 		a.deps.cache.Put(a.id, p.Start, c)
+		// Reservations count only in-flight admissions of this period.
+		a.reserved = 0
+		for _, e := range a.inflight {
+			if e.req.Session.PeriodStart.Equal(p.Start) {
+				a.reserved++
+			}
+		}
 	}
 	return nil
 }
@@ -133,177 +180,6 @@ func (a *userActor) plan() (domain.Plan, error) {
 			Err: fmt.Errorf("user %s is on plan %q, which the catalog does not define", a.id, a.user.Plan)}
 	}
 	return p, nil
-}
-
-func (a *userActor) create(ctx context.Context, m *createSession) *reply {
-	now := a.deps.now()
-	if err := a.refresh(ctx, now, false); err != nil {
-		return &reply{err: err}
-	}
-	for attempt := 0; ; attempt++ {
-		plan, err := a.plan()
-		if err != nil {
-			return &reply{err: err}
-		}
-		// A keyed request always goes to the store: a retry of an admitted
-		// request must replay its 200 even when memory now says "full".
-		if m.idempotencyKey == "" {
-			if err := a.confirmRejection(ctx, now, &plan); err != nil {
-				return &reply{err: err}
-			}
-		}
-		req := persistence.AdmitRequest{
-			Session: domain.Session{
-				ID:          a.deps.newID(),
-				UserID:      a.id,
-				Title:       m.in.Title,
-				Language:    m.in.Language,
-				STTProvider: m.in.STTProvider,
-				Status:      domain.StatusCreated,
-				PeriodStart: a.period.Start,
-				CreatedAt:   now,
-				UpdatedAt:   now,
-			},
-			UserVersion:    a.user.Version,
-			PeriodEnd:      a.period.End,
-			PlanName:       plan.Name,
-			MaxSessions:    plan.MaxSessions,
-			MaxSeconds:     plan.MaxSeconds(),
-			IdempotencyKey: m.idempotencyKey,
-			RequestHash:    m.in.Fingerprint(),
-		}
-		res, err := a.deps.store.Admit(ctx, []persistence.AdmitRequest{req})
-		if err != nil {
-			return a.resolveUnknown(m, req, err)
-		}
-		r, retry := a.outcome(ctx, req, plan, res[0])
-		if !retry {
-			return r
-		}
-		if attempt >= maxFenceRetries {
-			return &reply{err: domain.Unavailable("accounting", fmt.Errorf("user %s changed %d times during one admission", a.id, attempt+1))}
-		}
-		if err := a.refresh(ctx, now, true); err != nil {
-			return &reply{err: err}
-		}
-	}
-}
-
-// confirmRejection returns the limit error when the user is over a limit.
-// Memory can only be stale towards "no" when an admin change happened in
-// another process, so a rejection is confirmed with the store before a
-// client is refused; plan is updated if the user's plan changed.
-func (a *userActor) confirmRejection(ctx context.Context, now time.Time, plan *domain.Plan) error {
-	if domain.Admit(*plan, a.counters.Usage, a.period) == nil {
-		return nil
-	}
-	if err := a.refresh(ctx, now, true); err != nil {
-		return err
-	}
-	p, err := a.plan()
-	if err != nil {
-		return err
-	}
-	*plan = p
-	if err := domain.Admit(p, a.counters.Usage, a.period); err != nil {
-		a.deps.metrics.rejectedFromMemory()
-		return err
-	}
-	return nil
-}
-
-// outcome turns the store's decision into the reply; retry is true when the
-// user changed under the decision and it must be made again.
-func (a *userActor) outcome(ctx context.Context, req persistence.AdmitRequest, plan domain.Plan, r persistence.AdmitResult) (_ *reply, retry bool) {
-	switch r.Outcome {
-	case persistence.Admitted:
-		a.setCounters(r.Counters)
-		return &reply{session: req.Session}, false
-	case persistence.OverLimit:
-		a.setCounters(r.Counters)
-		if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
-			return &reply{err: err}, false
-		}
-		return &reply{err: fmt.Errorf("store fenced off an admission that its own counters allow (user %s, usage %+v)", a.id, r.Counters)}, false
-	case persistence.Replayed:
-		if r.Record == nil {
-			return &reply{err: fmt.Errorf("store replayed key %q without a record", req.IdempotencyKey)}, false
-		}
-		return a.replay(ctx, req, *r.Record), false
-	case persistence.StaleUser, persistence.UnknownUser:
-		return nil, true
-	}
-	return &reply{err: fmt.Errorf("store returned outcome %v", r.Outcome)}, false
-}
-
-// replay answers a request whose Idempotency-Key was seen before: the first
-// answer again, or 409 when the key came with another body.
-func (a *userActor) replay(ctx context.Context, req persistence.AdmitRequest, rec persistence.IdempotencyRecord) *reply {
-	if rec.RequestHash != req.RequestHash {
-		return &reply{err: domain.Errorf(domain.CodeIdempotencyConflict,
-			"Idempotency-Key %q was already used with a different request body", req.IdempotencyKey)}
-	}
-	a.deps.metrics.replayed()
-	if rec.Admitted {
-		s, err := a.deps.store.GetSession(ctx, rec.SessionID)
-		if err != nil {
-			return &reply{err: err}
-		}
-		return &reply{session: s}
-	}
-	minutes := domain.Unlimited
-	if !rec.MaxSeconds.IsUnlimited() {
-		minutes = rec.MaxSeconds / 60
-	}
-	plan := domain.Plan{Name: rec.PlanName, MaxSessions: rec.MaxSessions, MaxTotalMinutes: minutes}
-	if err := domain.Admit(plan, rec.Usage, domain.Period{Start: rec.PeriodStart, End: rec.PeriodEnd}); err != nil {
-		return &reply{err: err}
-	}
-	return &reply{err: fmt.Errorf("idempotency record %q of user %s is a rejection its own figures allow", rec.Key, a.id)}
-}
-
-// resolveUnknown answers an admission whose transaction failed with an
-// unknown outcome (the COMMIT may have happened, its reply lost). It looks
-// the outcome up instead of guessing: by the Idempotency-Key when there is
-// one (and, when nothing was stored, decides again — the key makes that
-// safe), else by the session id generated for the attempt. Only when the
-// store cannot tell does the client get 503, and counters are reloaded
-// before the next decision.
-func (a *userActor) resolveUnknown(m *createSession, req persistence.AdmitRequest, cause error) *reply {
-	a.forget()
-	ctx, cancel := context.WithDeadline(context.Background(), m.deadline.Add(-resolveMargin))
-	defer cancel()
-	if req.IdempotencyKey != "" {
-		rec, err := a.deps.store.LookupIdempotencyKey(ctx, a.id, req.IdempotencyKey)
-		switch {
-		case err == nil:
-			a.deps.metrics.resolved("committed")
-			return a.replay(ctx, req, rec)
-		case domain.ErrorCode(err) == domain.CodeNotFound:
-			// Nothing was stored: the client's retry with the same key
-			// will be decided afresh.
-			a.deps.metrics.resolved("not_committed")
-		default:
-			a.deps.metrics.resolved("unknown")
-		}
-		return &reply{err: cause}
-	}
-	s, err := a.deps.store.GetSession(ctx, req.Session.ID)
-	switch {
-	case err == nil:
-		a.deps.metrics.resolved("committed")
-		return &reply{session: s}
-	case domain.ErrorCode(err) == domain.CodeNotFound:
-		a.deps.metrics.resolved("not_committed")
-	default:
-		a.deps.metrics.resolved("unknown")
-	}
-	return &reply{err: cause}
-}
-
-func (a *userActor) setCounters(c persistence.Counters) {
-	a.counters = c
-	a.deps.cache.Put(a.id, a.period.Start, c)
 }
 
 func (a *userActor) report() (domain.Report, error) {
@@ -398,11 +274,7 @@ func (a *userActor) complete(ctx context.Context, m *completeSession) *reply {
 		}
 		return &reply{err: err}
 	}
-	if a.loaded && s.PeriodStart.Equal(a.period.Start) {
-		a.setCounters(c)
-	} else {
-		a.deps.cache.Put(a.id, s.PeriodStart, c)
-	}
+	a.adopt(s.PeriodStart, c)
 	return &reply{session: s}
 }
 

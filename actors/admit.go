@@ -1,0 +1,313 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/persistence"
+)
+
+// How a user's actor admits a session
+//
+// The actor never blocks on a commit. It decides in memory, reserves the
+// quota, hands the admission to the group-commit writer and goes on with
+// its next message; the writer's result comes back as an admitDone message,
+// and only then is the caller answered (after COMMIT). So a hot user has
+// many admissions in flight, in one batch, while each stays exact:
+//
+//   - committed counters alone over a limit → 403 from memory, without a
+//     store round trip (re-read from the store first when the counters were
+//     last confirmed longer ago than rejectFreshness: only an admin change
+//     in another process can make them stale towards "no");
+//   - committed + reserved over the limit, committed alone not → the request
+//     waits for the in-flight results (one of them may fail and release its
+//     reservation), then is decided again;
+//   - otherwise → reserve and submit. The store's fence decides for good.
+//
+// A keyed request (Idempotency-Key) always goes to the store: a retry of an
+// admitted request must replay its 200 even when memory says "full".
+
+// rejectFreshness bounds how old the actor's confirmation of its counters
+// may be for a rejection to be answered from memory. In-process admin
+// changes go through the actor and apply at once; this bounds how long a
+// plan upgrade or reset made through another process can be missed.
+const rejectFreshness = time.Second
+
+// inflight is an admission handed to the writer, awaiting its commit.
+type inflight struct {
+	m       *createSession
+	sender  *actor.PID
+	req     persistence.AdmitRequest
+	plan    domain.Plan
+	retries int
+}
+
+// waiter is a create that waits for in-flight admissions to settle.
+type waiter struct {
+	m       *createSession
+	sender  *actor.PID
+	retries int
+}
+
+// admitDone is the writer's answer for one in-flight admission.
+type admitDone struct {
+	id  uint64
+	res persistence.AdmitResult
+	err error
+}
+
+// passivate asks an idle user actor to stop once nothing is in flight.
+type passivate struct{}
+
+// onCreate decides one create: answers it from memory, parks it behind
+// in-flight admissions, or reserves quota and submits it.
+func (a *userActor) onCreate(actx actor.Context, m *createSession, sender *actor.PID, retries int) {
+	if time.Until(m.deadline) <= 0 {
+		a.respond(actx, sender, &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded before the user's accounting could start it"}})
+		return
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), workDeadline(m.deadline))
+	defer cancel()
+	now := a.deps.now()
+	if err := a.refresh(ctx, now, false); err != nil {
+		a.respond(actx, sender, &reply{err: err})
+		return
+	}
+	plan, err := a.plan()
+	if err != nil {
+		a.respond(actx, sender, &reply{err: err})
+		return
+	}
+	if m.idempotencyKey == "" {
+		if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
+			if now.Sub(a.confirmedAt) > rejectFreshness {
+				if err := a.refresh(ctx, now, true); err != nil {
+					a.respond(actx, sender, &reply{err: err})
+					return
+				}
+				if plan, err = a.plan(); err != nil {
+					a.respond(actx, sender, &reply{err: err})
+					return
+				}
+			}
+			if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
+				a.deps.metrics.rejectedFromMemory()
+				a.respond(actx, sender, &reply{err: err})
+				return
+			}
+		}
+		withReserved := a.counters.Usage
+		withReserved.Sessions += a.reserved
+		if domain.Admit(plan, withReserved, a.period) != nil {
+			a.waiting = append(a.waiting, waiter{m: m, sender: sender, retries: retries})
+			return
+		}
+	}
+	a.submit(actx, m, sender, plan, now, retries)
+}
+
+// submit reserves one session of quota and hands the admission to the
+// group-commit writer. The result comes back as an admitDone message.
+func (a *userActor) submit(actx actor.Context, m *createSession, sender *actor.PID, plan domain.Plan, now time.Time, retries int) {
+	req := persistence.AdmitRequest{
+		Session: domain.Session{
+			ID:          a.deps.newID(),
+			UserID:      a.id,
+			Title:       m.in.Title,
+			Language:    m.in.Language,
+			STTProvider: m.in.STTProvider,
+			Status:      domain.StatusCreated,
+			PeriodStart: a.period.Start,
+			CreatedAt:   now,
+			UpdatedAt:   now,
+		},
+		UserVersion:    a.user.Version,
+		PeriodEnd:      a.period.End,
+		PlanName:       plan.Name,
+		MaxSessions:    plan.MaxSessions,
+		MaxSeconds:     plan.MaxSeconds(),
+		IdempotencyKey: m.idempotencyKey,
+		RequestHash:    m.in.Fingerprint(),
+	}
+	a.nextID++
+	id := a.nextID
+	a.inflight[id] = &inflight{m: m, sender: sender, req: req, plan: plan, retries: retries}
+	a.reserved++
+	self, root := actx.Self(), actx.ActorSystem().Root
+	a.deps.writer.submit(&job{req: req, deadline: m.deadline, deliver: func(res persistence.AdmitResult, err error) {
+		root.Send(self, &admitDone{id: id, res: res, err: err})
+	}})
+}
+
+// onAdmitDone answers the caller of a committed (or failed) admission,
+// then re-decides the creates that waited for it.
+func (a *userActor) onAdmitDone(actx actor.Context, d *admitDone) {
+	e := a.inflight[d.id]
+	if e == nil {
+		return
+	}
+	delete(a.inflight, d.id)
+	if a.loaded && e.req.Session.PeriodStart.Equal(a.period.Start) {
+		a.reserved--
+	}
+	a.settle(actx, e, d)
+	a.drainWaiting(actx)
+	a.stopIfPassivating(actx)
+}
+
+func (a *userActor) settle(actx actor.Context, e *inflight, d *admitDone) {
+	if d.err != nil {
+		a.respond(actx, e.sender, a.resolveUnknown(e.m, e.req, d.err))
+		return
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), workDeadline(e.m.deadline))
+	defer cancel()
+	r, retry := a.outcome(ctx, e.req, e.plan, d.res)
+	if !retry {
+		a.respond(actx, e.sender, r)
+		return
+	}
+	// The user's plan or anchor changed under the decision: decide again
+	// with the user re-read from the store.
+	if e.retries >= maxFenceRetries {
+		a.respond(actx, e.sender, &reply{err: domain.Unavailable("accounting", fmt.Errorf("user %s changed %d times during one admission", a.id, e.retries+1))})
+		return
+	}
+	if err := a.refresh(ctx, a.deps.now(), true); err != nil {
+		a.respond(actx, e.sender, &reply{err: err})
+		return
+	}
+	a.onCreate(actx, e.m, e.sender, e.retries+1)
+}
+
+func (a *userActor) drainWaiting(actx actor.Context) {
+	if len(a.waiting) == 0 {
+		return
+	}
+	w := a.waiting
+	a.waiting = nil
+	for _, x := range w {
+		a.onCreate(actx, x.m, x.sender, x.retries)
+	}
+}
+
+func (a *userActor) onPassivate(actx actor.Context) {
+	a.passivating = true
+	a.stopIfPassivating(actx)
+}
+
+// stopIfPassivating stops the actor once it owes nobody an answer. The shard
+// sends nothing after passivate and holds the user's new messages until the
+// Terminated, so no message is lost behind the stop.
+func (a *userActor) stopIfPassivating(actx actor.Context) {
+	if a.passivating && len(a.inflight) == 0 && len(a.waiting) == 0 {
+		actx.Stop(actx.Self())
+	}
+}
+
+// outcome turns the store's decision into the reply; retry is true when the
+// user changed under the decision and it must be made again.
+func (a *userActor) outcome(ctx context.Context, req persistence.AdmitRequest, plan domain.Plan, r persistence.AdmitResult) (_ *reply, retry bool) {
+	period := domain.Period{Start: req.Session.PeriodStart, End: req.PeriodEnd}
+	switch r.Outcome {
+	case persistence.Admitted:
+		a.adopt(req.Session.PeriodStart, r.Counters)
+		return &reply{session: req.Session}, false
+	case persistence.OverLimit:
+		a.adopt(req.Session.PeriodStart, r.Counters)
+		if err := domain.Admit(plan, r.Counters.Usage, period); err != nil {
+			return &reply{err: err}, false
+		}
+		return &reply{err: fmt.Errorf("store fenced off an admission that its own counters allow (user %s, usage %+v)", a.id, r.Counters)}, false
+	case persistence.Replayed:
+		if r.Record == nil {
+			return &reply{err: fmt.Errorf("store replayed key %q without a record", req.IdempotencyKey)}, false
+		}
+		return a.replay(ctx, req, *r.Record), false
+	case persistence.StaleUser, persistence.UnknownUser:
+		return nil, true
+	}
+	return &reply{err: fmt.Errorf("store returned outcome %v", r.Outcome)}, false
+}
+
+// adopt takes counters the store confirmed. Results of one user arrive in
+// commit order, but a re-read may have overtaken them: the version decides.
+func (a *userActor) adopt(periodStart time.Time, c persistence.Counters) {
+	a.deps.cache.Put(a.id, periodStart, c)
+	if a.loaded && periodStart.Equal(a.period.Start) && c.Version >= a.counters.Version {
+		a.counters = c
+		a.confirmedAt = a.deps.now()
+	}
+}
+
+// replay answers a request whose Idempotency-Key was seen before: the first
+// answer again, or 409 when the key came with another body.
+func (a *userActor) replay(ctx context.Context, req persistence.AdmitRequest, rec persistence.IdempotencyRecord) *reply {
+	if rec.RequestHash != req.RequestHash {
+		return &reply{err: domain.Errorf(domain.CodeIdempotencyConflict,
+			"Idempotency-Key %q was already used with a different request body", req.IdempotencyKey)}
+	}
+	a.deps.metrics.replayed()
+	if rec.Admitted {
+		s, err := a.deps.store.GetSession(ctx, rec.SessionID)
+		if err != nil {
+			return &reply{err: err}
+		}
+		return &reply{session: s}
+	}
+	minutes := domain.Unlimited
+	if !rec.MaxSeconds.IsUnlimited() {
+		minutes = rec.MaxSeconds / 60
+	}
+	plan := domain.Plan{Name: rec.PlanName, MaxSessions: rec.MaxSessions, MaxTotalMinutes: minutes}
+	if err := domain.Admit(plan, rec.Usage, domain.Period{Start: rec.PeriodStart, End: rec.PeriodEnd}); err != nil {
+		return &reply{err: err}
+	}
+	return &reply{err: fmt.Errorf("idempotency record %q of user %s is a rejection its own figures allow", rec.Key, a.id)}
+}
+
+// resolveUnknown answers an admission whose transaction failed with an
+// unknown outcome (the COMMIT may have happened, its reply lost). It looks
+// the outcome up instead of guessing: by the Idempotency-Key when there is
+// one, else by the session id generated for the attempt. Only when the store
+// cannot tell does the client get the 503 — with a key, its retry is then
+// decided afresh or replayed, whichever is true. The counters are reloaded
+// before the next decision.
+func (a *userActor) resolveUnknown(m *createSession, req persistence.AdmitRequest, cause error) *reply {
+	if domain.ErrorCode(cause) == domain.CodeTimeout || errors.Is(cause, errOverloaded) {
+		return &reply{err: cause} // never reached the store
+	}
+	a.forget()
+	ctx, cancel := context.WithDeadline(context.Background(), m.deadline.Add(-resolveMargin))
+	defer cancel()
+	var (
+		found *reply
+		err   error
+	)
+	if req.IdempotencyKey != "" {
+		var rec persistence.IdempotencyRecord
+		if rec, err = a.deps.store.LookupIdempotencyKey(ctx, a.id, req.IdempotencyKey); err == nil {
+			found = a.replay(ctx, req, rec)
+		}
+	} else {
+		var s domain.Session
+		if s, err = a.deps.store.GetSession(ctx, req.Session.ID); err == nil {
+			found = &reply{session: s}
+		}
+	}
+	switch {
+	case err == nil:
+		a.deps.metrics.resolved("committed")
+		return found
+	case domain.ErrorCode(err) == domain.CodeNotFound:
+		a.deps.metrics.resolved("not_committed")
+	default:
+		a.deps.metrics.resolved("unknown")
+	}
+	return &reply{err: cause}
+}
