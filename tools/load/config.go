@@ -1,0 +1,199 @@
+package load
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/tally-dev/tally/domain"
+)
+
+// Defaults of Config's zero fields.
+const (
+	DefaultURL         = "http://127.0.0.1:8080"
+	DefaultPath        = "/api/v1/sessions"
+	DefaultUsers       = 100
+	DefaultPlan        = "free"
+	DefaultConcurrency = 64
+	DefaultTimeout     = 10 * time.Second
+	// DefaultDuration applies when neither Duration nor Requests is set.
+	DefaultDuration = 10 * time.Second
+	// DefaultLateAfter is how far behind its scheduled time an open-loop
+	// request may be sent before it counts as late. It is well above the
+	// pacer's own jitter on an idle machine (tens of microseconds), so
+	// "late" means that every worker was busy or that the client itself was
+	// starved of CPU, not that a timer was a little slow.
+	DefaultLateAfter = time.Millisecond
+)
+
+// baselineSecret signs tokens when no secret is given and neither
+// provisioning nor verification needs the server to accept them (a bare
+// baseline server): the requests still carry a realistic Authorization
+// header, so the comparison with Tally stays fair.
+const baselineSecret = "tally-load-baseline-secret-not-verified"
+
+// Config is one load run. The zero value of a field means its default.
+type Config struct {
+	// URL is the server's base URL, e.g. http://127.0.0.1:8080.
+	URL string
+	// Path is the path creates are POSTed to (default /api/v1/sessions).
+	Path string
+	// Users is the number of distinct users the requests are spread over,
+	// round robin (default 100).
+	Users int
+	// Hot sends every request as one user (Users is then 1).
+	Hot bool
+	// Plan is the plan users are put on before the run (default "free").
+	Plan string
+	// UserPrefix starts every user id; ids are UserPrefix-0, UserPrefix-1…
+	// Empty picks "load-" and 8 random hex digits, so that runs do not share
+	// users (and start from zero usage).
+	UserPrefix string
+
+	// Duration is the measured phase's length. With Requests, whichever
+	// comes first ends the run. Neither: DefaultDuration.
+	Duration time.Duration
+	// Requests stops the run after this many measured requests (0: no limit).
+	Requests int64
+	// Warmup runs the load this long before measuring; its requests count
+	// for verification but not in the figures.
+	Warmup time.Duration
+
+	// Concurrency is the number of workers: requests in flight in closed
+	// loop, the cap on requests in flight in open loop (default 64).
+	Concurrency int
+	// Rate, when > 0, switches to open loop: Rate requests per second at
+	// fixed intervals, latency measured from each one's scheduled time.
+	Rate float64
+	// LateAfter is the open-loop lateness tolerance (default 1ms).
+	LateAfter time.Duration
+
+	// Secret is the HS256 secret user tokens are signed with
+	// (TALLY_JWT_SECRET of the server).
+	Secret string
+	// AdminToken authorizes provisioning (TALLY_ADMIN_TOKEN of the server).
+	AdminToken string
+	// Timeout bounds each request: connecting, sending and reading the
+	// answer (with StdClient: connecting and waiting for the answer's
+	// headers). Default 10s.
+	Timeout time.Duration
+
+	// NoProvision skips the PUT /admin/v1/users calls (for a non-Tally
+	// endpoint, or users that already exist).
+	NoProvision bool
+	// NoVerify skips the invariant checks after the run (for a non-Tally
+	// endpoint). Admitted session ids are then not even kept.
+	NoVerify bool
+
+	// StdClient sends the creates with net/http's Transport instead of the
+	// built-in HTTP/1.1 client (which costs the machine far less CPU per
+	// request; see rawhttp.go). For comparing the two.
+	StdClient bool
+
+	// Body is the JSON body of each create; nil means a valid NewSession.
+	Body []byte
+
+	// Progress, when set, receives a progress bar while the load runs.
+	Progress io.Writer
+	// Log, when set, receives a line per phase (provisioning, load,
+	// verification).
+	Log io.Writer
+}
+
+// defaultBody is a valid NewSession (SPEC §3).
+var defaultBody = []byte(`{"title":"tally load","language":"en-US","stt_provider":"google"}`)
+
+// normalize fills in defaults and checks the fields, naming the one that is
+// wrong the way the command line spells it.
+func (c Config) normalize() (Config, error) {
+	if c.URL == "" {
+		c.URL = DefaultURL
+	}
+	u, err := url.Parse(c.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return c, fmt.Errorf("--url must be an absolute http(s) URL, got %q", c.URL)
+	}
+	c.URL = strings.TrimRight(c.URL, "/")
+	if c.Path == "" {
+		c.Path = DefaultPath
+	}
+	if !strings.HasPrefix(c.Path, "/") {
+		return c, fmt.Errorf("--path must start with /, got %q", c.Path)
+	}
+	if c.Hot {
+		if c.Users > 1 {
+			return c, fmt.Errorf("--hot sends as one user; it cannot be combined with --users %d", c.Users)
+		}
+		c.Users = 1
+	}
+	if c.Users == 0 {
+		c.Users = DefaultUsers
+	}
+	if c.Users < 0 {
+		return c, fmt.Errorf("--users must be positive, got %d", c.Users)
+	}
+	if c.Plan == "" {
+		c.Plan = DefaultPlan
+	}
+	if c.UserPrefix == "" {
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		c.UserPrefix = "load-" + hex.EncodeToString(b[:])
+	}
+	if !domain.ValidUserID(userID(c.UserPrefix, c.Users-1)) {
+		return c, fmt.Errorf("--user-prefix %q does not make valid user ids (1-128 characters of [A-Za-z0-9._@:-])", c.UserPrefix)
+	}
+	if c.Duration < 0 || c.Requests < 0 || c.Warmup < 0 {
+		return c, errors.New("--duration, --requests and --warmup must not be negative")
+	}
+	if c.Duration == 0 && c.Requests == 0 {
+		c.Duration = DefaultDuration
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.Concurrency < 0 {
+		return c, fmt.Errorf("--concurrency must be positive, got %d", c.Concurrency)
+	}
+	if c.Rate < 0 {
+		return c, fmt.Errorf("--rate must be positive (or 0 for closed loop), got %g", c.Rate)
+	}
+	if c.LateAfter <= 0 {
+		c.LateAfter = DefaultLateAfter
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.Timeout < 0 {
+		return c, fmt.Errorf("--timeout must be positive, got %s", c.Timeout)
+	}
+	if c.Secret == "" {
+		if !c.NoProvision || !c.NoVerify {
+			return c, errors.New("--secret (or TALLY_JWT_SECRET) is required to sign user tokens")
+		}
+		c.Secret = baselineSecret
+	}
+	if c.AdminToken == "" && !c.NoProvision {
+		return c, errors.New("--admin-token (or TALLY_ADMIN_TOKEN) is required to provision users (or pass --no-provision)")
+	}
+	if c.Body == nil {
+		c.Body = defaultBody
+	}
+	return c, nil
+}
+
+// userID is the id of the i-th user of a run.
+func userID(prefix string, i int) string { return fmt.Sprintf("%s-%d", prefix, i) }
+
+// mode names the load model for the summary.
+func (c Config) mode() string {
+	if c.Rate > 0 {
+		return "open"
+	}
+	return "closed"
+}

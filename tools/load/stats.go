@@ -1,0 +1,323 @@
+package load
+
+import (
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// Histogram geometry: microseconds from 1 µs to 10 minutes. The top is far
+// above any timeout because an open-loop latency includes the time a
+// request waited for a free worker, which grows without bound when the
+// server cannot keep up. Three significant digits for the run's totals
+// (percentiles exact to 0.1%); two for the per-second ones, which are
+// many and only drawn.
+const (
+	histMin       = 1
+	histMax       = int64(10 * time.Minute / time.Microsecond)
+	histDigits    = 3
+	secHistDigits = 2
+)
+
+func newHist(digits int) *hdrhistogram.Histogram { return hdrhistogram.New(histMin, histMax, digits) }
+
+// micros converts a duration to a histogram value, clamped to the
+// histogram's range so that no sample is ever dropped.
+func micros(d time.Duration) int64 {
+	v := int64(d / time.Microsecond)
+	if v < histMin {
+		return histMin
+	}
+	if v > histMax {
+		return histMax
+	}
+	return v
+}
+
+// outcome is what one request produced.
+type outcome struct {
+	user     int32
+	status   int    // HTTP status; 0 for a transport error
+	errKind  string // transport error class when status is 0
+	latency  time.Duration
+	lag      time.Duration // open loop: actual − scheduled send time
+	late     bool
+	paced    bool   // open loop: lag is meaningful
+	measured bool   // sent after the warm-up
+	id       string // session id of an admitted create, when verifying
+}
+
+// uncertain reports whether the client cannot know if the request was
+// admitted: the connection failed after sending, or the server answered an
+// error that SPEC §3 does not promise to be a refusal (500, 502, 504). A
+// 503 is a refusal ("never a silent admit").
+func (o outcome) uncertain() bool {
+	return o.status == 0 || (o.status >= 500 && o.status != 503)
+}
+
+// admittedID is one admitted session, kept for verification.
+type admittedID struct {
+	user int32
+	id   string
+}
+
+// interval accumulates one second of the measured phase.
+type interval struct {
+	admitted, rejected, errors, late int64
+	adm, rej                         *hdrhistogram.Histogram
+}
+
+func newInterval() *interval {
+	return &interval{adm: newHist(secHistDigits), rej: newHist(secHistDigits)}
+}
+
+func (iv *interval) reset() {
+	iv.admitted, iv.rejected, iv.errors, iv.late = 0, 0, 0, 0
+	iv.adm.Reset()
+	iv.rej.Reset()
+}
+
+// shard is the recording state of a group of workers. Workers are spread
+// over a few shards so that recording is a rarely contended lock and a few
+// increments, and the run's memory does not grow with Concurrency.
+type shard struct {
+	mu sync.Mutex
+
+	cur   *interval
+	spare *interval
+
+	adm, rej, lag      *hdrhistogram.Histogram
+	admitted, rejected int64
+	errors, late       int64
+	statuses           map[int]int64
+	transport          map[string]int64
+	transportSample    map[string]string
+	ids                []admittedID // only when keepIDs (verification is on)
+	uncertainUsers     []int32
+	keepIDs            bool
+}
+
+func newShard(keepIDs bool) *shard {
+	return &shard{
+		cur:             newInterval(),
+		spare:           newInterval(),
+		adm:             newHist(histDigits),
+		rej:             newHist(histDigits),
+		lag:             newHist(histDigits),
+		statuses:        make(map[int]int64),
+		transport:       make(map[string]int64),
+		transportSample: make(map[string]string),
+		keepIDs:         keepIDs,
+	}
+}
+
+// record adds one request's outcome. sample is the transport error's text,
+// kept once per class for the summary.
+func (s *shard) record(o outcome, sample string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.keepIDs {
+		switch {
+		case o.status == 200:
+			s.ids = append(s.ids, admittedID{o.user, o.id})
+		case o.uncertain():
+			s.uncertainUsers = append(s.uncertainUsers, o.user)
+		}
+	}
+	if !o.measured {
+		return
+	}
+	lat := micros(o.latency)
+	iv := s.cur
+	switch o.status {
+	case 200:
+		s.admitted++
+		iv.admitted++
+		_ = s.adm.RecordValue(lat)
+		_ = iv.adm.RecordValue(lat)
+	case 403:
+		s.rejected++
+		iv.rejected++
+		_ = s.rej.RecordValue(lat)
+		_ = iv.rej.RecordValue(lat)
+	default:
+		s.errors++
+		iv.errors++
+	}
+	if o.status == 0 {
+		s.transport[o.errKind]++
+		if _, ok := s.transportSample[o.errKind]; !ok {
+			s.transportSample[o.errKind] = sample
+		}
+	} else {
+		s.statuses[o.status]++
+	}
+	if o.paced {
+		_ = s.lag.RecordValue(micros(o.lag))
+	}
+	if o.late {
+		s.late++
+		iv.late++
+	}
+}
+
+// swap hands the current second to the collector and starts a new one.
+// The returned interval is owned by the caller until the next swap.
+func (s *shard) swap() *interval {
+	s.mu.Lock()
+	out := s.cur
+	s.spare.reset()
+	s.cur, s.spare = s.spare, out
+	s.mu.Unlock()
+	return out
+}
+
+// Latency summarizes a histogram, in milliseconds.
+type Latency struct {
+	Count  int64   `json:"count"`
+	MeanMs float64 `json:"mean_ms"`
+	P50Ms  float64 `json:"p50_ms"`
+	P90Ms  float64 `json:"p90_ms"`
+	P99Ms  float64 `json:"p99_ms"`
+	P999Ms float64 `json:"p999_ms"`
+	MaxMs  float64 `json:"max_ms"`
+}
+
+func ms(us int64) float64 { return float64(us) / 1000 }
+
+func summarize(h *hdrhistogram.Histogram) Latency {
+	if h == nil || h.TotalCount() == 0 {
+		return Latency{}
+	}
+	return Latency{
+		Count:  h.TotalCount(),
+		MeanMs: math.Round(h.Mean()) / 1000,
+		P50Ms:  ms(h.ValueAtQuantile(50)),
+		P90Ms:  ms(h.ValueAtQuantile(90)),
+		P99Ms:  ms(h.ValueAtQuantile(99)),
+		P999Ms: ms(h.ValueAtQuantile(99.9)),
+		MaxMs:  ms(h.Max()),
+	}
+}
+
+// Second is one interval of the measured phase, normally one second long
+// (the last one may be shorter). Counts are per interval, not rates;
+// latency percentiles are 0 when the interval had no such request.
+type Second struct {
+	T             float64 `json:"t_s"`
+	Length        float64 `json:"length_s"`
+	Admitted      int64   `json:"admitted"`
+	Rejected      int64   `json:"rejected"`
+	Errors        int64   `json:"errors"`
+	Late          int64   `json:"late"`
+	AdmittedP50Ms float64 `json:"admitted_p50_ms"`
+	AdmittedP99Ms float64 `json:"admitted_p99_ms"`
+	RejectedP50Ms float64 `json:"rejected_p50_ms"`
+	RejectedP99Ms float64 `json:"rejected_p99_ms"`
+}
+
+// collector turns the shards' intervals into the per-second series.
+type collector struct {
+	shards   []*shard
+	adm, rej *hdrhistogram.Histogram
+
+	mu     sync.Mutex
+	series []Second
+}
+
+func newCollector(shards []*shard) *collector {
+	return &collector{shards: shards, adm: newHist(secHistDigits), rej: newHist(secHistDigits)}
+}
+
+// flush closes the interval ending t seconds into the measured phase.
+func (c *collector) flush(t, length float64) {
+	c.adm.Reset()
+	c.rej.Reset()
+	var s Second
+	for _, sh := range c.shards {
+		iv := sh.swap()
+		s.Admitted += iv.admitted
+		s.Rejected += iv.rejected
+		s.Errors += iv.errors
+		s.Late += iv.late
+		c.adm.Merge(iv.adm)
+		c.rej.Merge(iv.rej)
+	}
+	s.T, s.Length = t, length
+	if c.adm.TotalCount() > 0 {
+		s.AdmittedP50Ms, s.AdmittedP99Ms = ms(c.adm.ValueAtQuantile(50)), ms(c.adm.ValueAtQuantile(99))
+	}
+	if c.rej.TotalCount() > 0 {
+		s.RejectedP50Ms, s.RejectedP99Ms = ms(c.rej.ValueAtQuantile(50)), ms(c.rej.ValueAtQuantile(99))
+	}
+	c.mu.Lock()
+	c.series = append(c.series, s)
+	c.mu.Unlock()
+}
+
+// last is the most recent complete interval, for the progress bar.
+func (c *collector) last() (Second, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.series) == 0 {
+		return Second{}, false
+	}
+	return c.series[len(c.series)-1], true
+}
+
+func (c *collector) all() []Second {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Second(nil), c.series...)
+}
+
+// totals merges the shards after the workers have stopped.
+type totals struct {
+	adm, rej, lag              *hdrhistogram.Histogram
+	admitted, rejected, errors int64
+	late                       int64
+	statuses                   map[string]int64
+	errorsByStatus             map[string]int64
+	transportSamples           map[string]string
+	transportCounts            map[string]int64
+	server500                  int64
+}
+
+func mergeShards(shards []*shard) totals {
+	t := totals{
+		adm: newHist(histDigits), rej: newHist(histDigits), lag: newHist(histDigits),
+		statuses: map[string]int64{}, errorsByStatus: map[string]int64{},
+		transportSamples: map[string]string{}, transportCounts: map[string]int64{},
+	}
+	for _, s := range shards {
+		s.mu.Lock()
+		t.adm.Merge(s.adm)
+		t.rej.Merge(s.rej)
+		t.lag.Merge(s.lag)
+		t.admitted += s.admitted
+		t.rejected += s.rejected
+		t.errors += s.errors
+		t.late += s.late
+		for code, n := range s.statuses {
+			k := strconv.Itoa(code)
+			t.statuses[k] += n
+			if code != 200 && code != 403 {
+				t.errorsByStatus[k] += n
+			}
+			if code == 500 {
+				t.server500 += n
+			}
+		}
+		for kind, n := range s.transport {
+			t.transportCounts[kind] += n
+			if _, ok := t.transportSamples[kind]; !ok {
+				t.transportSamples[kind] = s.transportSample[kind]
+			}
+		}
+		s.mu.Unlock()
+	}
+	return t
+}
