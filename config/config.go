@@ -93,6 +93,9 @@ type Config struct {
 	// IdleTimeout is how long a user's actor stays in memory unused before
 	// it is passivated (TALLY_IDLE_TIMEOUT).
 	IdleTimeout time.Duration
+	// DebugAddr, when set, serves net/http/pprof on a separate listener
+	// (TALLY_DEBUG_ADDR), for profiling; keep it on loopback.
+	DebugAddr string
 }
 
 // Embedded reports whether the service runs without Postgres, on the
@@ -299,6 +302,21 @@ var vars = []Var{
 		Meaning: "how long a user's actor stays in memory unused before it is passivated; Go duration > 0",
 		parse:   durationInto(func(c *Config) *time.Duration { return &c.IdleTimeout }),
 		get:     func(c Config) string { return c.IdleTimeout.String() },
+	},
+	{
+		Name:    "TALLY_DEBUG_ADDR",
+		Meaning: "host:port of a separate listener serving /debug/pprof (profiling); unset: off",
+		parse: func(c *Config, v string) error {
+			if v == "" {
+				return nil
+			}
+			if err := checkHostPort(v, false); err != nil {
+				return err
+			}
+			c.DebugAddr = v
+			return nil
+		},
+		get: func(c Config) string { return c.DebugAddr },
 	},
 	{
 		Name: "TALLY_STT_PROVIDERS", Default: "google,assemblyai",

@@ -12,6 +12,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"time"
@@ -62,6 +64,9 @@ func runServe(ctx context.Context, args []string, env func(string) string, stdou
 	}
 	defer a.Close()
 	log.Info("tally serving", "addr", ln.Addr().String(), "config", cfg)
+	if cfg.DebugAddr != "" {
+		go serveDebug(cfg.DebugAddr, log)
+	}
 	if demo {
 		if err := printDemo(stdout, cfg, ln.Addr().String()); err != nil {
 			return err
@@ -137,4 +142,20 @@ Try it:
 
 `, base, cfg.DataDir, cfg.AdminToken, tok)
 	return err
+}
+
+// serveDebug serves net/http/pprof on its own listener, never on the API's:
+// profiles reveal internals and must not be reachable by API clients.
+func serveDebug(addr string, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	log.Info("debug listener (pprof)", "addr", addr)
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	if err := srv.ListenAndServe(); err != nil {
+		log.Warn("debug listener stopped", "err", err)
+	}
 }

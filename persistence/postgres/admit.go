@@ -169,10 +169,13 @@ LEFT JOIN rec ON true`
 // Counters are zero for StaleUser, UnknownUser (whose period may not even
 // be the right one) and Replayed.
 func (s *Store) Admit(ctx context.Context, reqs []persistence.AdmitRequest) ([]persistence.AdmitResult, error) {
-	results := make([]persistence.AdmitResult, len(reqs))
 	if len(reqs) == 0 {
-		return results, nil
+		return []persistence.AdmitResult{}, nil
 	}
+	if !anyKeyed(reqs) {
+		return s.admitBulk(ctx, reqs)
+	}
+	results := make([]persistence.AdmitResult, len(reqs))
 	owner := keyOwners(reqs)
 	order := lockOrder(reqs)
 	claims := claimOrder(reqs, owner)
@@ -384,4 +387,16 @@ func lockOrder(reqs []persistence.AdmitRequest) []int {
 		return cmp.Or(strings.Compare(ra.UserID, rb.UserID), ra.PeriodStart.Compare(rb.PeriodStart))
 	})
 	return order
+}
+
+// anyKeyed reports whether a request carries an Idempotency-Key: such
+// batches take the per-request path, whose key claims must come first in
+// the lock order.
+func anyKeyed(reqs []persistence.AdmitRequest) bool {
+	for _, r := range reqs {
+		if r.IdempotencyKey != "" {
+			return true
+		}
+	}
+	return false
 }

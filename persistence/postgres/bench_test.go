@@ -1,0 +1,82 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/internal/testenv"
+	"github.com/tally-dev/tally/persistence"
+	"github.com/tally-dev/tally/persistence/postgres"
+)
+
+// benchStore opens a store on a fresh database with users u0..u(n-1).
+func benchStore(b *testing.B, users int) (*postgres.Store, []domain.User) {
+	b.Helper()
+	ctx := context.Background()
+	s, err := postgres.Open(ctx, testenv.PostgresURL(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(s.Close)
+	if err := s.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	out := make([]domain.User, users)
+	for i := range out {
+		if out[i], err = s.EnsureUser(ctx, fmt.Sprintf("u%d", i), now); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return s, out
+}
+
+func admitRequest(u domain.User, now time.Time) persistence.AdmitRequest {
+	p := u.Period(now)
+	return persistence.AdmitRequest{
+		Session: domain.Session{ID: uuid.Must(uuid.NewV7()).String(), UserID: u.ID, Title: "Weekly sync",
+			Language: "en-US", STTProvider: "google", Status: domain.StatusCreated, PeriodStart: p.Start, CreatedAt: now, UpdatedAt: now},
+		UserVersion: u.Version, PeriodEnd: p.End, PlanName: "enterprise",
+		MaxSessions: domain.Unlimited, MaxSeconds: domain.Unlimited,
+	}
+}
+
+// BenchmarkAdmitBatch measures one group-commit transaction: ns/op is per
+// batch, and the rows/s metric is what one writer can commit.
+func BenchmarkAdmitBatch(b *testing.B) {
+	for _, bc := range []struct {
+		name        string
+		users, size int
+	}{
+		{"many-users/1", 1000, 1}, {"many-users/32", 1000, 32}, {"many-users/128", 1000, 128},
+		{"one-user/32", 1, 32}, {"one-user/128", 1, 128},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			s, users := benchStore(b, bc.users)
+			ctx := context.Background()
+			now := time.Now().UTC().Truncate(time.Microsecond)
+			next := 0
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				reqs := make([]persistence.AdmitRequest, bc.size)
+				for j := range reqs {
+					reqs[j] = admitRequest(users[next%len(users)], now)
+					next++
+				}
+				res, err := s.Admit(ctx, reqs)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if res[0].Outcome != persistence.Admitted {
+					b.Fatalf("outcome %v", res[0].Outcome)
+				}
+			}
+			b.ReportMetric(float64(b.N*bc.size)/b.Elapsed().Seconds(), "rows/s")
+		})
+	}
+}
