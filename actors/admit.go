@@ -41,7 +41,6 @@ const rejectFreshness = time.Second
 // inflight is an admission handed to the writer, awaiting its commit.
 type inflight struct {
 	m       *createSession
-	sender  *actor.PID
 	req     persistence.AdmitRequest
 	plan    domain.Plan
 	retries int
@@ -50,7 +49,6 @@ type inflight struct {
 // waiter is a create that waits for in-flight admissions to settle.
 type waiter struct {
 	m       *createSession
-	sender  *actor.PID
 	retries int
 }
 
@@ -66,54 +64,54 @@ type passivate struct{}
 
 // onCreate decides one create: answers it from memory, parks it behind
 // in-flight admissions, or reserves quota and submits it.
-func (a *userActor) onCreate(actx actor.Context, m *createSession, sender *actor.PID, retries int) {
+func (a *userActor) onCreate(actx actor.Context, m *createSession, retries int) {
 	if time.Until(m.deadline) <= 0 {
-		a.respond(actx, sender, &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded before the user's accounting could start it"}})
+		m.answer(&reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded before the user's accounting could start it"}})
 		return
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), workDeadline(m.deadline))
 	defer cancel()
 	now := a.deps.now()
 	if err := a.refresh(ctx, now, false); err != nil {
-		a.respond(actx, sender, &reply{err: err})
+		m.answer(&reply{err: err})
 		return
 	}
 	plan, err := a.plan()
 	if err != nil {
-		a.respond(actx, sender, &reply{err: err})
+		m.answer(&reply{err: err})
 		return
 	}
 	if m.idempotencyKey == "" {
 		if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
 			if now.Sub(a.confirmedAt) > rejectFreshness {
 				if err := a.refresh(ctx, now, true); err != nil {
-					a.respond(actx, sender, &reply{err: err})
+					m.answer(&reply{err: err})
 					return
 				}
 				if plan, err = a.plan(); err != nil {
-					a.respond(actx, sender, &reply{err: err})
+					m.answer(&reply{err: err})
 					return
 				}
 			}
 			if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
 				a.deps.metrics.rejectedFromMemory()
-				a.respond(actx, sender, &reply{err: err})
+				m.answer(&reply{err: err})
 				return
 			}
 		}
 		withReserved := a.counters.Usage
 		withReserved.Sessions += a.reserved
 		if domain.Admit(plan, withReserved, a.period) != nil {
-			a.waiting = append(a.waiting, waiter{m: m, sender: sender, retries: retries})
+			a.waiting = append(a.waiting, waiter{m: m, retries: retries})
 			return
 		}
 	}
-	a.submit(actx, m, sender, plan, now, retries)
+	a.submit(actx, m, plan, now, retries)
 }
 
 // submit reserves one session of quota and hands the admission to the
 // group-commit writer. The result comes back as an admitDone message.
-func (a *userActor) submit(actx actor.Context, m *createSession, sender *actor.PID, plan domain.Plan, now time.Time, retries int) {
+func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Plan, now time.Time, retries int) {
 	req := persistence.AdmitRequest{
 		Session: domain.Session{
 			ID:          a.deps.newID(),
@@ -136,7 +134,7 @@ func (a *userActor) submit(actx actor.Context, m *createSession, sender *actor.P
 	}
 	a.nextID++
 	id := a.nextID
-	a.inflight[id] = &inflight{m: m, sender: sender, req: req, plan: plan, retries: retries}
+	a.inflight[id] = &inflight{m: m, req: req, plan: plan, retries: retries}
 	a.reserved++
 	self, root := actx.Self(), actx.ActorSystem().Root
 	a.deps.writer.submit(&job{req: req, deadline: m.deadline, deliver: func(res persistence.AdmitResult, err error) {
@@ -162,27 +160,27 @@ func (a *userActor) onAdmitDone(actx actor.Context, d *admitDone) {
 
 func (a *userActor) settle(actx actor.Context, e *inflight, d *admitDone) {
 	if d.err != nil {
-		a.respond(actx, e.sender, a.resolveUnknown(e.m, e.req, d.err))
+		e.m.answer(a.resolveUnknown(e.m, e.req, d.err))
 		return
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), workDeadline(e.m.deadline))
 	defer cancel()
 	r, retry := a.outcome(ctx, e.req, e.plan, d.res)
 	if !retry {
-		a.respond(actx, e.sender, r)
+		e.m.answer(r)
 		return
 	}
 	// The user's plan or anchor changed under the decision: decide again
 	// with the user re-read from the store.
 	if e.retries >= maxFenceRetries {
-		a.respond(actx, e.sender, &reply{err: domain.Unavailable("accounting", fmt.Errorf("user %s changed %d times during one admission", a.id, e.retries+1))})
+		e.m.answer(&reply{err: domain.Unavailable("accounting", fmt.Errorf("user %s changed %d times during one admission", a.id, e.retries+1))})
 		return
 	}
 	if err := a.refresh(ctx, a.deps.now(), true); err != nil {
-		a.respond(actx, e.sender, &reply{err: err})
+		e.m.answer(&reply{err: err})
 		return
 	}
-	a.onCreate(actx, e.m, e.sender, e.retries+1)
+	a.onCreate(actx, e.m, e.retries+1)
 }
 
 func (a *userActor) drainWaiting(actx actor.Context) {
@@ -192,7 +190,7 @@ func (a *userActor) drainWaiting(actx actor.Context) {
 	w := a.waiting
 	a.waiting = nil
 	for _, x := range w {
-		a.onCreate(actx, x.m, x.sender, x.retries)
+		a.onCreate(actx, x.m, x.retries)
 	}
 }
 

@@ -6,71 +6,88 @@ import (
 	"github.com/tally-dev/tally/domain"
 )
 
-// userMessage is anything routed to one user's actor; due is when its
-// caller stops waiting for the answer.
+// userMessage is anything routed to one user's actor.
 type userMessage interface {
 	userID() string
 	due() time.Time
+	answer(*reply)
+	reply() <-chan *reply
 }
 
-// Requests. Each carries the caller's deadline so that the actor bounds its
-// store calls by the time the HTTP request has left.
+// call is what every request carries: when its caller stops waiting, and
+// where to answer. The answer goes to a buffered channel the caller selects
+// on, so answering never blocks the actor — even after the caller gave up —
+// and costs no future registration in the actor system: a request may be
+// answered long after the message that carried it (an admission, after its
+// commit).
+type call struct {
+	deadline time.Time
+	replyTo  chan *reply
+}
+
+func newCall(deadline time.Time) call { return call{deadline: deadline, replyTo: make(chan *reply, 1)} }
+
+func (c *call) due() time.Time { return c.deadline }
+
+func (c *call) reply() <-chan *reply { return c.replyTo }
+
+func (c *call) answer(r *reply) {
+	select {
+	case c.replyTo <- r:
+	default: // answered already: the first answer stands
+	}
+}
+
+// Requests, one per operation of the Accounts interface that goes through
+// the user's actor.
 type (
 	createSession struct {
+		call
 		user           string
 		in             domain.NewSession
 		idempotencyKey string
-		deadline       time.Time
 	}
 	getUsage struct {
-		user     string
-		deadline time.Time
+		call
+		user string
 	}
 	prepareUpload struct {
+		call
 		user, session string
 		sizeMB        float64
-		deadline      time.Time
 	}
 	putUser struct {
-		user     string
-		plan     *string
-		anchor   *time.Time
-		deadline time.Time
+		call
+		user   string
+		plan   *string
+		anchor *time.Time
 	}
 	getUser struct {
-		user     string
-		deadline time.Time
+		call
+		user string
 	}
 	resetUsage struct {
-		user     string
-		deadline time.Time
+		call
+		user string
 	}
 	completeSession struct {
+		call
 		user, session string
 		seconds       int64
-		deadline      time.Time
 	}
 	failSession struct {
+		call
 		user, session string
-		deadline      time.Time
 	}
 )
 
-func (m *createSession) due() time.Time   { return m.deadline }
 func (m *createSession) userID() string   { return m.user }
-func (m *getUsage) due() time.Time        { return m.deadline }
 func (m *getUsage) userID() string        { return m.user }
-func (m *prepareUpload) due() time.Time   { return m.deadline }
 func (m *prepareUpload) userID() string   { return m.user }
-func (m *putUser) due() time.Time         { return m.deadline }
 func (m *putUser) userID() string         { return m.user }
-func (m *getUser) due() time.Time         { return m.deadline }
 func (m *getUser) userID() string         { return m.user }
-func (m *resetUsage) due() time.Time      { return m.deadline }
 func (m *resetUsage) userID() string      { return m.user }
-func (m *completeSession) due() time.Time { return m.deadline }
 func (m *completeSession) userID() string { return m.user }
-func (m *failSession) due() time.Time     { return m.deadline }
 func (m *failSession) userID() string     { return m.user }
 
 // reply is the one answer type of a user actor; err is a domain error or nil.

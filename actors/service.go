@@ -59,6 +59,8 @@ type Service struct {
 	timeout time.Duration
 	live    atomic.Int64
 
+	dispatcher *pooledDispatcher
+
 	stopSweep chan struct{}
 	swept     sync.WaitGroup
 	closeOnce sync.Once
@@ -128,10 +130,12 @@ func New(o Options) (*Service, error) {
 	actorLog := o.Logger.With("component", "protoactor")
 	s.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return actorLog }))
 
+	s.dispatcher = newPooledDispatcher(64, 300)
 	userProps := func(userID string) *actor.Props {
-		return actor.PropsFromProducer(func() actor.Actor { return &userActor{id: userID, deps: s.deps} })
+		return actor.PropsFromProducer(func() actor.Actor { return &userActor{id: userID, deps: s.deps} },
+			actor.WithDispatcher(s.dispatcher))
 	}
-	props := actor.PropsFromProducer(newShard(userProps, o.IdleTimeout, &s.live))
+	props := actor.PropsFromProducer(newShard(userProps, o.IdleTimeout, &s.live), actor.WithDispatcher(s.dispatcher))
 	for i := 0; i < o.Shards; i++ {
 		pid, err := s.system.Root.SpawnNamed(props, fmt.Sprintf("shard-%d", i))
 		if err != nil {
@@ -201,6 +205,7 @@ func (s *Service) Close() {
 		}
 		s.deps.writer.close()
 		s.system.Shutdown()
+		s.dispatcher.stop()
 	})
 }
 
@@ -226,24 +231,23 @@ func (s *Service) ask(ctx context.Context, m userMessage, deadline time.Time) *r
 	if wait <= 0 {
 		return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded"}}
 	}
-	res, err := s.system.Root.RequestFuture(s.shardFor(m.userID()), m, wait).Result()
-	if err != nil {
-		if errors.Is(err, actor.ErrTimeout) {
-			return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "the user's accounting did not answer in time", Err: err}}
-		}
-		return &reply{err: domain.Unavailable("accounting", err)}
+	s.system.Root.Send(s.shardFor(m.userID()), m)
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case r := <-m.reply():
+		return r
+	case <-timer.C:
+		return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "the user's accounting did not answer in time"}}
+	case <-ctx.Done():
+		return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded", Err: ctx.Err()}}
 	}
-	r, ok := res.(*reply)
-	if !ok {
-		return &reply{err: fmt.Errorf("actors: unexpected reply %T", res)}
-	}
-	return r
 }
 
 // CreateSession admits and durably records a session.
 func (s *Service) CreateSession(ctx context.Context, userID string, in domain.NewSession, key string) (domain.Session, error) {
 	d := s.deadline(ctx)
-	r := s.ask(ctx, &createSession{user: userID, in: in, idempotencyKey: key, deadline: d}, d)
+	r := s.ask(ctx, &createSession{user: userID, in: in, idempotencyKey: key, call: newCall(d)}, d)
 	return r.session, r.err
 }
 
@@ -269,35 +273,35 @@ func (s *Service) ListSessions(ctx context.Context, userID string, limit int, af
 // session uploading.
 func (s *Service) PrepareUpload(ctx context.Context, userID, sessionID string, sizeMB float64) (domain.Session, domain.Plan, error) {
 	d := s.deadline(ctx)
-	r := s.ask(ctx, &prepareUpload{user: userID, session: sessionID, sizeMB: sizeMB, deadline: d}, d)
+	r := s.ask(ctx, &prepareUpload{user: userID, session: sessionID, sizeMB: sizeMB, call: newCall(d)}, d)
 	return r.session, r.plan, r.err
 }
 
 // Usage reports the user's current period.
 func (s *Service) Usage(ctx context.Context, userID string) (domain.Report, error) {
 	d := s.deadline(ctx)
-	r := s.ask(ctx, &getUsage{user: userID, deadline: d}, d)
+	r := s.ask(ctx, &getUsage{user: userID, call: newCall(d)}, d)
 	return r.report, r.err
 }
 
 // PutUser creates the user or changes plan and/or anchor.
 func (s *Service) PutUser(ctx context.Context, userID string, plan *string, anchor *time.Time) (domain.User, domain.Report, error) {
 	d := s.deadline(ctx)
-	r := s.ask(ctx, &putUser{user: userID, plan: plan, anchor: anchor, deadline: d}, d)
+	r := s.ask(ctx, &putUser{user: userID, plan: plan, anchor: anchor, call: newCall(d)}, d)
 	return r.user, r.report, r.err
 }
 
 // GetUser returns the user and its usage, or domain.ErrNotFound.
 func (s *Service) GetUser(ctx context.Context, userID string) (domain.User, domain.Report, error) {
 	d := s.deadline(ctx)
-	r := s.ask(ctx, &getUser{user: userID, deadline: d}, d)
+	r := s.ask(ctx, &getUser{user: userID, call: newCall(d)}, d)
 	return r.user, r.report, r.err
 }
 
 // ResetUsage starts a new billing period now.
 func (s *Service) ResetUsage(ctx context.Context, userID string) (domain.Report, error) {
 	d := s.deadline(ctx)
-	r := s.ask(ctx, &resetUsage{user: userID, deadline: d}, d)
+	r := s.ask(ctx, &resetUsage{user: userID, call: newCall(d)}, d)
 	return r.report, r.err
 }
 
@@ -309,7 +313,7 @@ func (s *Service) CompleteSession(ctx context.Context, sessionID string, seconds
 		return domain.Session{}, err
 	}
 	d := s.deadline(ctx)
-	r := s.ask(ctx, &completeSession{user: sess.UserID, session: sessionID, seconds: seconds, deadline: d}, d)
+	r := s.ask(ctx, &completeSession{user: sess.UserID, session: sessionID, seconds: seconds, call: newCall(d)}, d)
 	return r.session, r.err
 }
 
@@ -320,6 +324,6 @@ func (s *Service) FailSession(ctx context.Context, sessionID string) (domain.Ses
 		return domain.Session{}, err
 	}
 	d := s.deadline(ctx)
-	r := s.ask(ctx, &failSession{user: sess.UserID, session: sessionID, deadline: d}, d)
+	r := s.ask(ctx, &failSession{user: sess.UserID, session: sessionID, call: newCall(d)}, d)
 	return r.session, r.err
 }

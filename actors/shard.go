@@ -18,21 +18,15 @@ type shard struct {
 	idle      time.Duration
 	live      *atomic.Int64 // user actors alive across all shards (a metric)
 
-	children map[string]*child // user id → its actor
-	byPID    map[string]string // child PID id → user id
-	pending  map[string][]held // user id → messages held while its old actor stops
+	children map[string]*child        // user id → its actor
+	byPID    map[string]string        // child PID id → user id
+	pending  map[string][]userMessage // user id → messages held while its old actor stops
 }
 
 type child struct {
 	pid      *actor.PID
 	lastUsed time.Time
 	stopping bool
-}
-
-// held is a message with its original sender, replayed once a new actor runs.
-type held struct {
-	msg    any
-	sender *actor.PID
 }
 
 func newShard(userProps func(string) *actor.Props, idle time.Duration, live *atomic.Int64) actor.Producer {
@@ -43,7 +37,7 @@ func newShard(userProps func(string) *actor.Props, idle time.Duration, live *ato
 			live:      live,
 			children:  make(map[string]*child),
 			byPID:     make(map[string]string),
-			pending:   make(map[string][]held),
+			pending:   make(map[string][]userMessage),
 		}
 	}
 }
@@ -57,11 +51,11 @@ func (s *shard) Receive(ctx actor.Context) {
 		case c == nil:
 			c = s.spawn(ctx, id)
 		case c.stopping:
-			s.pending[id] = append(s.pending[id], held{msg: m, sender: ctx.Sender()})
+			s.pending[id] = append(s.pending[id], m)
 			return
 		}
 		c.lastUsed = time.Now()
-		ctx.Forward(c.pid)
+		ctx.Send(c.pid, m)
 
 	case *sweep:
 		for _, c := range s.children {
@@ -90,8 +84,8 @@ func (s *shard) Receive(ctx actor.Context) {
 		}
 		c := s.spawn(ctx, id)
 		c.lastUsed = time.Now()
-		for _, h := range held {
-			ctx.RequestWithCustomSender(c.pid, h.msg, h.sender)
+		for _, m := range held {
+			ctx.Send(c.pid, m)
 		}
 	}
 }

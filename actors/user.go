@@ -56,37 +56,26 @@ func (a *userActor) Receive(ctx actor.Context) {
 		// lazily from the store by the next message.
 		a.inflight = make(map[uint64]*inflight)
 	case *createSession:
-		sender := ctx.Sender()
-		a.guard(ctx, sender, func() { a.onCreate(ctx, m, sender, 0) })
+		a.guard(m, func() { a.onCreate(ctx, m, 0) })
 	case *admitDone:
-		var sender *actor.PID
 		if e := a.inflight[m.id]; e != nil {
-			sender = e.sender
+			a.guard(e.m, func() { a.onAdmitDone(ctx, m) })
 		}
-		a.guard(ctx, sender, func() { a.onAdmitDone(ctx, m) })
 	case *passivate:
 		a.onPassivate(ctx)
 	case userMessage:
-		ctx.Respond(a.handle(m))
-	}
-}
-
-// respond answers a caller that is not the current message's sender (an
-// admission answered after its commit).
-func (a *userActor) respond(ctx actor.Context, to *actor.PID, r *reply) {
-	if to != nil {
-		ctx.Send(to, r)
+		m.answer(a.handle(m))
 	}
 }
 
 // guard turns a panic into an internal error answer to the caller and drops
 // the state, so the next message reloads it from the store.
-func (a *userActor) guard(ctx actor.Context, caller *actor.PID, f func()) {
+func (a *userActor) guard(caller userMessage, f func()) {
 	defer func() {
 		if p := recover(); p != nil {
 			a.forget()
 			a.deps.log.Error("user actor panicked", "user", a.id, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			a.respond(ctx, caller, &reply{err: &domain.Error{Code: domain.CodeInternal, Message: "internal error", Err: fmt.Errorf("panic: %v", p)}})
+			caller.answer(&reply{err: &domain.Error{Code: domain.CodeInternal, Message: "internal error", Err: fmt.Errorf("panic: %v", p)}})
 		}
 	}()
 	f()
