@@ -17,7 +17,7 @@ import (
 	"github.com/tally-dev/tally/persistence/sqlite"
 )
 
-func openStore(t *testing.T) persistence.Store {
+func openStore(t testing.TB) persistence.Store {
 	t.Helper()
 	s, err := sqlite.Open(context.Background(), t.TempDir())
 	if err != nil {
@@ -30,7 +30,7 @@ func openStore(t *testing.T) persistence.Store {
 	return s
 }
 
-func newService(t *testing.T, store persistence.Store, idle time.Duration) *actors.Service {
+func newService(t testing.TB, store persistence.Store, idle time.Duration) *actors.Service {
 	t.Helper()
 	svc, err := actors.New(actors.Options{Store: store, Catalog: domain.DefaultCatalog(), IdleTimeout: idle, Shards: 4, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {

@@ -134,6 +134,11 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 	}
 	a.nextID++
 	id := a.nextID
+	if a.inflight == nil {
+		// Allocated on first use: most actors of a million idle users never
+		// need it, and memory per active user is a target.
+		a.inflight = make(map[uint64]*inflight)
+	}
 	a.inflight[id] = &inflight{m: m, req: req, plan: plan, retries: retries}
 	a.reserved++
 	self, root := actx.Self(), actx.ActorSystem().Root

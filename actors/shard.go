@@ -14,7 +14,7 @@ import (
 // stops only once it owes no answer, and the shard buffers the user's
 // messages until the child's Terminated arrives, then respawns and replays.
 type shard struct {
-	userProps func(userID string) *actor.Props
+	userProps *actor.Props
 	idle      time.Duration
 	live      *atomic.Int64 // user actors alive across all shards (a metric)
 
@@ -29,7 +29,7 @@ type child struct {
 	stopping bool
 }
 
-func newShard(userProps func(string) *actor.Props, idle time.Duration, live *atomic.Int64) actor.Producer {
+func newShard(userProps *actor.Props, idle time.Duration, live *atomic.Int64) actor.Producer {
 	return func() actor.Actor {
 		return &shard{
 			userProps: userProps,
@@ -93,7 +93,7 @@ func (s *shard) Receive(ctx actor.Context) {
 func (s *shard) spawn(ctx actor.Context, userID string) *child {
 	// Children get generated names: a respawned actor must not collide with
 	// the name of one that is still finishing its stop.
-	pid := ctx.Spawn(s.userProps(userID))
+	pid := ctx.Spawn(s.userProps)
 	c := &child{pid: pid}
 	s.children[userID] = c
 	s.byPID[pid.Id] = userID

@@ -50,11 +50,17 @@ type userActor struct {
 }
 
 func (a *userActor) Receive(ctx actor.Context) {
+	if a.id == "" {
+		// The first message names the user (every message a shard
+		// forwards to this actor is for the same user).
+		if m, ok := ctx.Message().(userMessage); ok {
+			a.id = m.userID()
+		}
+	}
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		// A restart after a panic gets a fresh instance: state is reloaded
 		// lazily from the store by the next message.
-		a.inflight = make(map[uint64]*inflight)
 	case *createSession:
 		a.guard(m, func() { a.onCreate(ctx, m, 0) })
 	case *admitDone:

@@ -1,0 +1,76 @@
+package actors_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/persistence"
+)
+
+// memStore answers from memory, so that benchmarks measure the actors, not
+// a database. Only what the benchmarked paths call is implemented.
+type memStore struct {
+	persistence.Store
+	anchor time.Time
+}
+
+func (m memStore) EnsureUser(_ context.Context, id string, _ time.Time) (domain.User, error) {
+	return domain.User{ID: id, Plan: "free", BillingAnchor: m.anchor, Version: 1}, nil
+}
+
+func (m memStore) LoadUsage(context.Context, string, time.Time) (persistence.Counters, error) {
+	return persistence.Counters{Usage: domain.Usage{Sessions: 10}, Version: 10}, nil
+}
+
+func (m memStore) PruneIdempotencyKeys(context.Context, time.Time) (int64, error) { return 0, nil }
+
+// BenchmarkActorRoundTrip measures one request through the shard to a
+// user's actor and back: a create by a user at the limit, answered from
+// memory (the over-limit path; no store call once the actor is loaded).
+func BenchmarkActorRoundTrip(b *testing.B) {
+	svc := newService(b, memStore{anchor: time.Now().Add(-time.Hour)}, time.Hour)
+	ctx := context.Background()
+	for u := 0; u < 1000; u++ {
+		_, _ = svc.CreateSession(ctx, fmt.Sprintf("u%d", u), in, "")
+	}
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			_, err := svc.CreateSession(ctx, fmt.Sprintf("u%d", i%1000), in, "")
+			if domain.ErrorCode(err) != domain.CodeSessionLimit {
+				b.Fatalf("got %v", err)
+			}
+			i++
+		}
+	})
+}
+
+// BenchmarkActorMemory reports the heap held per live user actor (with
+// its shard's bookkeeping), the figure behind "≤ 2 KB per active user".
+func BenchmarkActorMemory(b *testing.B) {
+	const users = 100000
+	for i := 0; i < b.N; i++ {
+		svc := newService(b, memStore{anchor: time.Now().Add(-time.Hour)}, time.Hour)
+		ctx := context.Background()
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for u := 0; u < users; u++ {
+			if _, err := svc.Usage(ctx, fmt.Sprintf("user-%07d", u)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if n := svc.LiveActors(); n != users {
+			b.Fatalf("%d live actors, want %d", n, users)
+		}
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/users, "heap-bytes/actor")
+		svc.Close()
+	}
+}
