@@ -8,12 +8,14 @@ FUZZ     ?= FuzzDecodeCreateSession
 FUZZPKG  ?= ./transport
 FUZZTIME ?= 60s
 IMAGE    ?= tally:dev
+# Flags of tally-bench, e.g. BENCHFLAGS='--quick --skip-million'.
+BENCHFLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint fmt fuzz bench clean docker
+.PHONY: help build run test lint fmt fuzz bench bench-compare clean docker
 
 help: ## List the targets
-	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 build: ## Build the binary into bin/tally
 	$(GO) build -o $(BIN) ./cmd/tally
@@ -40,6 +42,12 @@ fuzz: ## Fuzz request decoding for FUZZTIME (default 60s)
 
 bench: ## Run the benchmarks with allocation counts
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+# Ratios measured in one run on this machine (see tools/bench): 15-25 minutes
+# by default (mostly the million-users phase), ~2 with
+# BENCHFLAGS='--quick --skip-million'. Results go to bin/bench-results/.
+bench-compare: ## Run the side-by-side benchmark (Tally vs row-lock pgbench vs bare Gin) and print the ratios
+	$(GO) run ./cmd/tally-bench $(BENCHFLAGS)
 
 # ./data is left alone: it is the embedded store, i.e. a user's data.
 clean: ## Remove build output (bin/)

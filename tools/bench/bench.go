@@ -1,0 +1,1053 @@
+// Package bench is Tally's side-by-side benchmark (`make bench-compare`,
+// cmd/tally-bench): in one run, on one machine, it measures Tally and the
+// two things Tally is meant to beat or match, and prints the ratios.
+// Absolute numbers depend on the machine and on whatever else it is doing;
+// ratios taken minutes apart on the same machine are what carry over, so
+// every figure compared here is measured in the same run. Nothing here is
+// asserted in tests.
+//
+// The baselines, and why each:
+//
+//   - The row-lock transaction (tools/bench/rowlock.sql through pgbench):
+//     what a team would write instead of Tally — lock the user's counter
+//     row with SELECT … FOR UPDATE, insert the session, bump the counter,
+//     commit, once per request. It is as durable as Tally's admissions (a
+//     committed row before the answer), so "durable admitted creates/s"
+//     against its tps is a like-for-like comparison of the accounting
+//     itself. pgbench is the fastest client such a transaction could have
+//     (no HTTP, no JSON), which makes the ratio conservative. It runs over
+//     100 000 users and over one hot user, whose row lock serializes every
+//     request: the case Tally's in-memory reservation is for.
+//   - Bare Gin decoding the same body with no accounting (a child process
+//     of this binary): the ceiling of the HTTP edge on this machine. An
+//     over-limit rejection needs no write, so Tally should refuse nearly
+//     as fast as a server that does nothing but decode and answer.
+//
+// Tally itself runs as a child process built by app.New from TALLY_*
+// variables (Postgres + Redis, as in production), with GOGC=400 (measured
+// +5–10% in DESIGN.md; the Gin child gets the same setting so the ratio is
+// not GC tuning). The load client is tools/load, in this process; it and
+// the servers share the machine's cores, as they would in the figures the
+// targets were set from.
+//
+// Phases, in order: row-lock (pgbench, many users then one hot user), Gin,
+// then Tally: many users (64 and 256 workers; group commit gains from
+// concurrency, so the better one is "max durable admitted/s"), one hot
+// user, over-limit rejections (users filled to their limit first), p99 at
+// half the max (open loop, so stalls are not hidden by coordinated
+// omission), memory per active user (VmRSS before and after touching users
+// never seen, actors still live), and RSS while touching a million users
+// with a short idle timeout (in a separate Tally child, so its VmHWM is
+// that phase's peak alone).
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/tally-dev/tally/tools/load"
+)
+
+// The phases, in the order they run; --only takes these names.
+var phaseNames = []string{"rowlock", "gin", "many", "hot", "overlimit", "latency", "memory", "million"}
+
+// Fixed shapes of the load, from the targets in the issue.
+const (
+	manyUsers      = 10000
+	overUsers      = 1000
+	freeLimit      = 10 // sessions per period on the built-in free plan
+	rowlockUsers   = 100000
+	baseWorkers    = 64
+	highWorkers    = 256
+	childGOGC      = "400"
+	mainIdle       = time.Hour // (e) needs every actor of the run still live
+	millionIdle    = 20 * time.Second
+	millionTarget  = 1000000
+	rssLimitMB     = 2048
+	defaultMemUser = 100000
+)
+
+// Options is one benchmark run.
+type Options struct {
+	Duration     time.Duration
+	Warmup       time.Duration
+	Quick        bool
+	SkipMillion  bool
+	MillionUsers int
+	MemoryUsers  int
+	PostgresURL  string
+	RedisAddr    string
+	Out          string
+	NoVerify     bool
+	Only         []string
+	Command      string
+}
+
+// Run is the benchmark's command line (cmd/tally-bench), and also the
+// hidden server commands its children run.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && IsChildCommand(args[0]) {
+		return runChild(ctx, args[0], stdout, stderr)
+	}
+	opts, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	opts.Command = commandLine(args)
+	r, err := newRunner(opts, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	return r.run(ctx)
+}
+
+func parseFlags(args []string, stderr io.Writer) (Options, error) {
+	var o Options
+	fs := flag.NewFlagSet("tally-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: tally-bench [flags]
+
+Measures, in one run on this machine, Tally against the row-lock
+transaction (tools/bench/rowlock.sql through pgbench) and against bare Gin
+decoding the same body with no accounting, and prints the ratios with the
+targets. Uses the machine's PostgreSQL (two fresh databases) and Redis (a
+private key prefix), and removes them at the end, even on error or Ctrl-C.
+Results go to --out as JSON and Markdown. A default run takes 15-25
+minutes on a 2-core machine, more than half of it the million-users phase
+(--skip-million); --quick --skip-million takes about 2.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	fs.DurationVar(&o.Duration, "duration", 15*time.Second, "length of each measured phase")
+	fs.DurationVar(&o.Warmup, "warmup", -1, "unmeasured load before each HTTP phase (default: duration/5, at most 3s)")
+	fs.BoolVar(&o.Quick, "quick", false, "a quick run: 5s phases, 20 000 users for the memory phase, 100 000 for the million check (explicit flags win)")
+	fs.BoolVar(&o.SkipMillion, "skip-million", false, "skip the million-users RSS phase (the longest)")
+	fs.IntVar(&o.MillionUsers, "million-users", millionTarget, "distinct users the million-users phase touches")
+	fs.IntVar(&o.MemoryUsers, "memory-users", defaultMemUser, "new users the memory-per-user phase touches")
+	fs.StringVar(&o.PostgresURL, "postgres-url", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable", "PostgreSQL URL of a role that may CREATE DATABASE")
+	fs.StringVar(&o.RedisAddr, "redis-addr", "127.0.0.1:6379", "Redis host:port (keys go under a private prefix)")
+	fs.StringVar(&o.Out, "out", filepath.Join("bin", "bench-results"), "directory for the JSON and Markdown results and the servers' logs")
+	fs.BoolVar(&o.NoVerify, "no-verify", false, "skip tools/load's invariant checks after each Tally phase (faster; they read every admitted session back)")
+	only := fs.String("only", "", "comma-separated phases to run ("+strings.Join(phaseNames, ",")+"); default all")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("tally-bench takes no arguments, got %q", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.Quick {
+		if !set["duration"] {
+			o.Duration = 5 * time.Second
+		}
+		if !set["million-users"] {
+			o.MillionUsers = 100000
+		}
+		if !set["memory-users"] {
+			o.MemoryUsers = 20000
+		}
+	}
+	if o.Duration < time.Second {
+		return o, fmt.Errorf("--duration must be at least 1s, got %s", o.Duration)
+	}
+	if o.Warmup < 0 {
+		o.Warmup = min(o.Duration/5, 3*time.Second)
+	}
+	if o.MillionUsers < 1 || o.MemoryUsers < 1 {
+		return o, errors.New("--million-users and --memory-users must be positive")
+	}
+	if *only != "" {
+		for _, p := range strings.Split(*only, ",") {
+			p = strings.TrimSpace(p)
+			if !slices.Contains(phaseNames, p) {
+				return o, fmt.Errorf("--only: unknown phase %q (phases: %s)", p, strings.Join(phaseNames, ", "))
+			}
+			o.Only = append(o.Only, p)
+		}
+	}
+	return o, nil
+}
+
+// commandLine is how this run was started, for the report: `go run`
+// builds into a temporary directory, whose path would mean nothing later.
+func commandLine(args []string) string {
+	exe, _ := os.Executable()
+	name := filepath.Base(os.Args[0])
+	if strings.Contains(exe, "go-build") {
+		name = "go run ./cmd/tally-bench"
+	}
+	parts := []string{name}
+	for _, a := range args {
+		if strings.ContainsAny(a, " \t\"'$") {
+			a = strconv.Quote(a)
+		}
+		parts = append(parts, a)
+	}
+	return strings.Join(parts, " ")
+}
+
+// Report is the run's JSON document.
+type Report struct {
+	StartedAt  time.Time `json:"started_at"`
+	FinishedAt time.Time `json:"finished_at"`
+	Command    string    `json:"command"`
+	Machine    Machine   `json:"machine"`
+	Settings   Settings  `json:"settings"`
+	Figures    []Row     `json:"figures"`
+	Phases     []*Phase  `json:"phases"`
+	Notes      []string  `json:"notes"`
+}
+
+// Settings are the knobs of the run.
+type Settings struct {
+	DurationS    float64  `json:"duration_s"`
+	WarmupS      float64  `json:"warmup_s"`
+	Verify       bool     `json:"verify"`
+	GOGC         string   `json:"gogc"`
+	MemoryUsers  int      `json:"memory_users"`
+	MillionUsers int      `json:"million_users"`
+	Phases       []string `json:"phases"`
+}
+
+// Phase is what one phase did and measured, with the raw load results.
+type Phase struct {
+	Name     string          `json:"name"`
+	What     string          `json:"what"`
+	Seconds  float64         `json:"wall_s"`
+	Err      string          `json:"error,omitempty"`
+	Pgbench  []PgbenchResult `json:"pgbench,omitempty"`
+	Loads    []LoadRun       `json:"loads,omitempty"`
+	Memory   *MemoryResult   `json:"memory,omitempty"`
+	Million  *MillionResult  `json:"million,omitempty"`
+	LogFiles []string        `json:"log_files,omitempty"`
+}
+
+// LoadRun is one tools/load run of a phase (its per-second series
+// dropped, its violations capped, to keep the document readable).
+type LoadRun struct {
+	Label  string       `json:"label"`
+	Result *load.Result `json:"result"`
+}
+
+// MemoryResult is phase (e): VmRSS of the Tally child around touching
+// Users users it had never seen, with every actor still live.
+type MemoryResult struct {
+	Users            int     `json:"users"`
+	Touched          int64   `json:"touched"`
+	RSSBeforeKB      int64   `json:"rss_before_kb"`
+	RSSAfterKB       int64   `json:"rss_after_kb"`
+	RSSAfterGCKB     int64   `json:"rss_after_gc_kb"`
+	KBPerUser        float64 `json:"kb_per_user"`
+	KBPerUserAfterGC float64 `json:"kb_per_user_after_gc"`
+	LiveActorsBefore float64 `json:"live_actors_before"`
+	LiveActorsAfter  float64 `json:"live_actors_after"`
+	IdleTimeout      string  `json:"idle_timeout"`
+}
+
+// MillionResult is phase (f): the peak VmRSS of a fresh Tally child while
+// Users distinct users were touched as fast as it would take them.
+type MillionResult struct {
+	Users         int     `json:"users"`
+	Touched       int64   `json:"touched"`
+	Errors        int64   `json:"errors"`
+	Seconds       float64 `json:"seconds"`
+	UsersPerS     float64 `json:"users_per_s"`
+	MaxRSSKB      int64   `json:"max_rss_kb"`
+	FinalRSSKB    int64   `json:"final_rss_kb"`
+	LiveActorsEnd float64 `json:"live_actors_end"`
+	IdleTimeout   string  `json:"idle_timeout"`
+}
+
+// runner is one benchmark run in progress.
+type runner struct {
+	opts           Options
+	stdout, stderr io.Writer
+	progress       io.Writer // the load's progress bar, on a terminal only
+	exe            string
+	outDir, stem   string
+	tmp            string
+	st             *stores
+	secret, admin  string
+	tally          *child // the main Tally child (phases many … memory)
+	report         Report
+	failed         []string
+
+	rowMany, rowHot  *PgbenchResult
+	gin              *load.Result
+	many             map[int]*load.Result
+	hot, over, lat   *load.Result
+	latRate          float64
+	mem              *MemoryResult
+	million          *MillionResult
+	memUsersPerS     float64
+	millionRequested bool
+}
+
+func newRunner(o Options, stdout, stderr io.Writer) (*runner, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find this program to start the servers from: %w", err)
+	}
+	r := &runner{opts: o, stdout: stdout, stderr: stderr, exe: exe, many: map[int]*load.Result{},
+		secret: randomSecret(), admin: randomSecret()}
+	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		r.progress = stderr
+	}
+	return r, nil
+}
+
+func (r *runner) logf(format string, args ...any) {
+	fmt.Fprintf(r.stderr, "[%s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// want reports whether a phase is selected (--only, --skip-million).
+func (r *runner) want(name string) bool {
+	if name == "million" && r.opts.SkipMillion {
+		return false
+	}
+	return len(r.opts.Only) == 0 || slices.Contains(r.opts.Only, name)
+}
+
+func (r *runner) run(ctx context.Context) (err error) {
+	o := r.opts
+	r.report = Report{StartedAt: time.Now().UTC().Truncate(time.Second), Command: o.Command, Notes: []string{}}
+	r.stem = "bench-" + r.report.StartedAt.Format("20060102T150405Z")
+	r.outDir = o.Out
+	if err := os.MkdirAll(r.outDir, 0o755); err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	if r.tmp, err = os.MkdirTemp("", "tally-bench-"); err != nil {
+		return err
+	}
+	defer os.RemoveAll(r.tmp)
+	var phases []string
+	for _, p := range phaseNames {
+		if r.want(p) {
+			phases = append(phases, p)
+		}
+	}
+	r.report.Settings = Settings{DurationS: o.Duration.Seconds(), WarmupS: o.Warmup.Seconds(), Verify: !o.NoVerify,
+		GOGC: childGOGC, MemoryUsers: o.MemoryUsers, MillionUsers: o.MillionUsers, Phases: phases}
+	r.millionRequested = r.want("million")
+
+	r.logf("tally-bench: %s", o.Command)
+	r.logf("phases: %s; %s per phase (+%s warm-up); roughly %s in all", strings.Join(phases, ", "), o.Duration, o.Warmup, r.estimate(phases).Round(time.Minute))
+	r.report.Machine = machineInfo(ctx, o.PostgresURL, o.RedisAddr)
+	r.logf("machine: %s", r.report.Machine)
+
+	r.st, err = createStores(ctx, o.PostgresURL, o.RedisAddr, r.logf)
+	if err != nil {
+		return err
+	}
+	// Cleanup runs whatever happens below, on its own context: the run's
+	// may be cancelled already (Ctrl-C). Children first, since they hold
+	// connections to the databases about to be dropped.
+	defer func() {
+		if r.tally != nil {
+			if e := r.tally.stop(); e != nil {
+				r.logf("tally: %v", e)
+			}
+		}
+		r.st.close()
+	}()
+
+	r.phase(ctx, "rowlock", "the row-lock transaction through pgbench, 64 clients: 100 000 users, then one hot user", r.phaseRowlock)
+	r.phase(ctx, "gin", "bare Gin decoding the same body, no accounting, closed loop 64 workers", r.phaseGin)
+	r.phase(ctx, "many", fmt.Sprintf("Tally, %d users on enterprise, closed loop 64 and 256 workers", manyUsers), r.phaseMany)
+	r.phase(ctx, "hot", "Tally, one hot user on enterprise, closed loop 64 workers", r.phaseHot)
+	r.phase(ctx, "overlimit", fmt.Sprintf("Tally, %d users on free filled to their %d sessions, then rejections, 64 workers", overUsers, freeLimit), r.phaseOverLimit)
+	r.phase(ctx, "latency", fmt.Sprintf("Tally, open loop at half the max durable admitted/s, %d fresh enterprise users", manyUsers), r.phaseLatency)
+	r.phase(ctx, "memory", fmt.Sprintf("Tally's VmRSS around touching %d new users, actors live (idle timeout %s)", o.MemoryUsers, mainIdle), r.phaseMemory)
+	if r.tally != nil {
+		if e := r.tally.stop(); e != nil {
+			r.note("the main Tally child did not stop cleanly: %v", e)
+		}
+	}
+	r.phase(ctx, "million", fmt.Sprintf("a fresh Tally (idle timeout %s): max VmRSS while touching %d distinct users", millionIdle, o.MillionUsers), r.phaseMillion)
+
+	if ctx.Err() != nil {
+		r.logf("interrupted: cleaning up, writing what was measured")
+	}
+	r.report.FinishedAt = time.Now().UTC().Truncate(time.Second)
+	r.report.Figures = r.rows()
+	if werr := r.write(); werr != nil {
+		return werr
+	}
+	switch {
+	case ctx.Err() != nil:
+		return errors.New("interrupted (servers stopped, databases and Redis keys removed; what was measured is written above)")
+	case len(r.failed) > 0:
+		return fmt.Errorf("%d phase(s) failed: %s", len(r.failed), strings.Join(r.failed, "; "))
+	}
+	return nil
+}
+
+// firstSightRate is a cautious guess of how many never-seen users per
+// second Tally provisions (a user row, a session, an actor): 1 300–2 000/s
+// was seen on a busy 2-core machine.
+const firstSightRate = 1200
+
+// estimate guesses the run's wall time from the phases chosen: the load
+// itself plus provisioning and verification, which scale with what was
+// admitted, and the first-sight phases, which scale with their users.
+func (r *runner) estimate(phases []string) time.Duration {
+	d, w := r.opts.Duration, r.opts.Warmup
+	verify := time.Duration(0)
+	if !r.opts.NoVerify {
+		verify = 3 * d
+	}
+	var t time.Duration
+	for _, p := range phases {
+		switch p {
+		case "rowlock":
+			t += 2*d + 10*time.Second
+		case "gin":
+			t += d + w + 5*time.Second
+		case "many":
+			t += 2*(d+w+5*time.Second) + 2*verify + 15*time.Second
+		case "hot":
+			t += d + w + verify
+		case "overlimit":
+			t += d + w + 15*time.Second
+		case "latency":
+			t += d + w + 5*time.Second + verify/2
+		case "memory":
+			t += time.Duration(float64(r.opts.MemoryUsers)/firstSightRate*float64(time.Second)) + 10*time.Second
+		case "million":
+			t += time.Duration(float64(r.opts.MillionUsers)/firstSightRate*float64(time.Second)) + 30*time.Second
+		}
+	}
+	return t
+}
+
+// phase runs one phase if it is selected, records its wall time and error,
+// and lets the run go on after a failure (the other figures are still
+// worth having), unless the run was interrupted.
+func (r *runner) phase(ctx context.Context, name, what string, f func(context.Context, *Phase) error) {
+	if !r.want(name) || ctx.Err() != nil {
+		return
+	}
+	p := &Phase{Name: name, What: what}
+	r.report.Phases = append(r.report.Phases, p)
+	r.logf("== %s: %s", name, what)
+	start := time.Now()
+	err := f(ctx, p)
+	p.Seconds = time.Since(start).Seconds()
+	if err != nil {
+		p.Err = err.Error()
+		if ctx.Err() == nil {
+			r.failed = append(r.failed, name+": "+firstLine(err.Error()))
+		}
+		r.logf("%s failed: %v", name, err)
+		return
+	}
+	r.logf("%s done in %s", name, time.Since(start).Round(time.Second))
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}
+
+func (r *runner) note(format string, args ...any) {
+	n := fmt.Sprintf(format, args...)
+	r.report.Notes = append(r.report.Notes, n)
+	r.logf("note: %s", n)
+}
+
+// ---- baselines ----
+
+func (r *runner) phaseRowlock(ctx context.Context, p *Phase) error {
+	b := &rowlockBench{dbURL: r.st.dbURL(r.st.rowlockDB), dir: r.tmp, log: r.logf}
+	if err := b.prepare(ctx); err != nil {
+		return err
+	}
+	for _, v := range []struct {
+		uids int
+		dst  **PgbenchResult
+	}{{rowlockUsers, &r.rowMany}, {1, &r.rowHot}} {
+		res, err := b.run(ctx, r.opts.Duration, v.uids)
+		if err != nil {
+			return err
+		}
+		p.Pgbench = append(p.Pgbench, res)
+		*v.dst = &res
+		r.logf("row-lock, uid_max=%d: %.0f tps (latency avg %.2f ms, %d failed)", v.uids, res.TPS, res.LatencyAvgMs, res.Failed)
+		if res.Failed > 0 {
+			r.note("pgbench uid_max=%d: %d failed transactions", v.uids, res.Failed)
+		}
+	}
+	return nil
+}
+
+func (r *runner) phaseGin(ctx context.Context, p *Phase) error {
+	logPath := filepath.Join(r.outDir, r.stem+"-gin.log")
+	p.LogFiles = append(p.LogFiles, logPath)
+	c, err := startChild(ctx, r.exe, cmdServeGin, []string{"GOGC=" + childGOGC}, logPath)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	cfg := r.loadConfig(c.url())
+	cfg.Users = overUsers // the same request mix as the over-limit phase
+	cfg.NoProvision, cfg.NoVerify = true, true
+	res, err := r.runLoad(ctx, p, "bare Gin", cfg)
+	if err != nil {
+		return err
+	}
+	r.gin = res
+	r.logf("bare Gin: %.0f answers/s (200s: %.0f/s)", res.RequestsPerS, res.AdmittedPerS)
+	return nil
+}
+
+// ---- Tally ----
+
+// tallyEnv is the configuration of a Tally child: the run's database,
+// Redis and prefix, fresh secrets, warn-level logs (no access log line per
+// request), and GOGC=400.
+func (r *runner) tallyEnv(idle time.Duration) []string {
+	return []string{
+		"TALLY_HTTP_ADDR=127.0.0.1:0",
+		"TALLY_DATABASE_URL=" + r.st.dbURL(r.st.tallyDB),
+		"TALLY_REDIS_URL=redis://" + r.st.redisAddr + "/0",
+		"TALLY_REDIS_KEY_PREFIX=" + r.st.redisPrefix,
+		"TALLY_JWT_SECRET=" + r.secret,
+		"TALLY_ADMIN_TOKEN=" + r.admin,
+		"TALLY_LOG_LEVEL=warn",
+		"TALLY_IDLE_TIMEOUT=" + idle.String(),
+		"TALLY_SHUTDOWN_TIMEOUT=10s",
+		"GOGC=" + childGOGC,
+	}
+}
+
+// mainTally starts the main Tally child on first use.
+func (r *runner) mainTally(ctx context.Context, p *Phase) (*child, error) {
+	logPath := filepath.Join(r.outDir, r.stem+"-tally.log")
+	p.LogFiles = append(p.LogFiles, logPath)
+	if r.tally != nil {
+		if !r.tally.alive() {
+			return nil, fmt.Errorf("the Tally child has exited (%v); its log (%s) ends:\n%s", r.tally.waitErr, logPath, fileTail(logPath, 15))
+		}
+		return r.tally, nil
+	}
+	r.logf("starting Tally (app.New + Serve in a child process, GOGC=%s, idle timeout %s)", childGOGC, mainIdle)
+	c, err := startChild(ctx, r.exe, cmdServeTally, r.tallyEnv(mainIdle), logPath)
+	if err != nil {
+		return nil, err
+	}
+	r.tally = c
+	r.logf("Tally serving on %s (pid %d), log %s", c.addr, c.pid(), logPath)
+	return c, nil
+}
+
+// loadConfig is the common shape of a phase's load.
+func (r *runner) loadConfig(url string) load.Config {
+	return load.Config{
+		URL: url, Secret: r.secret, AdminToken: r.admin,
+		Duration: r.opts.Duration, Warmup: r.opts.Warmup, Concurrency: baseWorkers,
+		NoVerify: r.opts.NoVerify, Log: r.stderr, Progress: r.progress,
+	}
+}
+
+// runLoad runs one load, keeps it in the phase, and turns what went wrong
+// under it (errors, 500s, verification failures) into notes: the figures
+// are only worth something if the service stayed correct while making them.
+func (r *runner) runLoad(ctx context.Context, p *Phase, label string, cfg load.Config) (*load.Result, error) {
+	res, err := load.Run(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", label, err)
+	}
+	if res.Interrupted {
+		return nil, fmt.Errorf("%s: interrupted", label)
+	}
+	kept := *res
+	kept.Series = nil
+	if len(kept.Violations) > 20 {
+		kept.Violations = append(kept.Violations[:20:20], fmt.Sprintf("… and %d more", len(res.Violations)-20))
+	}
+	p.Loads = append(p.Loads, LoadRun{Label: label, Result: &kept})
+	if res.Errors > 0 {
+		r.note("%s: %d of %d requests were errors (statuses %v, transport %v)", label, res.Errors, res.Requests, res.ErrorsByStatus, res.TransportErrors)
+	}
+	if len(res.Violations) > 0 {
+		r.note("%s: %d invariant violation(s); the first: %s", label, len(res.Violations), res.Violations[0])
+	}
+	return res, nil
+}
+
+func (r *runner) phaseMany(ctx context.Context, p *Phase) error {
+	c, err := r.mainTally(ctx, p)
+	if err != nil {
+		return err
+	}
+	for _, w := range []int{baseWorkers, highWorkers} {
+		cfg := r.loadConfig(c.url())
+		cfg.Users, cfg.Plan, cfg.Concurrency = manyUsers, "enterprise", w
+		res, err := r.runLoad(ctx, p, fmt.Sprintf("many users, %d workers", w), cfg)
+		if err != nil {
+			return err
+		}
+		r.many[w] = res
+		r.logf("many users, %d workers: %.0f admitted/s, p99 %.2f ms", w, res.AdmittedPerS, res.LatencyAdmitted.P99Ms)
+	}
+	return nil
+}
+
+// maxAdmitted is the best durable admitted/s of the many-users runs.
+func (r *runner) maxAdmitted() (float64, int) {
+	best, workers := 0.0, 0
+	for w, res := range r.many {
+		if res.AdmittedPerS > best {
+			best, workers = res.AdmittedPerS, w
+		}
+	}
+	return best, workers
+}
+
+func (r *runner) phaseHot(ctx context.Context, p *Phase) error {
+	c, err := r.mainTally(ctx, p)
+	if err != nil {
+		return err
+	}
+	cfg := r.loadConfig(c.url())
+	cfg.Hot, cfg.Plan = true, "enterprise"
+	res, err := r.runLoad(ctx, p, "one hot user, 64 workers", cfg)
+	if err != nil {
+		return err
+	}
+	r.hot = res
+	r.logf("hot user: %.0f admitted/s, p99 %.2f ms", res.AdmittedPerS, res.LatencyAdmitted.P99Ms)
+	return nil
+}
+
+func (r *runner) phaseOverLimit(ctx context.Context, p *Phase) error {
+	c, err := r.mainTally(ctx, p)
+	if err != nil {
+		return err
+	}
+	prefix := "bench-over-" + randomHex(4)
+	// Fill: each user gets one request more than its limit (round robin),
+	// so every user is full unless a request failed; then top up. The
+	// first fill is always verified: it is what proves the users are full.
+	fill := r.loadConfig(c.url())
+	fill.Users, fill.Plan, fill.UserPrefix = overUsers, "free", prefix
+	fill.Duration, fill.Warmup, fill.Requests = 0, 0, int64(overUsers*(freeLimit+1))
+	fill.NoVerify = false
+	fill.Progress = nil
+	want := int64(overUsers * freeLimit)
+	var admitted int64
+	for round := 1; admitted < want; round++ {
+		if round > 5 {
+			return fmt.Errorf("the users are still not full after 5 fill rounds (%d of %d sessions admitted)", admitted, want)
+		}
+		res, err := r.runLoad(ctx, p, fmt.Sprintf("fill round %d", round), fill)
+		if err != nil {
+			return err
+		}
+		admitted += res.Admitted
+		r.logf("fill round %d: %d admitted (%d of %d), %d rejected", round, res.Admitted, admitted, want, res.Rejected)
+		fill.NoProvision, fill.NoVerify, fill.Requests = true, true, int64(overUsers*2)
+	}
+	cfg := r.loadConfig(c.url())
+	cfg.Users, cfg.Plan, cfg.UserPrefix, cfg.NoProvision = overUsers, "free", prefix, true
+	res, err := r.runLoad(ctx, p, "over-limit, 64 workers", cfg)
+	if err != nil {
+		return err
+	}
+	r.over = res
+	if res.Admitted > 0 {
+		r.note("over-limit: %d create(s) were admitted for users that were full", res.Admitted)
+	}
+	r.logf("over-limit: %.0f rejected/s, p99 %.2f ms", res.RejectedPerS, res.LatencyRejected.P99Ms)
+	return nil
+}
+
+func (r *runner) phaseLatency(ctx context.Context, p *Phase) error {
+	best, _ := r.maxAdmitted()
+	if best <= 0 {
+		return errors.New("needs the max durable admitted/s of the many-users phase (run it too: --only many,latency)")
+	}
+	c, err := r.mainTally(ctx, p)
+	if err != nil {
+		return err
+	}
+	r.latRate = float64(int(best / 2))
+	cfg := r.loadConfig(c.url())
+	cfg.Users, cfg.Plan, cfg.Rate = manyUsers, "enterprise", r.latRate
+	// The cap on requests in flight is generous so that a short stall
+	// queues requests (and shows in their latency) rather than being
+	// refused by the client.
+	cfg.Concurrency = highWorkers
+	res, err := r.runLoad(ctx, p, fmt.Sprintf("open loop at %.0f/s", r.latRate), cfg)
+	if err != nil {
+		return err
+	}
+	r.lat = res
+	r.logf("open loop at %.0f/s: admitted p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms; %d late, %d unsent",
+		r.latRate, res.LatencyAdmitted.P50Ms, res.LatencyAdmitted.P99Ms, res.LatencyAdmitted.P999Ms, res.Late, res.Unsent)
+	if res.Late > 0 || res.Unsent > 0 {
+		r.note("open loop at %.0f/s: %d request(s) left more than %gms late and %d were never sent (client or server short of CPU); their wait is in the latency", r.latRate, res.Late, res.LateAfterMs, res.Unsent)
+	}
+	return nil
+}
+
+// liveActors reads tally_live_actors from the child's /metrics (-1 when
+// it cannot).
+func liveActors(ctx context.Context, c *child) float64 {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url()+"/metrics", nil)
+	if err != nil {
+		return -1
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return -1
+	}
+	v, ok := parseMetric(body, "tally_live_actors")
+	if !ok {
+		return -1
+	}
+	return v
+}
+
+// touchConfig is a load that sends exactly one create per user, each user
+// never seen before (a create provisions its user on free): it is how the
+// memory phases make actors live.
+func (r *runner) touchConfig(url, prefix string, users int) load.Config {
+	return load.Config{
+		URL: url, Secret: r.secret, Users: users, Requests: int64(users), UserPrefix: prefix,
+		Concurrency: baseWorkers, NoProvision: true, NoVerify: true,
+	}
+}
+
+func (r *runner) phaseMemory(ctx context.Context, p *Phase) error {
+	c, err := r.mainTally(ctx, p)
+	if err != nil {
+		return err
+	}
+	n := r.opts.MemoryUsers
+	m := &MemoryResult{Users: n, IdleTimeout: mainIdle.String()}
+	p.Memory = m
+	// The baseline is read after a forced GC, so the growth measured is
+	// the new users' and the heap headroom they cause, not garbage left by
+	// the phases before.
+	if err := c.gc(ctx); err != nil {
+		return err
+	}
+	before, err := readProcStatus(c.pid())
+	if err != nil {
+		return err
+	}
+	m.RSSBeforeKB = before.RSSKB
+	m.LiveActorsBefore = liveActors(ctx, c)
+	r.logf("memory: VmRSS %d MB with %.0f live actors; touching %d new users", before.RSSKB>>10, m.LiveActorsBefore, n)
+	cfg := r.touchConfig(c.url(), "bench-mem-"+randomHex(4), n)
+	cfg.Log, cfg.Progress = r.stderr, r.progress
+	start := time.Now()
+	res, err := r.runLoad(ctx, p, fmt.Sprintf("touch %d new users", n), cfg)
+	if err != nil {
+		return err
+	}
+	r.memUsersPerS = float64(n) / time.Since(start).Seconds()
+	after, err := readProcStatus(c.pid())
+	if err != nil {
+		return err
+	}
+	m.RSSAfterKB = after.RSSKB
+	m.LiveActorsAfter = liveActors(ctx, c)
+	if err := c.gc(ctx); err != nil {
+		return err
+	}
+	gcd, err := readProcStatus(c.pid())
+	if err != nil {
+		return err
+	}
+	m.RSSAfterGCKB = gcd.RSSKB
+	// A user is touched when the create was answered at all (200, or 403
+	// if something refused it): either way it was provisioned and its
+	// actor spawned.
+	m.Touched = res.Admitted + res.Rejected
+	if m.Touched == 0 {
+		return errors.New("no user was touched")
+	}
+	m.KBPerUser = float64(m.RSSAfterKB-m.RSSBeforeKB) / float64(m.Touched)
+	m.KBPerUserAfterGC = float64(m.RSSAfterGCKB-m.RSSBeforeKB) / float64(m.Touched)
+	r.mem = m
+	r.logf("memory: VmRSS %d → %d MB (%d MB after a forced GC), live actors %.0f → %.0f: %.2f KB/user (%.2f after GC)",
+		m.RSSBeforeKB>>10, m.RSSAfterKB>>10, m.RSSAfterGCKB>>10, m.LiveActorsBefore, m.LiveActorsAfter, m.KBPerUser, m.KBPerUserAfterGC)
+	if m.LiveActorsAfter >= 0 && m.LiveActorsBefore >= 0 && m.LiveActorsAfter-m.LiveActorsBefore < float64(m.Touched)*0.99 {
+		r.note("memory: live actors grew by %.0f for %d users touched: some were passivated, so the per-user figure is low", m.LiveActorsAfter-m.LiveActorsBefore, m.Touched)
+	}
+	return nil
+}
+
+func (r *runner) phaseMillion(ctx context.Context, p *Phase) error {
+	logPath := filepath.Join(r.outDir, r.stem+"-million-tally.log")
+	p.LogFiles = append(p.LogFiles, logPath)
+	r.logf("starting a fresh Tally for the million-users phase (idle timeout %s)", millionIdle)
+	c, err := startChild(ctx, r.exe, cmdServeTally, r.tallyEnv(millionIdle), logPath)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if e := c.stop(); e != nil {
+			r.note("million: the Tally child did not stop cleanly: %v", e)
+		}
+	}()
+	n := r.opts.MillionUsers
+	m := &MillionResult{Users: n, IdleTimeout: millionIdle.String()}
+	p.Million = m
+	if r.memUsersPerS > 0 {
+		r.logf("million: %d users at the memory phase's %.0f users/s would take about %s", n, r.memUsersPerS,
+			(time.Duration(float64(n)/r.memUsersPerS) * time.Second).Round(time.Second))
+	}
+	sampler := startRSSSampler(c.pid(), time.Second)
+	stopped := false
+	defer func() {
+		if !stopped {
+			sampler.Stop()
+		}
+	}()
+	// Chunks keep the client's memory flat (tools/load renders every
+	// user's token and request up front) and give an ETA as they finish.
+	chunk := max(5000, min(50000, n/20))
+	prefix := "bench-m-" + randomHex(4)
+	start := time.Now()
+	lastLog := time.Time{}
+	for done, i := 0, 0; done < n; i++ {
+		size := min(chunk, n-done)
+		cfg := r.touchConfig(c.url(), fmt.Sprintf("%s-%d", prefix, i), size)
+		res, err := load.Run(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		if res.Interrupted {
+			return errors.New("interrupted")
+		}
+		if res.Server500 > 0 {
+			r.note("million: %d answers were 500 in chunk %d", res.Server500, i)
+		}
+		m.Touched += res.Admitted + res.Rejected
+		m.Errors += res.Errors
+		done += size
+		if !c.alive() {
+			return fmt.Errorf("the Tally child exited (%v) after %d users; its log (%s) ends:\n%s", c.waitErr, done, logPath, fileTail(logPath, 15))
+		}
+		if time.Since(lastLog) >= 5*time.Second || done == n {
+			lastLog = time.Now()
+			el := time.Since(start)
+			rate := float64(done) / el.Seconds()
+			eta := time.Duration(float64(n-done)/rate) * time.Second
+			last, mx := sampler.current()
+			r.logf("million: %d/%d users in %s (%.0f/s), VmRSS %d MB (max %d MB), ETA %s",
+				done, n, el.Round(time.Second), rate, last>>10, mx>>10, eta.Round(time.Second))
+		}
+	}
+	m.Seconds = time.Since(start).Seconds()
+	m.UsersPerS = float64(n) / m.Seconds
+	m.LiveActorsEnd = liveActors(ctx, c)
+	stopped = true
+	m.MaxRSSKB = sampler.Stop()
+	if st, err := readProcStatus(c.pid()); err == nil {
+		m.FinalRSSKB = st.RSSKB
+		m.MaxRSSKB = max(m.MaxRSSKB, st.HWMKB)
+	}
+	r.million = m
+	r.logf("million: %d users touched (%d errors) in %s, max VmRSS %d MB, %.0f live actors at the end",
+		m.Touched, m.Errors, time.Duration(m.Seconds*float64(time.Second)).Round(time.Second), m.MaxRSSKB>>10, m.LiveActorsEnd)
+	if m.Errors > 0 {
+		r.note("million: %d of %d touches were errors", m.Errors, n)
+	}
+	return nil
+}
+
+// ---- the table ----
+
+func (r *runner) rows() []Row {
+	var rows []Row
+	pg := func(p *PgbenchResult) *float64 {
+		if p == nil {
+			return nil
+		}
+		return ptr(p.TPS)
+	}
+	var best *float64
+	if b, w := r.maxAdmitted(); w > 0 {
+		best = ptr(b)
+	}
+	rows = append(rows, Row{Key: "admitted_many_max", Figure: fmt.Sprintf("durable admitted creates/s, %s users (max of 64/256 workers)", groupDigits(manyUsers)),
+		Unit: "/s", Tally: best, Baseline: pg(r.rowMany), BaselineName: "row-lock tps, 100k users", Target: atLeastRatio(4)})
+	for _, w := range []int{baseWorkers, highWorkers} {
+		var v *float64
+		if res := r.many[w]; res != nil {
+			v = ptr(res.AdmittedPerS)
+		}
+		rows = append(rows, Row{Key: fmt.Sprintf("admitted_many_%d", w), Figure: fmt.Sprintf("  … with %d workers", w),
+			Unit: "/s", Tally: v, Baseline: pg(r.rowMany), BaselineName: "row-lock tps"})
+	}
+	rows = append(rows, Row{Key: "admitted_hot", Figure: "one hot user, 64 clients: admitted/s", Unit: "/s",
+		Tally: resultRate(r.hot, func(x *load.Result) float64 { return x.AdmittedPerS }), Baseline: pg(r.rowHot),
+		BaselineName: "row-lock tps, 1 user", Target: atLeastRatio(12)})
+	rows = append(rows, Row{Key: "rejected_overlimit", Figure: fmt.Sprintf("over-limit rejections/s (%s full users on free)", groupDigits(overUsers)), Unit: "/s",
+		Tally:    resultRate(r.over, func(x *load.Result) float64 { return x.RejectedPerS }),
+		Baseline: resultRate(r.gin, func(x *load.Result) float64 { return x.AdmittedPerS }), BaselineName: "bare Gin, no accounting",
+		Target: atLeastRatio(0.8)})
+
+	latFig := "p99 of admitted creates at half the max (open loop)"
+	if r.latRate > 0 {
+		latFig = fmt.Sprintf("p99 of admitted creates at half the max (%s/s, open loop)", groupDigits(r.latRate))
+	}
+	lat := func(f func(load.Latency) float64) *float64 {
+		if r.lat == nil || r.lat.LatencyAdmitted.Count == 0 {
+			return nil
+		}
+		return ptr(f(r.lat.LatencyAdmitted))
+	}
+	rows = append(rows,
+		Row{Key: "p99_half_max", Figure: latFig, Unit: "ms", Tally: lat(func(l load.Latency) float64 { return l.P99Ms }), Target: atMost(10, "ms")},
+		Row{Key: "p50_half_max", Figure: "  … p50", Unit: "ms", Tally: lat(func(l load.Latency) float64 { return l.P50Ms })},
+		Row{Key: "p999_half_max", Figure: "  … p99.9", Unit: "ms", Tally: lat(func(l load.Latency) float64 { return l.P999Ms })},
+	)
+
+	memRow := Row{Key: "rss_per_user", Figure: fmt.Sprintf("RSS growth per active user (%s new users, actors live)", groupDigits(float64(r.opts.MemoryUsers))),
+		Unit: "KB", Target: atMost(2, "KB")}
+	gcRow := Row{Key: "rss_per_user_after_gc", Figure: "  … retained after a forced GC", Unit: "KB"}
+	if m := r.mem; m != nil {
+		memRow.Tally, gcRow.Tally = ptr(m.KBPerUser), ptr(m.KBPerUserAfterGC)
+		memRow.Note = fmt.Sprintf("VmRSS %d → %d MB over %d users (GOGC=%s: the heap may grow to 5× what is live before a GC); after runtime.GC + FreeOSMemory %d MB",
+			m.RSSBeforeKB>>10, m.RSSAfterKB>>10, m.Touched, childGOGC, m.RSSAfterGCKB>>10)
+	}
+	rows = append(rows, memRow, gcRow)
+
+	mil := Row{Key: "million_max_rss", Unit: "MB", Target: below(rssLimitMB, "2 GB"),
+		Figure: fmt.Sprintf("max RSS touching %s distinct users (idle timeout %s)", groupDigits(float64(r.opts.MillionUsers)), millionIdle)}
+	if m := r.million; m != nil {
+		mil.Tally = ptr(float64(m.MaxRSSKB) / 1024)
+		mil.Partial = m.Users < millionTarget
+		mil.Note = fmt.Sprintf("%d users in %.0fs (%.0f/s), %d errors; VmRSS at the end %d MB, %.0f live actors",
+			m.Touched, m.Seconds, m.UsersPerS, m.Errors, m.FinalRSSKB>>10, m.LiveActorsEnd)
+		if mil.Partial {
+			mil.Note += fmt.Sprintf("; only %d of the target's 1 000 000 users", m.Users)
+		}
+	} else if !r.millionRequested {
+		mil.Note = "skipped (--skip-million or --only)"
+	}
+	rows = append(rows, mil)
+	for i := range rows {
+		rows[i].evaluate()
+	}
+	return rows
+}
+
+func resultRate(res *load.Result, f func(*load.Result) float64) *float64 {
+	if res == nil {
+		return nil
+	}
+	return ptr(f(res))
+}
+
+// ---- output ----
+
+func (r *runner) header() string {
+	var b strings.Builder
+	o := r.opts
+	fmt.Fprintf(&b, "Tally side-by-side benchmark, %s\n", r.report.StartedAt.Format(time.RFC3339))
+	fmt.Fprintf(&b, "command: %s\n", r.report.Command)
+	fmt.Fprintf(&b, "machine: %s\n", r.report.Machine)
+	verify := "every Tally phase verified afterwards by tools/load (usage = admitted, every admitted session readable)"
+	if o.NoVerify {
+		verify = "verification off (--no-verify)"
+	}
+	fmt.Fprintf(&b, "settings: %s measured per phase after a %s warm-up; closed loop with 64 workers unless said; Tally and bare Gin run with GOGC=%s "+
+		"(DESIGN.md measured +5–10%% for Tally; the Gin baseline gets the same so the ratio is not GC tuning); %s.\n", o.Duration, o.Warmup, childGOGC, verify)
+	b.WriteString("Ratios only: client, servers and Postgres share the machine's cores, and absolute figures move with whatever else runs on it.\n")
+	return b.String()
+}
+
+func (r *runner) write() error {
+	var text strings.Builder
+	text.WriteString("\n")
+	text.WriteString(r.header())
+	text.WriteString("\n")
+	if err := WriteTable(&text, r.report.Figures); err != nil {
+		return err
+	}
+	if len(r.report.Notes) > 0 || len(r.failed) > 0 {
+		text.WriteString("\nnotes:\n")
+		for _, n := range r.report.Notes {
+			fmt.Fprintf(&text, "  - %s\n", n)
+		}
+		for _, f := range r.failed {
+			fmt.Fprintf(&text, "  - phase failed: %s\n", f)
+		}
+	}
+	jsonPath := filepath.Join(r.outDir, r.stem+".json")
+	mdPath := filepath.Join(r.outDir, r.stem+".md")
+	fmt.Fprintf(&text, "\nresults: %s, %s\n", jsonPath, mdPath)
+	if _, err := io.WriteString(r.stdout, text.String()); err != nil {
+		return err
+	}
+
+	for _, f := range r.failed {
+		r.report.Notes = append(r.report.Notes, "phase failed: "+f)
+	}
+	j, err := json.MarshalIndent(r.report, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(jsonPath, append(j, '\n'), 0o644); err != nil {
+		return err
+	}
+	var md strings.Builder
+	md.WriteString("# Tally side-by-side benchmark\n\n")
+	for _, l := range strings.Split(strings.TrimSpace(r.header()), "\n") {
+		k, v, ok := strings.Cut(l, ": ")
+		switch {
+		case strings.HasPrefix(l, "Tally side-by-side benchmark, "):
+			fmt.Fprintf(&md, "- **started**: %s\n", strings.TrimPrefix(l, "Tally side-by-side benchmark, "))
+		case ok && k == "command":
+			fmt.Fprintf(&md, "- **command**: `%s`\n", v)
+		case ok && (k == "machine" || k == "settings"):
+			fmt.Fprintf(&md, "- **%s**: %s\n", k, v)
+		default:
+			fmt.Fprintf(&md, "\n%s\n", l)
+		}
+	}
+	md.WriteString("\n")
+	if err := WriteMarkdown(&md, r.report.Figures); err != nil {
+		return err
+	}
+	if len(r.report.Notes) > 0 {
+		md.WriteString("\n## Notes\n\n")
+		for _, n := range r.report.Notes {
+			fmt.Fprintf(&md, "- %s\n", n)
+		}
+	}
+	return os.WriteFile(mdPath, []byte(md.String()), 0o644)
+}
