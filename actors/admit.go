@@ -142,7 +142,7 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 	a.inflight[id] = &inflight{m: m, req: req, plan: plan, retries: retries}
 	a.reserved++
 	self, root := actx.Self(), actx.ActorSystem().Root
-	a.deps.writer.submit(&job{req: req, deadline: m.deadline, deliver: func(res persistence.AdmitResult, err error) {
+	a.deps.writer.submit(&job{req: req, deadline: m.deadline, answerBy: workDeadline(m.deadline), deliver: func(res persistence.AdmitResult, err error) {
 		root.Send(self, &admitDone{id: id, res: res, err: err})
 	}})
 }
@@ -282,7 +282,7 @@ func (a *userActor) replay(ctx context.Context, req persistence.AdmitRequest, re
 // decided afresh or replayed, whichever is true. The counters are reloaded
 // before the next decision.
 func (a *userActor) resolveUnknown(m *createSession, req persistence.AdmitRequest, cause error) *reply {
-	if domain.ErrorCode(cause) == domain.CodeTimeout || errors.Is(cause, errOverloaded) {
+	if domain.ErrorCode(cause) == domain.CodeTimeout || errors.Is(cause, errOverloaded) || errors.Is(cause, errNotStarted) {
 		return &reply{err: cause} // never reached the store
 	}
 	a.forget()

@@ -61,6 +61,11 @@ type Service struct {
 
 	dispatcher *pooledDispatcher
 
+	// troubleAt is when an answer last reported the store unavailable
+	// (unix nanoseconds). A user's actor that does not answer in time while
+	// the store is failing is waiting on the store: that is a 503.
+	troubleAt atomic.Int64
+
 	stopSweep chan struct{}
 	swept     sync.WaitGroup
 	closeOnce sync.Once
@@ -225,6 +230,11 @@ func (s *Service) deadline(ctx context.Context) time.Time {
 	return time.Now().Add(s.timeout)
 }
 
+// storeTroubleWindow is how long after a store failure a request that the
+// actors did not answer in time is blamed on the store (503) rather than on
+// the actor (504).
+const storeTroubleWindow = 5 * time.Second
+
 // ask sends m to the user's actor and waits for the reply until deadline.
 func (s *Service) ask(ctx context.Context, m userMessage, deadline time.Time) *reply {
 	if err := ctx.Err(); err != nil {
@@ -239,8 +249,17 @@ func (s *Service) ask(ctx context.Context, m userMessage, deadline time.Time) *r
 	defer timer.Stop()
 	select {
 	case r := <-m.reply():
+		if domain.ErrorCode(r.err) == domain.CodeUnavailable {
+			s.troubleAt.Store(time.Now().UnixNano())
+		}
 		return r
 	case <-timer.C:
+		if time.Since(time.Unix(0, s.troubleAt.Load())) < storeTroubleWindow {
+			// The actor is most likely blocked on the failing store (an
+			// earlier request of this user is waiting for it): say so, with
+			// a Retry-After, rather than blame the actor.
+			return &reply{err: domain.Unavailable("database", errors.New("the user's accounting is waiting for the database"))}
+		}
 		return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "the user's accounting did not answer in time"}}
 	case <-ctx.Done():
 		return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded", Err: ctx.Err()}}

@@ -36,7 +36,8 @@ type writer struct {
 // once, from the writer's goroutine.
 type job struct {
 	req      persistence.AdmitRequest
-	deadline time.Time
+	deadline time.Time // when the caller stops waiting
+	answerBy time.Time // when the writer answers at the latest (deadline less a margin for the reply)
 	deliver  func(persistence.AdmitResult, error)
 }
 
@@ -90,67 +91,164 @@ func (w *writer) close() {
 	w.stopped.Wait()
 }
 
+// run is the writer's loop. At most one transaction is in flight; while it
+// runs, new jobs queue up for the next one. Every job is answered by its
+// own deadline, whatever the store does: a job still waiting when its
+// deadline comes is answered "not started" (nothing was written), and one
+// whose transaction is still running is answered "outcome unknown" (the
+// actor then looks the outcome up). So a store that hangs yields 503s
+// within each request's deadline, never a 504 for the callers that joined a
+// batch early, and never a queue of callers that gave up long ago.
 func (w *writer) run() {
 	defer w.stopped.Done()
-	batch := make([]*job, 0, w.maxBatch)
+	var (
+		pending  []*job // queued for the next transaction
+		inflight []*job // in the running transaction; nil once answered
+		done     chan batchResult
+		timer    = time.NewTimer(time.Hour)
+	)
+	defer timer.Stop()
+	// expire answers every job whose answer deadline has come.
+	expire := func(now time.Time) {
+		for i, j := range inflight {
+			if j != nil && !j.answerBy.After(now) {
+				j.deliver(persistence.AdmitResult{}, domain.Unavailable("database", errCommitPending))
+				inflight[i] = nil
+			}
+		}
+		kept := pending[:0]
+		for _, j := range pending {
+			if !j.answerBy.After(now) {
+				j.deliver(persistence.AdmitResult{}, domain.Unavailable("database", errNotStarted))
+				continue
+			}
+			kept = append(kept, j)
+		}
+		clear(pending[len(kept):])
+		pending = kept
+	}
 	for {
+		if done == nil && len(pending) > 0 {
+			expire(time.Now()) // never start what nobody waits for
+		}
+		if done == nil && len(pending) > 0 {
+			n := min(len(pending), w.maxBatch)
+			inflight, done = w.start(pending[:n])
+			pending = append(pending[:0:0], pending[n:]...)
+		}
+		resetTimer(timer, earliest(pending, inflight))
 		select {
 		case j := <-w.queue:
-			batch = append(batch[:0], j)
+			pending = append(pending, j)
+			// Take whatever else is queued now, so one wake-up fills a batch.
+		fill:
+			for len(pending) < w.maxBatch {
+				select {
+				case j := <-w.queue:
+					pending = append(pending, j)
+				default:
+					break fill
+				}
+			}
+		case r := <-done:
+			for i, j := range inflight {
+				if j == nil {
+					continue // answered at its deadline already
+				}
+				if r.err != nil {
+					j.deliver(persistence.AdmitResult{}, r.err)
+				} else {
+					j.deliver(r.res[i], nil)
+				}
+			}
+			inflight, done = nil, nil
+		case <-timer.C:
+			expire(time.Now())
 		case <-w.stop:
+			if done != nil {
+				r := <-done // let the running transaction finish and answer it
+				for i, j := range inflight {
+					if j != nil {
+						if r.err != nil {
+							j.deliver(persistence.AdmitResult{}, r.err)
+						} else {
+							j.deliver(r.res[i], nil)
+						}
+					}
+				}
+			}
+			for _, j := range pending {
+				j.deliver(persistence.AdmitResult{}, domain.Unavailable("accounting", errors.New("shutting down")))
+			}
 			w.failQueued()
 			return
 		}
-	fill:
-		for len(batch) < w.maxBatch {
-			select {
-			case j := <-w.queue:
-				batch = append(batch, j)
-			default:
-				break fill
-			}
-		}
-		w.flush(batch)
 	}
 }
 
-// flush commits one batch. Jobs whose callers have already given up are
-// answered without being committed (nothing happened, so that is exact);
-// the transaction may run until the latest remaining caller's deadline.
-func (w *writer) flush(batch []*job) {
+// errCommitPending answers a caller whose transaction had not finished by
+// its deadline: the commit may still happen, so its outcome is looked up.
+var errCommitPending = errors.New("the commit did not finish within the request deadline")
+
+// errNotStarted answers a caller whose admission was still queued behind a
+// slow transaction at its deadline: nothing was written.
+var errNotStarted = errors.New("the admission was not started within the request deadline (the database is slow or unreachable)")
+
+type batchResult struct {
+	res []persistence.AdmitResult
+	err error
+}
+
+// start runs one transaction for batch in its own goroutine. The
+// transaction may run until the latest caller's deadline (capped), so that
+// a slow commit for patient callers is not cut short by an impatient one;
+// each caller is answered by its own deadline by run.
+func (w *writer) start(batch []*job) ([]*job, chan batchResult) {
+	jobs := make([]*job, len(batch))
+	copy(jobs, batch)
 	now := time.Now()
-	live := batch[:0]
 	var deadline time.Time
-	for _, j := range batch {
-		if !j.deadline.After(now) {
-			j.deliver(persistence.AdmitResult{}, &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded before the admission could be committed"})
-			continue
+	reqs := make([]persistence.AdmitRequest, len(jobs))
+	for i, j := range jobs {
+		reqs[i] = j.req
+		if j.answerBy.After(deadline) {
+			deadline = j.answerBy
 		}
-		live = append(live, j)
-		if d := workDeadline(j.deadline); d.After(deadline) {
-			deadline = d
-		}
-	}
-	if len(live) == 0 {
-		return
 	}
 	if limit := now.Add(maxBatchWait); deadline.After(limit) {
 		deadline = limit
 	}
-	reqs := make([]persistence.AdmitRequest, len(live))
-	for i, j := range live {
-		reqs[i] = j.req
-	}
-	res, err := w.admit(deadline, reqs)
-	w.batchSize.Observe(float64(len(live)))
-	w.commit.Observe(time.Since(now).Seconds())
-	for i, j := range live {
-		if err != nil {
-			j.deliver(persistence.AdmitResult{}, err)
-		} else {
-			j.deliver(res[i], nil)
+	done := make(chan batchResult, 1)
+	go func() {
+		res, err := w.admit(deadline, reqs)
+		w.batchSize.Observe(float64(len(reqs)))
+		w.commit.Observe(time.Since(now).Seconds())
+		done <- batchResult{res, err}
+	}()
+	return jobs, done
+}
+
+// earliest is the first answer deadline among the jobs still owed one.
+func earliest(pending, inflight []*job) time.Time {
+	var t time.Time
+	for _, list := range [][]*job{pending, inflight} {
+		for _, j := range list {
+			if j == nil {
+				continue
+			}
+			if t.IsZero() || j.answerBy.Before(t) {
+				t = j.answerBy
+			}
 		}
 	}
+	return t
+}
+
+func resetTimer(t *time.Timer, at time.Time) {
+	if at.IsZero() {
+		at = time.Now().Add(time.Hour)
+	}
+	t.Reset(max(time.Until(at), 0))
 }
 
 // admit runs one transaction. A panic in the store is a bug; it is turned

@@ -79,7 +79,14 @@ type process struct {
 
 func startProcess(t *testing.T, env map[string]string) *process {
 	t.Helper()
-	port := testenv.FreePort(t)
+	return startProcessOn(t, env, testenv.FreePort(t))
+}
+
+// startProcessOn starts `tally serve` on 127.0.0.1:port and waits until it
+// is ready; a restart on the same port is what clients of a crashed
+// process see.
+func startProcessOn(t *testing.T, env map[string]string, port int) *process {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "serve")
 	cmd.Env = append(os.Environ(), "TALLY_TEST_EXEC_MAIN=1", fmt.Sprintf("TALLY_HTTP_ADDR=127.0.0.1:%d", port))
 	for k, v := range env {

@@ -1,0 +1,686 @@
+package drills
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tally-dev/tally/internal/testenv"
+	"github.com/tally-dev/tally/tools/verify"
+)
+
+// Check audits a drill once its fault is healed: the history against
+// Postgres, the API and Redis (see the package documentation for the list).
+// Failures are reported with tb.Errorf, so that one run shows all of them.
+type Check struct {
+	Name    string
+	Client  *Client
+	Target  string // base URL of a healthy instance
+	Users   []string
+	History *History
+
+	// DatabaseURL reaches the database directly, not through a fault proxy.
+	DatabaseURL string
+	// Redis is the counter cache to compare with Postgres; nil skips it.
+	Redis       redis.UniversalClient
+	RedisPrefix string
+
+	// Allowed5xx are the 5xx statuses the drill tolerates during the load
+	// (a 500 never is).
+	Allowed5xx []int
+	// Fault is when the fault began and Heal when it ended (zero: the
+	// drill has no fault). A fault that heals itself (a Sentinel
+	// failover) has Heal = Fault.
+	Fault, Heal time.Time
+	// Reseed, when Redis was the fault, tells when Tally re-seeded it.
+	Reseed *ReseedProbe
+	// Converge bounds the wait for Redis to equal Postgres (default 20s).
+	Converge time.Duration
+}
+
+// Summary is a drill's figures: the line of the operations table.
+type Summary struct {
+	Scenario                                          string
+	Requests, Creates, Admitted, Lost, OverLimitUsers int
+	ByStatus                                          map[int]int // status of every attempt (0: no answer)
+	Unknown                                           int         // creates never answered definitively
+	UnknownCommitted                                  int         // of which Postgres holds an admission
+	LostReplies                                       int         // key outcomes committed during an attempt that got no answer
+	Recovery                                          time.Duration
+	RecoveryKnown                                     bool
+	Converged                                         time.Duration // after the load, until Redis equalled Postgres
+}
+
+// Line is the summary as one greppable line.
+func (s *Summary) Line() string {
+	codes := []string{fmt.Sprintf("503:%d", s.ByStatus[503]), fmt.Sprintf("504:%d", s.ByStatus[504])}
+	for _, st := range slices.Sorted(maps.Keys(s.ByStatus)) {
+		if st >= 500 && st != 503 && st != 504 {
+			codes = append(codes, fmt.Sprintf("%d:%d", st, s.ByStatus[st]))
+		}
+	}
+	recovery := "n/a"
+	if s.RecoveryKnown {
+		recovery = fmt.Sprintf("%.2fs", s.Recovery.Seconds())
+	}
+	return fmt.Sprintf("DRILL scenario=%s requests=%d admitted=%d lost=%d over_limit_users=%d 5xx=%s recovery=%s"+
+		" creates=%d unknown=%d unknown_committed=%d lost_replies=%d no_answer=%d status_403=%d converged=%.2fs",
+		s.Scenario, s.Requests, s.Admitted, s.Lost, s.OverLimitUsers, strings.Join(codes, ","), recovery,
+		s.Creates, s.Unknown, s.UnknownCommitted, s.LostReplies, s.ByStatus[0], s.ByStatus[403], s.Converged.Seconds())
+}
+
+// pgKey is an idempotency_keys row.
+type pgKey struct {
+	outcome, sessionID string
+	createdAt          time.Time
+}
+
+func userKey(user, key string) string { return user + "\x00" + key }
+
+// Run audits and logs the summary line (also when the audit fails).
+func (c *Check) Run(tb testing.TB) *Summary {
+	tb.Helper()
+	if c.Converge == 0 {
+		c.Converge = 20 * time.Second
+	}
+	s := &Summary{Scenario: c.Name, ByStatus: map[int]int{}}
+	defer func() { tb.Log(s.Line()) }()
+
+	creates := c.History.Creates()
+	if len(creates) == 0 {
+		tb.Fatalf("%s: the load made no create at all", c.Name)
+	}
+	acked, unknownBy, byKey := c.auditHistory(tb, creates, s)
+	c.recovery(tb, creates, s)
+
+	c.waitReady(tb)
+	sessions, keys := c.snapshot(tb)
+
+	// Nothing acknowledged is lost: in Postgres, for its user, and
+	// readable through the API.
+	lost := map[string]bool{}
+	for id, user := range acked {
+		if owner, ok := sessions[id]; !ok || owner != user {
+			lost[id] = true
+			tb.Errorf("LOST: session %s of %s was acknowledged (200) but is not in Postgres", id, user)
+		}
+	}
+	for id, status := range c.readBack(acked) {
+		if status != http.StatusOK {
+			lost[id] = true
+			tb.Errorf("LOST: GET of acknowledged session %s of %s answered %d", id, acked[id], status)
+		}
+	}
+	s.Lost = len(lost)
+
+	// Per user: never over the limit, and Postgres counts exactly what
+	// was acknowledged plus some of what stayed unknown.
+	over := map[string]bool{}
+	ackedBy := map[string]int{}
+	for _, u := range acked {
+		ackedBy[u]++
+	}
+	pgBy := map[string]int{}
+	for _, user := range sessions {
+		pgBy[user]++
+	}
+	for _, u := range c.Users {
+		if pgBy[u] > Limit || ackedBy[u] > Limit {
+			over[u] = true
+			tb.Errorf("OVER LIMIT: user %s has %d sessions in Postgres, %d acknowledged; the limit is %d", u, pgBy[u], ackedBy[u], Limit)
+		}
+		if pgBy[u] > ackedBy[u]+unknownBy[u] {
+			tb.Errorf("user %s: %d sessions in Postgres, but only %d acknowledged and %d creates left unknown: sessions nobody was told about",
+				u, pgBy[u], ackedBy[u], unknownBy[u])
+		}
+	}
+
+	c.auditKeys(tb, byKey, sessions, keys, s)
+	s.LostReplies = lostReplies(byKey, keys)
+
+	rep := c.converge(tb, s)
+	if rep != nil {
+		for _, v := range rep.Violations {
+			if v.Check == verify.OverLimit {
+				over[v.UserID] = true
+			}
+		}
+	}
+	s.OverLimitUsers = len(over)
+
+	c.exactQuota(tb, pgBy)
+	c.converge(tb, nil)
+	return s
+}
+
+// keyResult is what the clients of one (user, key) learned, over every
+// create sent with it (several when a drill repeats a key on purpose).
+type keyResult struct {
+	user, key string
+	outcome   Outcome
+	sessionID string
+	creates   []*Create
+}
+
+// auditHistory checks every create's attempts, and returns the
+// acknowledged sessions (id → user), the keys whose outcome stayed unknown
+// per user, and each key's result.
+func (c *Check) auditHistory(tb testing.TB, creates []*Create, s *Summary) (acked map[string]string, unknownBy map[string]int, byKey map[string]*keyResult) {
+	tb.Helper()
+	allowed := map[int]bool{}
+	for _, st := range c.Allowed5xx {
+		allowed[st] = true
+	}
+	acked = map[string]string{}
+	unknownBy = map[string]int{}
+	byKey = map[string]*keyResult{}
+	reported := 0
+	report := func(format string, args ...any) {
+		if reported++; reported <= 20 {
+			tb.Errorf(format, args...)
+		}
+	}
+	for _, cr := range creates {
+		s.Creates++
+		k := byKey[userKey(cr.User, cr.Key)]
+		if k == nil {
+			k = &keyResult{user: cr.User, key: cr.Key, outcome: Unknown}
+			byKey[userKey(cr.User, cr.Key)] = k
+		}
+		k.creates = append(k.creates, cr)
+		for _, a := range cr.Attempts {
+			s.Requests++
+			s.ByStatus[a.Status]++
+			switch {
+			case a.Status == http.StatusInternalServerError:
+				report("500 (a bug) for %s key %s: %s", cr.User, cr.Key, a)
+			case a.Status >= 500 && !allowed[a.Status]:
+				report("%d, which this drill does not allow, for %s key %s: %s", a.Status, cr.User, cr.Key, a)
+			case a.Status == http.StatusServiceUnavailable && a.RetryAfter == "":
+				report("503 without Retry-After for %s key %s: %s", cr.User, cr.Key, a)
+			}
+			switch {
+			case a.Status == http.StatusOK && k.outcome == Rejected, a.Status == http.StatusForbidden && k.outcome == Admitted:
+				report("key %s of %s was answered both 200 and 403: %v", cr.Key, cr.User, k.creates)
+			case a.Status == http.StatusOK && k.sessionID != "" && a.SessionID != k.sessionID:
+				report("COUNTED TWICE: key %s of %s was answered 200 with sessions %s and %s", cr.Key, cr.User, k.sessionID, a.SessionID)
+			case a.Status == http.StatusOK:
+				k.outcome, k.sessionID = Admitted, a.SessionID
+			case a.Status == http.StatusForbidden && a.Code == "session_limit_exceeded":
+				k.outcome = Rejected
+			}
+		}
+		if cr.Outcome == Failed {
+			report("create of %s key %s ended with an answer a client cannot act on: %v", cr.User, cr.Key, cr.Attempts)
+		}
+	}
+	if reported > 20 {
+		tb.Errorf("... and %d more history failures", reported-20)
+	}
+	for _, k := range byKey {
+		switch k.outcome {
+		case Admitted:
+			acked[k.sessionID] = k.user
+		case Unknown:
+			s.Unknown++
+			unknownBy[k.user]++
+		}
+	}
+	s.Admitted = len(acked)
+	return acked, unknownBy, byKey
+}
+
+// recovery is the time from the heal until creates were answered
+// definitively again and, when Redis was the fault, Redis was re-seeded.
+func (c *Check) recovery(tb testing.TB, creates []*Create, s *Summary) {
+	tb.Helper()
+	if c.Heal.IsZero() {
+		return
+	}
+	var first time.Time
+	for _, cr := range creates {
+		for _, a := range cr.Attempts {
+			if a.Definite() && !a.Start.Before(c.Heal) && (first.IsZero() || a.End.Before(first)) {
+				first = a.End
+			}
+		}
+	}
+	if first.IsZero() {
+		tb.Errorf("no create was answered 200 or 403 after the fault was healed at %s", c.Heal.Format("15:04:05.000"))
+		return
+	}
+	s.Recovery, s.RecoveryKnown = first.Sub(c.Heal), true
+	if c.Reseed != nil {
+		if at, ok := c.Reseed.ReseededAfter(c.Fault); ok {
+			s.Recovery = max(s.Recovery, at.Sub(c.Heal))
+		} else {
+			tb.Logf("%s: Redis's re-seed marker did not change after the fault (no re-seed seen)", c.Name)
+		}
+	}
+}
+
+// waitReady waits until the instance reports ready.
+func (c *Check) waitReady(tb testing.TB) {
+	tb.Helper()
+	deadline := time.Now().Add(c.Converge)
+	for {
+		r := c.Client.Do(http.MethodGet, c.Target+"/readyz", "", nil)
+		if r.Err == nil && r.Status == http.StatusOK {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: not ready %s after the load: %d %s %v", c.Name, c.Converge, r.Status, r.Body, r.Err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// snapshot reads the drill users' sessions (id → user) and
+// Idempotency-Keys (user\x00key → row) from Postgres.
+func (c *Check) snapshot(tb testing.TB) (map[string]string, map[string]pgKey) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, c.DatabaseURL)
+	if err != nil {
+		tb.Fatalf("connect to the drill's database: %v", err)
+	}
+	defer conn.Close(context.Background())
+	sessions := map[string]string{}
+	rows, err := conn.Query(ctx, `SELECT id, user_id FROM sessions WHERE user_id = ANY($1)`, c.Users)
+	if err != nil {
+		tb.Fatalf("read sessions: %v", err)
+	}
+	for rows.Next() {
+		var id, user string
+		if err := rows.Scan(&id, &user); err != nil {
+			tb.Fatalf("read sessions: %v", err)
+		}
+		sessions[id] = user
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatalf("read sessions: %v", err)
+	}
+	keys := map[string]pgKey{}
+	rows, err = conn.Query(ctx, `SELECT user_id, key, outcome, coalesce(session_id, ''), created_at FROM idempotency_keys WHERE user_id = ANY($1)`, c.Users)
+	if err != nil {
+		tb.Fatalf("read idempotency keys: %v", err)
+	}
+	for rows.Next() {
+		var user, key string
+		var k pgKey
+		if err := rows.Scan(&user, &key, &k.outcome, &k.sessionID, &k.createdAt); err != nil {
+			tb.Fatalf("read idempotency keys: %v", err)
+		}
+		keys[userKey(user, key)] = k
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatalf("read idempotency keys: %v", err)
+	}
+	return sessions, keys
+}
+
+// readBack GETs every acknowledged session through the API and returns
+// the statuses.
+func (c *Check) readBack(acked map[string]string) map[string]int {
+	ids := slices.Collect(maps.Keys(acked))
+	statuses := make([]int, len(ids))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				r := c.Client.Do(http.MethodGet, c.Target+"/api/v1/sessions/"+ids[i], acked[ids[i]], nil)
+				statuses[i] = r.Status
+			}
+		}()
+	}
+	for i := range ids {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	out := make(map[string]int, len(ids))
+	for i, id := range ids {
+		out[id] = statuses[i]
+	}
+	return out
+}
+
+// auditKeys checks one key, one session: the stored record of every key
+// agrees with what its clients were told, and every session row belongs to
+// a key that was admitted with it or never answered.
+func (c *Check) auditKeys(tb testing.TB, byKey map[string]*keyResult, sessions map[string]string, keys map[string]pgKey, s *Summary) {
+	tb.Helper()
+	keyOf := map[string]string{} // session id → user\x00key
+	for k, row := range keys {
+		if row.outcome == "admitted" {
+			if other, dup := keyOf[row.sessionID]; dup {
+				tb.Errorf("session %s is the admission of two keys: %q and %q", row.sessionID, other, k)
+			}
+			keyOf[row.sessionID] = k
+		}
+		if row.outcome == "pending" {
+			tb.Errorf("key %q is stored as pending: a claim committed unsettled", k)
+		}
+	}
+	for uk, kr := range byKey {
+		row, ok := keys[uk]
+		switch kr.outcome {
+		case Admitted:
+			if !ok || row.outcome != "admitted" || row.sessionID != kr.sessionID {
+				tb.Errorf("key %s of %s was answered 200 with session %s, but Postgres stores %+v (found %v)", kr.key, kr.user, kr.sessionID, row, ok)
+			}
+		case Rejected:
+			if !ok || row.outcome != "rejected" {
+				tb.Errorf("key %s of %s was answered 403, but Postgres stores %+v (found %v)", kr.key, kr.user, row, ok)
+			}
+		case Unknown:
+			if ok && row.outcome == "admitted" {
+				s.UnknownCommitted++
+			}
+		}
+	}
+	for id, user := range sessions {
+		uk, ok := keyOf[id]
+		if !ok {
+			tb.Errorf("session %s of %s has no Idempotency-Key record, though every create of the drill had a key", id, user)
+			continue
+		}
+		kr := byKey[uk]
+		switch {
+		case kr == nil:
+			tb.Errorf("session %s of %s belongs to key %q, which the drill never sent", id, user, uk)
+		case kr.outcome == Admitted && kr.sessionID == id, kr.outcome == Unknown:
+		default:
+			tb.Errorf("SILENT ADMIT: session %s of %s is counted, but its key %s was answered %s (%v)", id, user, kr.key, kr.outcome, kr.creates)
+		}
+	}
+}
+
+// lostReplies counts the keys whose outcome (an admission or a rejection)
+// was committed during an attempt whose client got no definite answer: the
+// service stamps the key's created_at while that attempt is in flight.
+// Their retries had to replay the stored outcome.
+func lostReplies(byKey map[string]*keyResult, keys map[string]pgKey) int {
+	n := 0
+	for uk, row := range keys {
+		kr := byKey[uk]
+		if kr == nil || row.outcome == "pending" {
+			continue
+		}
+		inFlight, answered := 0, false
+		for _, cr := range kr.creates {
+			for _, a := range cr.Attempts {
+				if !row.createdAt.Before(a.Start.Add(-time.Millisecond)) && !row.createdAt.After(a.End.Add(time.Millisecond)) {
+					inFlight++
+					answered = answered || a.Definite()
+				}
+			}
+		}
+		if inFlight > 0 && !answered {
+			n++
+		}
+	}
+	return n
+}
+
+// converge waits until verify.Run finds nothing wrong in Postgres and,
+// with Redis, every counter equal to Postgres's (none missing, behind,
+// ahead, mismatched or orphaned). s, when not nil, gets the time it took.
+func (c *Check) converge(tb testing.TB, s *Summary) *verify.Report {
+	tb.Helper()
+	start := time.Now()
+	var (
+		rep     *verify.Report
+		lastErr error
+	)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		rep, lastErr = verify.Run(ctx, verify.Options{
+			DatabaseURL: c.DatabaseURL, Redis: c.Redis, RedisKeyPrefix: c.RedisPrefix,
+			RedisSkipped: "the drill does not check Redis", MaxViolations: 20,
+		})
+		cancel()
+		if lastErr == nil {
+			var store int64
+			for check, n := range rep.Counts {
+				if !strings.HasPrefix(string(check), "redis_") {
+					store += n
+				}
+			}
+			if store > 0 {
+				var b strings.Builder
+				_ = rep.WriteText(&b)
+				tb.Errorf("%s: verify finds Postgres violations:\n%s", c.Name, b.String())
+				return rep
+			}
+			if c.Redis == nil || (rep.OK() && rep.Redis.Keys == rep.Redis.Equal && rep.Redis.Orphans == 0) {
+				if s != nil {
+					s.Converged = time.Since(start)
+				}
+				return rep
+			}
+		}
+		if time.Since(start) > c.Converge {
+			if lastErr != nil {
+				tb.Errorf("%s: verify could not run for %s: %v", c.Name, c.Converge, lastErr)
+				return nil
+			}
+			var b strings.Builder
+			_ = rep.WriteText(&b)
+			tb.Errorf("%s: Redis counters did not converge on Postgres within %s:\n%s", c.Name, c.Converge, b.String())
+			return rep
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// exactQuota fires 20 concurrent creates (half keyed, half not) at every
+// user below the limit, and at two users at it: a user with k sessions
+// must get exactly 10-k admitted and the rest 403, nothing else.
+func (c *Check) exactQuota(tb testing.TB, pgBy map[string]int) {
+	tb.Helper()
+	const burst = 20
+	var users []string
+	full := 0
+	for _, u := range c.Users {
+		switch {
+		case pgBy[u] < Limit:
+			users = append(users, u)
+		case full < 2:
+			users = append(users, u)
+			full++
+		}
+	}
+	sem := make(chan struct{}, 4) // users bursting at once: 80 requests
+	var wg sync.WaitGroup
+	for _, u := range users {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			var mu sync.Mutex
+			statuses := map[int]int{}
+			var odd []string
+			var bw sync.WaitGroup
+			for i := range burst {
+				bw.Add(1)
+				go func() {
+					defer bw.Done()
+					key := ""
+					if i%2 == 0 {
+						key = fmt.Sprintf("quota-%s-%d", u, i)
+					}
+					a := c.Client.CreateOnce(c.Target, u, key, CreateBody)
+					mu.Lock()
+					defer mu.Unlock()
+					statuses[a.Status]++
+					if !a.Definite() {
+						odd = append(odd, a.String())
+					}
+				}()
+			}
+			bw.Wait()
+			want := Limit - pgBy[u]
+			if statuses[http.StatusOK] != want || statuses[http.StatusForbidden] != burst-want {
+				tb.Errorf("EXACT QUOTA: user %s with %d sessions: %d concurrent creates gave %v; want %d×200 and %d×403 %v",
+					u, pgBy[u], burst, statuses, want, burst-want, odd)
+			}
+			r := c.Client.Do(http.MethodGet, c.Target+"/api/v1/usage", u, nil)
+			var usage struct {
+				Sessions struct {
+					Used int `json:"used"`
+				} `json:"sessions"`
+			}
+			if err := json.Unmarshal(r.Body, &usage); r.Status != http.StatusOK || err != nil || usage.Sessions.Used != Limit {
+				tb.Errorf("usage of %s after the burst: %d %s, want %d sessions used", u, r.Status, r.Body, Limit)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// ReseedProbe watches the marker Tally's Redis cache writes after each
+// re-seed from Postgres (<prefix>cache:epoch, a new random value each time;
+// see rediscache.Cache.Reseed), to time when Redis was repaired after a
+// fault.
+type ReseedProbe struct {
+	mu      sync.Mutex
+	changes []time.Time // when the marker took a new value
+}
+
+// WatchReseed waits (up to 10s) for the start-up seed's marker, then polls
+// it every 25ms until the test ends.
+func WatchReseed(tb testing.TB, client redis.UniversalClient, prefix string) *ReseedProbe {
+	tb.Helper()
+	key := prefix + "cache:epoch"
+	read := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		v, _ := client.Get(ctx, key).Result()
+		return v
+	}
+	p := &ReseedProbe{}
+	deadline := time.Now().Add(10 * time.Second)
+	last := read()
+	for last == "" {
+		if time.Now().After(deadline) {
+			tb.Fatalf("Tally did not seed Redis (no %s) within 10s of starting", key)
+		}
+		time.Sleep(25 * time.Millisecond)
+		last = read()
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(25 * time.Millisecond):
+			}
+			// An empty read is Redis down or restarted empty, not a seed.
+			if v := read(); v != "" && v != last {
+				last = v
+				p.mu.Lock()
+				p.changes = append(p.changes, time.Now())
+				p.mu.Unlock()
+			}
+		}
+	}()
+	tb.Cleanup(func() {
+		close(stop)
+		<-done
+	})
+	return p
+}
+
+// ReseededAfter returns when the marker first took a new value after t:
+// Redis had been re-seeded from Postgres.
+func (p *ReseedProbe) ReseededAfter(t time.Time) (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, at := range p.changes {
+		if at.After(t) {
+			return at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// SlowCommits makes every COMMIT that writes on the PostgreSQL server of
+// dbURL wait d before its WAL flush (fsync on, commit_delay d, with no
+// concurrent transaction required). Transactions in flight are then mostly
+// committing, so that a fault (a blackholed reply, a kill -9) catches
+// COMMITs that take effect while their client never hears of it.
+//
+// The server must be a private one (testenv.StartPostgres): the delay is
+// taken while holding the server's WAL write lock, so every commit of
+// every database on it waits. It refuses the shared server.
+func SlowCommits(tb testing.TB, dbURL string, d time.Duration) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		tb.Fatalf("slow commits: %v", err)
+	}
+	defer conn.Close(context.Background())
+	shared, err := pgx.ParseConfig(testenv.PostgresAdminURL())
+	if err == nil && shared.Host == conn.Config().Host && shared.Port == conn.Config().Port {
+		tb.Fatalf("slow commits: %s:%d is the shared server; use a private one (testenv.StartPostgres)", shared.Host, shared.Port)
+	}
+	for _, q := range []string{
+		"ALTER SYSTEM SET fsync = on", // commit_delay applies only with fsync
+		fmt.Sprintf("ALTER SYSTEM SET commit_delay = %d", d.Microseconds()),
+		"ALTER SYSTEM SET commit_siblings = 0",
+		"SELECT pg_reload_conf()",
+	} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			tb.Fatalf("slow commits: %s: %v", q, err)
+		}
+	}
+}
+
+// WaitForCommit polls the server of dbURL until a session on that
+// database is running a COMMIT (with SlowCommits, one is most of the
+// time), so that a fault injected right after it catches a COMMIT in
+// flight. It reports false if none was seen within timeout.
+func WaitForCommit(tb testing.TB, dbURL string, timeout time.Duration) bool {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		tb.Fatalf("wait for a commit: %v", err)
+	}
+	defer conn.Close(context.Background())
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		var n int
+		err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND pid <> pg_backend_pid()
+			  AND state = 'active' AND lower(query) LIKE 'commit%'`).Scan(&n)
+		if err != nil {
+			tb.Fatalf("wait for a commit: %v", err)
+		}
+		if n > 0 {
+			return true
+		}
+	}
+	return false
+}
