@@ -142,7 +142,7 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 	a.inflight[id] = &inflight{m: m, req: req, plan: plan, retries: retries}
 	a.reserved++
 	self, root := actx.Self(), actx.ActorSystem().Root
-	a.deps.writer.submit(&job{req: req, deadline: m.deadline, answerBy: workDeadline(m.deadline), deliver: func(res persistence.AdmitResult, err error) {
+	a.deps.writer.submit(userHash(a.id), &job{req: req, deadline: m.deadline, answerBy: workDeadline(m.deadline), deliver: func(res persistence.AdmitResult, err error) {
 		root.Send(self, &admitDone{id: id, res: res, err: err})
 	}})
 }

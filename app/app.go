@@ -218,3 +218,4 @@ func (c storeChecker) Name() string {
 }
 
 func (c storeChecker) Check(ctx context.Context) error { return c.store.Ping(ctx) }
+
