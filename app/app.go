@@ -218,4 +218,3 @@ func (c storeChecker) Name() string {
 }
 
 func (c storeChecker) Check(ctx context.Context) error { return c.store.Ping(ctx) }
-
