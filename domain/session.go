@@ -116,3 +116,40 @@ func validation(fields []FieldError) error {
 	}
 	return &Error{Code: CodeValidation, Message: "invalid request", Fields: fields}
 }
+
+// Transition decides whether the session may move to status `to`
+// (completing with `seconds`). It returns noop when the session is already
+// there — a repeated upload-url, a repeated completion with the same
+// duration, failing a failed session — so that retries are harmless, and a
+// CodeConflict *Error when the move is not allowed. Both stores apply it.
+func (s Session) Transition(to Status, seconds int64) (noop bool, err error) {
+	switch to {
+	case StatusUploading:
+		switch s.Status {
+		case StatusUploading:
+			return true, nil
+		case StatusCompleted, StatusFailed:
+			return false, Errorf(CodeConflict, "session %s is %s; it no longer accepts an upload", s.ID, s.Status)
+		}
+	case StatusCompleted:
+		switch s.Status {
+		case StatusCompleted:
+			if s.DurationSeconds != nil && *s.DurationSeconds == seconds {
+				return true, nil
+			}
+			return false, Errorf(CodeConflict, "session %s is already completed with another duration", s.ID)
+		case StatusFailed:
+			return false, Errorf(CodeConflict, "session %s has failed; it cannot be completed", s.ID)
+		}
+	case StatusFailed:
+		switch s.Status {
+		case StatusFailed:
+			return true, nil
+		case StatusCompleted:
+			return false, Errorf(CodeConflict, "session %s is completed; it cannot be failed", s.ID)
+		}
+	default:
+		return false, Errorf(CodeConflict, "session %s cannot move to %q", s.ID, to)
+	}
+	return false, nil
+}

@@ -176,3 +176,36 @@ func TestErrorCodeOfUnknownErrorIsInternal(t *testing.T) {
 		t.Fatalf("wrapped unavailable: %s", ErrorCode(wrapped))
 	}
 }
+
+func TestSessionTransitions(t *testing.T) {
+	secs := int64(60)
+	cases := []struct {
+		from     Status
+		duration *int64
+		to       Status
+		seconds  int64
+		noop     bool
+		conflict bool
+	}{
+		{StatusCreated, nil, StatusUploading, 0, false, false},
+		{StatusUploading, nil, StatusUploading, 0, true, false},
+		{StatusCompleted, &secs, StatusUploading, 0, false, true},
+		{StatusFailed, nil, StatusUploading, 0, false, true},
+		{StatusCreated, nil, StatusCompleted, 60, false, false},
+		{StatusUploading, nil, StatusCompleted, 60, false, false},
+		{StatusCompleted, &secs, StatusCompleted, 60, true, false},
+		{StatusCompleted, &secs, StatusCompleted, 61, false, true},
+		{StatusFailed, nil, StatusCompleted, 60, false, true},
+		{StatusCreated, nil, StatusFailed, 0, false, false},
+		{StatusFailed, nil, StatusFailed, 0, true, false},
+		{StatusCompleted, &secs, StatusFailed, 0, false, true},
+		{StatusCreated, nil, StatusCreated, 0, false, true},
+	}
+	for _, c := range cases {
+		s := Session{ID: "s1", Status: c.from, DurationSeconds: c.duration}
+		noop, err := s.Transition(c.to, c.seconds)
+		if noop != c.noop || (err != nil) != c.conflict || (err != nil && ErrorCode(err) != CodeConflict) {
+			t.Errorf("%s → %s (%d s): noop=%v err=%v; want noop=%v conflict=%v", c.from, c.to, c.seconds, noop, err, c.noop, c.conflict)
+		}
+	}
+}

@@ -48,7 +48,7 @@ func TestTranslate(t *testing.T) {
 		{"closed conn", pgconn.ErrConnClosed, domain.CodeUnavailable},
 		{"closed store", errClosed, domain.CodeUnavailable},
 		{"not found passes through", domain.ErrNotFound, domain.CodeNotFound},
-		{"conflict passes through", conflict("no"), domain.CodeConflict},
+		{"conflict passes through", domain.Errorf(domain.CodeConflict, "no"), domain.CodeConflict},
 		{"anything else is a bug", errors.New("boom"), domain.CodeInternal},
 	}
 	for _, tc := range tests {

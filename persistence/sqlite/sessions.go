@@ -114,11 +114,8 @@ func (s *Store) MarkUploading(ctx context.Context, id string, now time.Time) (do
 		if sess, err = readSession(ctx, tx, id); err != nil {
 			return err
 		}
-		switch sess.Status {
-		case domain.StatusUploading:
-			return nil
-		case domain.StatusCompleted, domain.StatusFailed:
-			return conflict("session %s is %s; it no longer accepts an upload", id, sess.Status)
+		if noop, err := sess.Transition(domain.StatusUploading, 0); noop || err != nil {
+			return err
 		}
 		sess, err = setStatus(ctx, tx, id, domain.StatusUploading, nil, now)
 		return err
@@ -143,15 +140,13 @@ func (s *Store) CompleteSession(ctx context.Context, id string, seconds int64, n
 		if sess, err = readSession(ctx, tx, id); err != nil {
 			return err
 		}
-		switch sess.Status {
-		case domain.StatusCompleted:
-			if *sess.DurationSeconds != seconds {
-				return conflict("session %s is already completed with %d seconds", id, *sess.DurationSeconds)
-			}
+		noop, err := sess.Transition(domain.StatusCompleted, seconds)
+		switch {
+		case err != nil:
+			return err
+		case noop:
 			c, err = loadCounters(ctx, tx, sess.UserID, sess.PeriodStart)
 			return err
-		case domain.StatusFailed:
-			return conflict("session %s has failed; it cannot be completed", id)
 		}
 		if sess, err = setStatus(ctx, tx, id, domain.StatusCompleted, &seconds, now); err != nil {
 			return err
@@ -185,11 +180,8 @@ func (s *Store) FailSession(ctx context.Context, id string, now time.Time) (doma
 		if sess, err = readSession(ctx, tx, id); err != nil {
 			return err
 		}
-		switch sess.Status {
-		case domain.StatusFailed:
-			return nil
-		case domain.StatusCompleted:
-			return conflict("session %s is completed; it cannot be failed", id)
+		if noop, err := sess.Transition(domain.StatusFailed, 0); noop || err != nil {
+			return err
 		}
 		sess, err = setStatus(ctx, tx, id, domain.StatusFailed, nil, now)
 		return err
