@@ -21,7 +21,6 @@ import (
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
-	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/persistence"
 )
 
