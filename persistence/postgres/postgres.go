@@ -88,7 +88,6 @@ func (s *Store) inTx(ctx context.Context, op string, fn func(tx pgx.Tx) error) e
 // timestamptz, so that what is written is exactly what is read back.
 func ts(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
 
-
 // notFound turns "no row" into domain.ErrNotFound and leaves other errors
 // for translate.
 func notFound(err error) error {

@@ -141,4 +141,3 @@ func micros(t time.Time) int64 { return t.UnixMicro() }
 
 // fromMicros is the stored time in UTC.
 func fromMicros(v int64) time.Time { return time.UnixMicro(v).UTC() }
-
