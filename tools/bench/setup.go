@@ -234,3 +234,17 @@ func orUnknown(s string) string {
 	}
 	return s
 }
+
+// checkpoint forces a Postgres checkpoint (needs a superuser, as the
+// machine's postgres role is), flushing what earlier phases dirtied.
+func (s *stores) checkpoint(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, s.adminURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(cctx, "CHECKPOINT")
+	return err
+}
