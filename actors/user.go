@@ -70,12 +70,13 @@ func (a *userActor) Receive(ctx actor.Context) {
 	case *passivate:
 		a.onPassivate(ctx)
 	case userMessage:
-		m.answer(a.handle(m))
+		a.guard(m, func() { m.answer(a.handle(m)) })
 	}
 }
 
-// guard turns a panic into an internal error answer to the caller and drops
-// the state, so the next message reloads it from the store.
+// guard turns a panic into an internal error answer to the caller — at
+// once, not a timeout — and drops the state, so the next message reloads it
+// from the store.
 func (a *userActor) guard(caller userMessage, f func()) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -87,17 +88,9 @@ func (a *userActor) guard(caller userMessage, f func()) {
 	f()
 }
 
-// handle answers one request. A panic is turned into an internal error
-// reply, so the caller gets an answer instead of a timeout, and the state is
-// dropped so the next message reloads it from the store.
-func (a *userActor) handle(m userMessage) (r *reply) {
-	defer func() {
-		if p := recover(); p != nil {
-			a.forget()
-			a.deps.log.Error("user actor panicked", "user", a.id, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			r = &reply{err: &domain.Error{Code: domain.CodeInternal, Message: "internal error", Err: fmt.Errorf("panic: %v", p)}}
-		}
-	}()
+// handle answers one request other than a create (those are pipelined:
+// admit.go).
+func (a *userActor) handle(m userMessage) *reply {
 	if time.Until(m.due()) <= 0 {
 		// The caller has stopped waiting (it queued behind slow work):
 		// doing the work now would only delay the requests behind it.
