@@ -9,7 +9,6 @@ import (
 	"slices"
 	"syscall"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -68,30 +67,15 @@ func TestTranslate(t *testing.T) {
 	}
 }
 
-func TestLoadMigrations(t *testing.T) {
-	ms, err := loadMigrations(migrationFiles, "migrations")
+// The embedded migrations load and start with 0001_init (the loader's
+// rules are tested in package persistence).
+func TestEmbeddedMigrations(t *testing.T) {
+	ms, err := persistence.LoadMigrations(migrationFiles, "migrations")
 	if err != nil {
 		t.Fatalf("embedded migrations: %v", err)
 	}
-	if len(ms) == 0 || ms[0].name != "0001_init" || ms[0].version != 1 {
+	if len(ms) == 0 || ms[0].Name != "0001_init" || ms[0].Version != 1 {
 		t.Fatalf("embedded migrations start with %+v, want 0001_init", ms)
-	}
-	file := &fstest.MapFile{Data: []byte("SELECT 1;")}
-	bad := map[string]fstest.MapFS{
-		"gap":        {"m/0001_a.sql": file, "m/0003_c.sql": file},
-		"duplicate":  {"m/0001_a.sql": file, "m/0001_b.sql": file},
-		"unnumbered": {"m/0001_a.sql": file, "m/init.sql": file},
-		"zero":       {"m/0000_a.sql": file},
-	}
-	for name, fsys := range bad {
-		if _, err := loadMigrations(fsys, "m"); err == nil {
-			t.Errorf("%s: loadMigrations accepted it", name)
-		}
-	}
-	ok := fstest.MapFS{"m/0002_b.sql": file, "m/0001_a.sql": file, "m/README": file}
-	ms, err = loadMigrations(ok, "m")
-	if err != nil || len(ms) != 2 || ms[0].name != "0001_a" || ms[1].name != "0002_b" {
-		t.Fatalf("loadMigrations = %+v, %v; want 0001_a, 0002_b", ms, err)
 	}
 }
 

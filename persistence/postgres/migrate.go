@@ -4,13 +4,11 @@ import (
 	"context"
 	"embed"
 	"fmt"
-	"io/fs"
-	"path"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/tally-dev/tally/persistence"
 )
 
 // Migrations are append-only: a released file is never edited, a change is
@@ -23,48 +21,6 @@ var migrationFiles embed.FS
 // processes ("tally" in ASCII). Advisory locks are per database.
 const migrationLock int64 = 0x74616c6c79
 
-// migration is one numbered schema change.
-type migration struct {
-	version int
-	name    string // file name without .sql, recorded in schema_migrations
-	sql     string
-}
-
-// loadMigrations reads the numbered migrations in order and checks that the
-// numbers run 1, 2, 3… without gaps or duplicates, so that a file lost or
-// numbered twice in a merge stops Migrate instead of being skipped.
-func loadMigrations(fsys fs.FS, dir string) ([]migration, error) {
-	entries, err := fs.ReadDir(fsys, dir)
-	if err != nil {
-		return nil, err
-	}
-	var ms []migration
-	for _, e := range entries {
-		name, ok := strings.CutSuffix(e.Name(), ".sql")
-		if !ok || e.IsDir() {
-			continue
-		}
-		num, _, _ := strings.Cut(name, "_")
-		v, err := strconv.Atoi(num)
-		if err != nil || v < 1 {
-			return nil, fmt.Errorf("migration %s: name must start with a positive number, as in 0001_init.sql", e.Name())
-		}
-		b, err := fs.ReadFile(fsys, path.Join(dir, e.Name()))
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, migration{version: v, name: name, sql: string(b)})
-	}
-	// ReadDir sorts by name and the numbers are zero-padded, but check the
-	// sequence rather than trust the padding.
-	for i, m := range ms {
-		if m.version != i+1 {
-			return nil, fmt.Errorf("migration %s: expected number %d; migrations must be numbered 1, 2, 3… without gaps or duplicates", m.name, i+1)
-		}
-	}
-	return ms, nil
-}
-
 // Migrate applies the migrations not yet recorded in schema_migrations, in
 // order, each in its own transaction with its record. It holds an advisory
 // lock on a dedicated connection meanwhile, so processes starting together
@@ -74,7 +30,7 @@ func (s *Store) Migrate(ctx context.Context) error {
 	if s.closed.Load() {
 		return translate("migrate", errClosed)
 	}
-	ms, err := loadMigrations(migrationFiles, "migrations")
+	ms, err := persistence.LoadMigrations(migrationFiles, "migrations")
 	if err != nil {
 		return fmt.Errorf("postgres: %w", err)
 	}
@@ -104,23 +60,23 @@ func (s *Store) Migrate(ctx context.Context) error {
 		return translate("migrate: read schema_migrations", err)
 	}
 	for _, m := range ms {
-		if name, ok := applied[m.version]; ok {
-			if name != m.name {
-				return fmt.Errorf("postgres: migrate: migration %d is recorded as %q but this build has %q; migrations must never be renumbered", m.version, name, m.name)
+		if name, ok := applied[m.Version]; ok {
+			if name != m.Name {
+				return fmt.Errorf("postgres: migrate: migration %d is recorded as %q but this build has %q; migrations must never be renumbered", m.Version, name, m.Name)
 			}
 			continue
 		}
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			// No arguments: pgx sends the file with the simple protocol,
 			// which runs every statement in it.
-			if _, err := tx.Exec(ctx, m.sql); err != nil {
+			if _, err := tx.Exec(ctx, m.SQL); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name)
+			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.Version, m.Name)
 			return err
 		})
 		if err != nil {
-			return translate("migrate: apply "+m.name, err)
+			return translate("migrate: apply "+m.Name, err)
 		}
 	}
 	// Versions recorded here but unknown to this build come from a newer

@@ -5,11 +5,9 @@ import (
 	"database/sql"
 	"embed"
 	"fmt"
-	"io/fs"
-	"path"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/tally-dev/tally/persistence"
 )
 
 // Migrations are append-only: a released file is never edited, a change is
@@ -19,53 +17,11 @@ import (
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-// migration is one numbered schema change.
-type migration struct {
-	version int
-	name    string // file name without .sql, recorded in schema_migrations
-	sql     string
-}
-
-// loadMigrations reads the numbered migrations in order and checks that the
-// numbers run 1, 2, 3… without gaps or duplicates, so that a file lost or
-// numbered twice in a merge stops Migrate instead of being skipped.
-func loadMigrations(fsys fs.FS, dir string) ([]migration, error) {
-	entries, err := fs.ReadDir(fsys, dir)
-	if err != nil {
-		return nil, err
-	}
-	var ms []migration
-	for _, e := range entries {
-		name, ok := strings.CutSuffix(e.Name(), ".sql")
-		if !ok || e.IsDir() {
-			continue
-		}
-		num, _, _ := strings.Cut(name, "_")
-		v, err := strconv.Atoi(num)
-		if err != nil || v < 1 {
-			return nil, fmt.Errorf("migration %s: name must start with a positive number, as in 0001_init.sql", e.Name())
-		}
-		b, err := fs.ReadFile(fsys, path.Join(dir, e.Name()))
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, migration{version: v, name: name, sql: string(b)})
-	}
-	// ReadDir sorts by name and the numbers are zero-padded, but check the
-	// sequence rather than trust the padding.
-	for i, m := range ms {
-		if m.version != i+1 {
-			return nil, fmt.Errorf("migration %s: expected number %d; migrations must be numbered 1, 2, 3… without gaps or duplicates", m.name, i+1)
-		}
-	}
-	return ms, nil
-}
-
 // Migrate applies the migrations not yet recorded in schema_migrations, in
 // order, in one write transaction: BEGIN IMMEDIATE makes another process
 // migrating the same file wait for it, then find nothing left to do.
 func (s *Store) Migrate(ctx context.Context) error {
-	ms, err := loadMigrations(migrationFiles, "migrations")
+	ms, err := persistence.LoadMigrations(migrationFiles, "migrations")
 	if err != nil {
 		return fmt.Errorf("sqlite: %w", err)
 	}
@@ -83,18 +39,18 @@ func (s *Store) Migrate(ctx context.Context) error {
 			return err
 		}
 		for _, m := range ms {
-			if name, ok := applied[m.version]; ok {
-				if name != m.name {
-					return fmt.Errorf("migration %d is recorded as %q but this build has %q; migrations must never be renumbered", m.version, name, m.name)
+			if name, ok := applied[m.Version]; ok {
+				if name != m.Name {
+					return fmt.Errorf("migration %d is recorded as %q but this build has %q; migrations must never be renumbered", m.Version, name, m.Name)
 				}
 				continue
 			}
-			if _, err := tx.ExecContext(ctx, m.sql); err != nil {
-				return fmt.Errorf("apply %s: %w", m.name, err)
+			if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
+				return fmt.Errorf("apply %s: %w", m.Name, err)
 			}
 			if _, err := tx.ExecContext(ctx,
 				"INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-				m.version, m.name, micros(time.Now())); err != nil {
+				m.Version, m.Name, micros(time.Now())); err != nil {
 				return err
 			}
 		}
