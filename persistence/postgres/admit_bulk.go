@@ -7,76 +7,93 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/persistence"
 )
 
 // The set-based admission path, for batches without Idempotency-Keys (the
-// common case, and what group commit produces). Per-row cost is what bounds
-// durable admissions per second, so the batch is handled as sets: one
-// round trip locks and reads everything the decision needs, the decision is
-// made here, and a second round trip writes the increments and the session
-// rows — a handful of statements for the whole batch, and no statement
-// whose cost grows faster than its rows (a join between two CTEs of n rows
-// each, which Postgres plans as an n² nested loop for lack of statistics,
-// was what made the first version of this path slow).
+// common case, and what group commit produces). Postgres' work per admitted
+// row is what bounds durable admissions per second, so a batch costs one
+// round trip and as few row touches as the fence allows:
+//
+//  1. share-lock the batch's users (holding off a plan or anchor change
+//     until the batch commits) and read their versions;
+//  2. one statement that, for every (user, period) of the batch whose
+//     user version matches, updates the usage row by its grant — as many
+//     of the batch's requests as still fit, computed from the row itself —
+//     and inserts the granted sessions, numbered after the row's count.
+//
+// Both statements go in one pipeline that Postgres runs as one implicit
+// transaction (pgx sends a single Sync), so the batch commits without a
+// further round trip, and every caller is answered only after that commit.
+// A (user, period) whose usage row does not exist yet is not touched by the
+// UPDATE; those groups run again in a second transaction that creates the
+// rows first. That happens once per user and period.
 //
 // Semantics are those of the per-request path, and the contract suite runs
-// against both: the fence on the user's version, limits checked against the
-// latest committed usage (the rows are locked before they are read),
-// several requests of one user counted in order with consecutive seqs.
+// against both: the fence on the user's version, limits checked against
+// the latest committed usage (READ COMMITTED re-reads a row it had to wait
+// for), several requests of one user counted in order with consecutive
+// seqs.
 //
 // Lock order, the same in every transaction so that concurrent batches
-// cannot deadlock: users (shared), then usage rows, both sorted by byte
+// cannot deadlock: users (shared), then usage rows, each sorted by byte
 // order (COLLATE "C", which is also the order lockOrder gives the
 // per-request path).
 
-// bulkLockUsersSQL share-locks the batch's users, holding off a plan or
-// anchor change until COMMIT, and returns their versions for the fence.
+// bulkLockUsersSQL share-locks the batch's users and returns their versions.
 const bulkLockUsersSQL = `
 SELECT id, version FROM users WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" FOR SHARE`
 
-// bulkEnsureUsageSQL creates the missing usage rows of the fresh groups
-// that can admit anything (a limit of 0 creates no row, as on the
-// per-request path).
+// bulkEnsureUsageSQL creates the missing usage rows of groups that can
+// admit anything (a limit of 0 creates no row, as on the per-request path).
 const bulkEnsureUsageSQL = `
 INSERT INTO usage (user_id, period_start, period_end, sessions, seconds, version)
 SELECT g.user_id, g.period_start, g.period_end, 0, 0, 0
 FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[])
      AS g(user_id, user_version, period_start, period_end)
-JOIN users u ON u.id = g.user_id AND u.version = g.user_version
+WHERE (SELECT u.version FROM users u WHERE u.id = g.user_id) = g.user_version
 ORDER BY g.user_id COLLATE "C", g.period_start
 ON CONFLICT (user_id, period_start) DO NOTHING`
 
-// bulkLockUsageSQL locks the groups' usage rows, in order, and reads them.
-// A separate statement from the insert above, so that in READ COMMITTED it
-// sees the rows just created, and the latest committed version of a row it
-// had to wait for.
-const bulkLockUsageSQL = `
-SELECT us.user_id, us.period_start, us.sessions, us.seconds, us.version
-FROM usage us
-JOIN unnest($1::text[], $2::timestamptz[]) AS g(user_id, period_start)
-  ON us.user_id = g.user_id AND us.period_start = g.period_start
-ORDER BY us.user_id COLLATE "C", us.period_start
-FOR UPDATE OF us`
+// bulkAdmitSQL counts and inserts a batch's sessions. grant is each
+// group's admitted count: none once the seconds are used up, else as many of
+// its n requests as stay within max_sessions (-1: unlimited). The version
+// rises by one per admitted session, as if each had been counted on its
+// own. The users' versions are read by a correlated subquery rather than a
+// join, so that the plan is an index lookup per group whatever the
+// statistics say (a join was planned as a scan of all users).
+const bulkAdmitSQL = `
+WITH g AS (
+  SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+    WITH ORDINALITY AS g(user_id, period_start, user_version, n, max_sessions, max_seconds, gi)
+), counted AS (
+  UPDATE usage us
+  SET sessions = us.sessions + ` + grantSQL + `,
+      version = us.version + ` + grantSQL + `,
+      last_grant = ` + grantSQL + `
+  FROM g
+  WHERE us.user_id = g.user_id AND us.period_start = g.period_start
+    AND (SELECT u.version FROM users u WHERE u.id = g.user_id) = g.user_version
+  RETURNING g.gi, g.max_sessions, us.user_id, us.period_start, us.sessions, us.seconds, us.version, us.last_grant
+), inserted AS (
+  INSERT INTO sessions (id, user_id, title, language, stt_provider, status, duration_seconds,
+                        period_start, seq, max_sessions, created_at, updated_at)
+  SELECT s.id, c.user_id, s.title, s.language, s.stt_provider, 'created', NULL,
+         c.period_start, c.sessions - c.last_grant + s.k, c.max_sessions, s.created_at, s.created_at
+  FROM unnest($7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[])
+       AS s(gi, k, id, title, language, stt_provider, created_at)
+  JOIN counted c ON c.gi = s.gi
+  WHERE s.k <= c.last_grant
+)
+SELECT gi, sessions, seconds, version, last_grant FROM counted`
 
-// bulkIncrementSQL adds each group's granted sessions; the version rises by
-// one per admitted session, as if each had been counted on its own.
-const bulkIncrementSQL = `
-UPDATE usage us
-SET sessions = us.sessions + d.granted, version = us.version + d.granted
-FROM unnest($1::text[], $2::timestamptz[], $3::bigint[]) AS d(user_id, period_start, granted)
-WHERE us.user_id = d.user_id AND us.period_start = d.period_start`
-
-// bulkInsertSessionsSQL inserts the admitted sessions.
-const bulkInsertSessionsSQL = `
-INSERT INTO sessions (id, user_id, title, language, stt_provider, status, duration_seconds,
-                      period_start, seq, max_sessions, created_at, updated_at)
-SELECT s.id, s.user_id, s.title, s.language, s.stt_provider, 'created', NULL,
-       s.period_start, s.seq, s.max_sessions, s.created_at, s.created_at
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-            $6::timestamptz[], $7::bigint[], $8::bigint[], $9::timestamptz[])
-     AS s(id, user_id, title, language, stt_provider, period_start, seq, max_sessions, created_at)`
+// grantSQL is a group's grant, computed from the row being updated (SET
+// expressions all see the row as it was, so it is written out once per
+// column that uses it).
+const grantSQL = `(CASE
+      WHEN g.max_seconds >= 0 AND us.seconds >= g.max_seconds THEN 0
+      WHEN g.max_sessions < 0 THEN g.n
+      ELSE LEAST(g.n, GREATEST(g.max_sessions - us.sessions, 0)) END)`
 
 // group is the requests of one (user, period) in a batch.
 type group struct {
@@ -85,162 +102,154 @@ type group struct {
 	periodEnd   time.Time
 	userVersion int64 // the newest any of its requests decided with
 	reqs        []int // indexes into the batch, in the callers' order
-	counters    persistence.Counters
-	locked      bool // the usage row exists and is locked
+}
+
+// counted is what bulkAdmitSQL returned for one group.
+type counted struct {
+	counters persistence.Counters // after the grant
+	granted  int64
 }
 
 // admitBulk runs a key-less batch: see the comment at the top of the file.
 func (s *Store) admitBulk(ctx context.Context, reqs []persistence.AdmitRequest) ([]persistence.AdmitResult, error) {
-	groups := groupRequests(reqs)
 	results := make([]persistence.AdmitResult, len(reqs))
-	err := s.inTx(ctx, "admit", func(tx pgx.Tx) error {
-		users := make([]string, 0, len(groups))
-		for _, g := range groups {
-			if len(users) == 0 || users[len(users)-1] != g.userID {
-				users = append(users, g.userID)
-			}
+	missing, err := s.admitGroups(ctx, reqs, groupRequests(reqs), false, results)
+	if err == nil && len(missing) > 0 {
+		missing, err = s.admitGroups(ctx, reqs, missing, true, results)
+		if err == nil && len(missing) > 0 {
+			err = fmt.Errorf("admit: usage row of user %s, period %s missing after it was created", missing[0].userID, missing[0].periodStart)
 		}
-		var ensure struct {
-			users        []string
-			versions     []int64
-			starts, ends []time.Time
-		}
-		var lockUsers []string
-		var lockStarts []time.Time
-		for _, g := range groups {
-			lockUsers = append(lockUsers, g.userID)
-			lockStarts = append(lockStarts, ts(g.periodStart))
-			if canAdmit(reqs, g) {
-				ensure.users = append(ensure.users, g.userID)
-				ensure.versions = append(ensure.versions, g.userVersion)
-				ensure.starts = append(ensure.starts, ts(g.periodStart))
-				ensure.ends = append(ensure.ends, ts(g.periodEnd))
-			}
-		}
-
-		batch := &pgx.Batch{}
-		batch.Queue(bulkLockUsersSQL, users)
-		batch.Queue(bulkEnsureUsageSQL, ensure.users, ensure.versions, ensure.starts, ensure.ends)
-		batch.Queue(bulkLockUsageSQL, lockUsers, lockStarts)
-		br := tx.SendBatch(ctx, batch)
-		versions, err := scanVersions(br)
-		if err == nil {
-			_, err = br.Exec()
-		}
-		if err == nil {
-			err = scanLockedUsage(br, groups)
-		}
-		if cerr := br.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-
-		var inc struct {
-			users   []string
-			starts  []time.Time
-			granted []int64
-		}
-		var ins struct {
-			ids, users, titles, languages, providers []string
-			starts, created                          []time.Time
-			seqs, maxSessions                        []int64
-		}
-		for _, g := range groups {
-			v, known := versions[g.userID]
-			base := g.counters
-			var granted int64
-			for _, i := range g.reqs {
-				r := reqs[i]
-				switch {
-				case !known:
-					results[i] = persistence.AdmitResult{Outcome: persistence.UnknownUser}
-					continue
-				case v != r.UserVersion:
-					results[i] = persistence.AdmitResult{Outcome: persistence.StaleUser}
-					continue
-				}
-				c := base
-				c.Sessions += granted
-				c.Version += granted
-				if !g.locked || !fits(r, c.Usage) {
-					results[i] = persistence.AdmitResult{Outcome: persistence.OverLimit}
-					continue // counters filled in below, once the group's grants are known
-				}
-				granted++
-				c.Sessions++
-				c.Version++
-				results[i] = persistence.AdmitResult{Outcome: persistence.Admitted, Counters: c}
-				ins.ids = append(ins.ids, r.Session.ID)
-				ins.users = append(ins.users, r.Session.UserID)
-				ins.titles = append(ins.titles, r.Session.Title)
-				ins.languages = append(ins.languages, r.Session.Language)
-				ins.providers = append(ins.providers, r.Session.STTProvider)
-				ins.starts = append(ins.starts, ts(r.Session.PeriodStart))
-				ins.created = append(ins.created, ts(r.Session.CreatedAt))
-				ins.seqs = append(ins.seqs, c.Sessions)
-				ins.maxSessions = append(ins.maxSessions, int64(r.MaxSessions))
-			}
-			// A rejected request sees the row as it is after every grant of
-			// its group, as it would after the earlier requests' statements.
-			final := base
-			final.Sessions += granted
-			final.Version += granted
-			for _, i := range g.reqs {
-				if results[i].Outcome == persistence.OverLimit {
-					results[i].Counters = final
-				}
-			}
-			if granted > 0 {
-				inc.users = append(inc.users, g.userID)
-				inc.starts = append(inc.starts, ts(g.periodStart))
-				inc.granted = append(inc.granted, granted)
-			}
-		}
-		if len(inc.users) == 0 {
-			return nil
-		}
-		batch = &pgx.Batch{}
-		batch.Queue(bulkIncrementSQL, inc.users, inc.starts, inc.granted)
-		batch.Queue(bulkInsertSessionsSQL, ins.ids, ins.users, ins.titles, ins.languages, ins.providers,
-			ins.starts, ins.seqs, ins.maxSessions, ins.created)
-		br = tx.SendBatch(ctx, batch)
-		updated, err := br.Exec()
-		if err == nil && updated.RowsAffected() != int64(len(inc.users)) {
-			err = fmt.Errorf("admit: incremented %d usage rows, want %d", updated.RowsAffected(), len(inc.users))
-		}
-		if err == nil {
-			inserted, ierr := br.Exec()
-			if err = ierr; err == nil && inserted.RowsAffected() != int64(len(ins.ids)) {
-				err = fmt.Errorf("admit: inserted %d sessions, want %d", inserted.RowsAffected(), len(ins.ids))
-			}
-		}
-		if cerr := br.Close(); err == nil {
-			err = cerr
-		}
-		return err
-	})
+	}
 	if err != nil {
-		return nil, err
+		return nil, translate("admit", err)
 	}
 	return results, nil
 }
 
-// canAdmit reports whether some request of g has limits that admit
-// anything at all; otherwise its usage row is not created.
-func canAdmit(reqs []persistence.AdmitRequest, g *group) bool {
-	for _, i := range g.reqs {
-		if reqs[i].MaxSessions != 0 && reqs[i].MaxSeconds != 0 {
-			return true
+// admitGroups runs one transaction for groups, filling in the results of
+// their requests, and returns the groups that it could not decide because
+// their usage row did not exist (ensure creates them first).
+func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest, groups []*group, ensure bool,
+	results []persistence.AdmitResult) (missing []*group, err error) {
+	var users []string
+	for _, g := range groups {
+		if len(users) == 0 || users[len(users)-1] != g.userID {
+			users = append(users, g.userID)
 		}
 	}
-	return false
-}
+	var ga struct {
+		users                    []string
+		starts, ends             []time.Time
+		versions, n, maxS, maxSc []int64
+	}
+	var sa struct {
+		gi, k                             []int64
+		ids, titles, languages, providers []string
+		created                           []time.Time
+	}
+	for gi, g := range groups {
+		first := -1
+		var n int64
+		for _, i := range g.reqs {
+			r := reqs[i]
+			if r.UserVersion != g.userVersion {
+				continue
+			}
+			if first < 0 {
+				first = i
+			} else if r.MaxSessions != reqs[first].MaxSessions || r.MaxSeconds != reqs[first].MaxSeconds {
+				return nil, fmt.Errorf("admit: requests of user %s at version %d disagree on its limits", g.userID, g.userVersion)
+			}
+			n++
+			sa.gi = append(sa.gi, int64(gi+1))
+			sa.k = append(sa.k, n)
+			sa.ids = append(sa.ids, r.Session.ID)
+			sa.titles = append(sa.titles, r.Session.Title)
+			sa.languages = append(sa.languages, r.Session.Language)
+			sa.providers = append(sa.providers, r.Session.STTProvider)
+			sa.created = append(sa.created, ts(r.Session.CreatedAt))
+		}
+		ga.users = append(ga.users, g.userID)
+		ga.starts = append(ga.starts, ts(g.periodStart))
+		ga.ends = append(ga.ends, ts(g.periodEnd))
+		ga.versions = append(ga.versions, g.userVersion)
+		ga.n = append(ga.n, n)
+		ga.maxS = append(ga.maxS, int64(reqs[first].MaxSessions))
+		ga.maxSc = append(ga.maxSc, int64(reqs[first].MaxSeconds))
+	}
 
-// fits reports whether one more session fits the request's limits.
-func fits(r persistence.AdmitRequest, u domain.Usage) bool {
-	return r.MaxSessions.Allows(u.Sessions) && r.MaxSeconds.Allows(u.Seconds)
+	batch := &pgx.Batch{}
+	batch.Queue(bulkLockUsersSQL, users)
+	if ensure {
+		var e struct {
+			users        []string
+			versions     []int64
+			starts, ends []time.Time
+		}
+		for gi, g := range groups {
+			if ga.maxS[gi] != 0 && ga.maxSc[gi] != 0 {
+				e.users = append(e.users, g.userID)
+				e.versions = append(e.versions, g.userVersion)
+				e.starts = append(e.starts, ga.starts[gi])
+				e.ends = append(e.ends, ga.ends[gi])
+			}
+		}
+		batch.Queue(bulkEnsureUsageSQL, e.users, e.versions, e.starts, e.ends)
+	}
+	batch.Queue(bulkAdmitSQL, ga.users, ga.starts, ga.versions, ga.n, ga.maxS, ga.maxSc,
+		sa.gi, sa.k, sa.ids, sa.titles, sa.languages, sa.providers, sa.created)
+
+	// No BEGIN: the pipeline ends in one Sync, so Postgres runs it as one
+	// implicit transaction and commits it before answering the Sync; Close
+	// returns only then, so nothing below runs before the COMMIT.
+	br := s.pool.SendBatch(ctx, batch)
+	versions, err := scanVersions(br)
+	if err == nil && ensure {
+		_, err = br.Exec()
+	}
+	var done map[int64]counted
+	if err == nil {
+		done, err = scanCounted(br)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	for gi, g := range groups {
+		v, known := versions[g.userID]
+		c, ok := done[int64(gi+1)]
+		if known && v == g.userVersion && !ok && ga.maxS[gi] != 0 && ga.maxSc[gi] != 0 {
+			missing = append(missing, g) // no usage row yet: decided by the next pass
+			continue
+		}
+		base := c.counters
+		base.Sessions -= c.granted
+		base.Version -= c.granted
+		var k int64
+		for _, i := range g.reqs {
+			switch r := reqs[i]; {
+			case !known:
+				results[i] = persistence.AdmitResult{Outcome: persistence.UnknownUser}
+			case v != r.UserVersion:
+				results[i] = persistence.AdmitResult{Outcome: persistence.StaleUser}
+			case k < c.granted:
+				k++
+				after := base
+				after.Sessions += k
+				after.Version += k
+				results[i] = persistence.AdmitResult{Outcome: persistence.Admitted, Counters: after}
+			default:
+				// A rejected request sees the row as it is after every grant
+				// of its group, as it would after the earlier requests'
+				// statements. Without a row (a limit of 0), that is zero.
+				results[i] = persistence.AdmitResult{Outcome: persistence.OverLimit, Counters: c.counters}
+			}
+		}
+	}
+	return missing, nil
 }
 
 // groupRequests groups the batch by (user, period), sorted in lock order,
@@ -280,31 +289,19 @@ func scanVersions(br pgx.BatchResults) (map[string]int64, error) {
 	return versions, err
 }
 
-func scanLockedUsage(br pgx.BatchResults, groups []*group) error {
+func scanCounted(br pgx.BatchResults) (map[int64]counted, error) {
 	rows, err := br.Query()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	type key struct {
-		user  string
-		start int64
-	}
-	byKey := make(map[key]*group, len(groups))
-	for _, g := range groups {
-		byKey[key{g.userID, ts(g.periodStart).UnixMicro()}] = g
-	}
+	done := make(map[int64]counted)
 	var (
-		user  string
-		start time.Time
-		c     persistence.Counters
+		gi int64
+		c  counted
 	)
-	_, err = pgx.ForEachRow(rows, []any{&user, &start, &c.Sessions, &c.Seconds, &c.Version}, func() error {
-		g := byKey[key{user, start.UnixMicro()}]
-		if g == nil {
-			return fmt.Errorf("admit: locked usage row %s@%s that no request asked for", user, start)
-		}
-		g.counters, g.locked = c, true
+	_, err = pgx.ForEachRow(rows, []any{&gi, &c.counters.Sessions, &c.counters.Seconds, &c.counters.Version, &c.granted}, func() error {
+		done[gi] = c
 		return nil
 	})
-	return err
+	return done, err
 }

@@ -43,6 +43,11 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: parse database URL: %w", err)
 	}
+	// Group commits run as implicit transactions (a pipeline ending in one
+	// Sync, admit_bulk.go), which take the session's default isolation, and
+	// the fences rely on READ COMMITTED: state it instead of trusting the
+	// server's configuration.
+	cfg.ConnConfig.RuntimeParams["default_transaction_isolation"] = "read committed"
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, translate("connect", err)

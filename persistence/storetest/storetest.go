@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) persistence.Store) {
 		{"AdmitEmptyBatch", testAdmitEmptyBatch},
 		{"AdmitBatchCountsInOrder", testAdmitBatchCountsInOrder},
 		{"AdmitBatchResultsInRequestOrder", testAdmitBatchResultsInRequestOrder},
+		{"AdmitBatchMixesCountedAndNewPeriods", testAdmitBatchMixesCountedAndNewPeriods},
 		{"AdmitStaleUser", testAdmitStaleUser},
 		{"AdmitUnknownUser", testAdmitUnknownUser},
 		{"AdmitOverLimitSessions", testAdmitOverLimitSessions},
@@ -429,6 +430,43 @@ func testAdmitBatchResultsInRequestOrder(t *testing.T, s persistence.Store) {
 	for _, id := range []string{"z3", "a0", "a2", "g1"} {
 		wantNoSession(t, s, id)
 	}
+}
+
+func testAdmitBatchMixesCountedAndNewPeriods(t *testing.T, s persistence.Store) {
+	// One batch with a period that already has a count (bob, 2 of 3 used),
+	// periods that have none yet (amy now, bob next month), and a user whose
+	// limit leaves nothing: a store that creates usage rows separately from
+	// counting on them must still decide each group exactly once.
+	amy, bob, zoe := ensureUser(t, s, "amy"), ensureUser(t, s, "bob"), ensureUser(t, s, "zoe")
+	admit(t, s, request(bob, "b1", t0, 3, unlimited), request(bob, "b2", t0, 3, unlimited))
+	next := bob.Period(t0).End
+	reqs := []persistence.AdmitRequest{
+		request(bob, "b3", t0, 3, unlimited),
+		request(amy, "a1", t0, 2, unlimited),
+		request(bob, "n1", next, 3, unlimited),
+		request(zoe, "z1", t0, 0, unlimited),
+		request(bob, "b4", t0, 3, unlimited),
+		request(amy, "a2", t0, 2, unlimited),
+		request(amy, "a3", t0, 2, unlimited),
+	}
+	res := admit(t, s, reqs...)
+	wantResult(t, "b3", res[0], persistence.Admitted, counters(3, 0, 3))
+	wantResult(t, "a1", res[1], persistence.Admitted, counters(1, 0, 1))
+	wantResult(t, "n1", res[2], persistence.Admitted, counters(1, 0, 1))
+	wantResult(t, "z1", res[3], persistence.OverLimit, persistence.Counters{})
+	wantResult(t, "b4", res[4], persistence.OverLimit, counters(3, 0, 3))
+	wantResult(t, "a2", res[5], persistence.Admitted, counters(2, 0, 2))
+	wantResult(t, "a3", res[6], persistence.OverLimit, counters(2, 0, 2))
+	for _, id := range []string{"b3", "a1", "n1", "a2"} {
+		getSession(t, s, id)
+	}
+	for _, id := range []string{"z1", "b4", "a3"} {
+		wantNoSession(t, s, id)
+	}
+	wantUsage(t, s, "bob", bob.Period(t0).Start, counters(3, 0, 3))
+	wantUsage(t, s, "bob", next, counters(1, 0, 1))
+	wantUsage(t, s, "amy", amy.Period(t0).Start, counters(2, 0, 2))
+	wantUsage(t, s, "zoe", zoe.Period(t0).Start, persistence.Counters{})
 }
 
 func testAdmitStaleUser(t *testing.T, s persistence.Store) {
