@@ -44,9 +44,12 @@ type Options struct {
 	Now func() time.Time
 	// DefaultTimeout bounds a request whose context has no deadline.
 	DefaultTimeout time.Duration
-	// Writers is the number of group-commit writers (default 2: one
-	// transaction executes while the other commits; measured 8–9k → 10–13k
-	// admitted/s with 256 clients over 10 000 users, no gain from 3).
+	// Writers is the number of group-commit writers (default 1). With the
+	// batch in one round trip (postgres/admit_bulk.go), one writer making
+	// bigger batches measured 15.9k admitted/s against 15.0k for two, and
+	// less Postgres CPU (256 clients over 10 000 users), as DESIGN.md's
+	// prototype found; two helped only while a batch took several round
+	// trips.
 	Writers int
 	// IdempotencyTTL is how long Idempotency-Keys are kept at least
 	// (default 24h); older ones are pruned every PruneEvery (default 10m).
@@ -114,7 +117,7 @@ func New(o Options) (*Service, error) {
 		o.DefaultTimeout = 5 * time.Second
 	}
 	if o.Writers <= 0 {
-		o.Writers = 2
+		o.Writers = 1
 	}
 	if o.IdempotencyTTL <= 0 {
 		o.IdempotencyTTL = 24 * time.Hour

@@ -18,10 +18,8 @@ import (
 // commits whatever has queued up in one transaction as soon as the previous
 // one is done — no timer, so a lone request is not delayed and a busy
 // service gets big batches. Each caller is answered after COMMIT, so
-// durability is unchanged. DESIGN.md's prototype found one writer best
-// (bigger batches cost Postgres less per row); this transaction takes
-// several round trips, and two writers — one executing while the other
-// commits — measured better here (see Options.Writers).
+// durability is unchanged. One writer is the default: bigger batches cost
+// Postgres less per row (DESIGN.md; Options.Writers has the figures).
 type writer struct {
 	store    persistence.Store
 	queue    chan *job

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"strings"
 	"sync"
 	"time"
@@ -40,29 +41,39 @@ func IssueToken(secret []byte, userID string, ttl time.Duration, now time.Time) 
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
 }
 
-// tokenCacheSize bounds the verified-token cache; tokenCacheMaxLen keeps a
-// flood of huge tokens from pinning memory (larger ones are verified every
-// time).
+// tokenCacheSize bounds the verified-token cache: one entry per token in
+// use, ~100 bytes each, so that a service with that many active users
+// verifies each token once (a smaller cache than the active users thrashed
+// and verified most requests again). tokenCacheMaxLen keeps a flood of
+// huge tokens from pinning memory (larger ones are verified every time).
 const (
-	tokenCacheSize   = 8192
+	tokenCacheSize   = 1 << 18
 	tokenCacheMaxLen = 1024
 )
 
 // authenticator verifies user tokens and the admin token.
 //
 // Verifying an HS256 token (base64, JSON, HMAC) cost as much as the rest of
-// an over-limit answer, so verified tokens are cached by their exact string.
-// The cache is safe because a token string fully determines its claims and
-// signature; what changes with time, the expiry, is checked on every hit.
+// an over-limit answer, so verified tokens are cached. The cache is safe
+// because a token string fully determines its claims and signature; what
+// changes with time, the expiry, is checked on every hit. Entries are keyed
+// by a 128-bit keyed hash of the token (maphash, seeds drawn at start-up)
+// rather than the token itself, which would triple the memory per entry:
+// without the seeds, making a token collide with a cached one is a 2^128
+// search.
 type authenticator struct {
 	secret    []byte
 	adminHash [sha256.Size]byte
 	parser    *jwt.Parser
 	now       func() time.Time
+	seeds     [2]maphash.Seed
+	cacheSize int
 
 	mu    sync.RWMutex
-	cache map[string]verifiedToken
+	cache map[tokenKey]verifiedToken
 }
+
+type tokenKey [2]uint64
 
 type verifiedToken struct {
 	sub string
@@ -78,8 +89,10 @@ func newAuthenticator(secret []byte, adminToken string, now func() time.Time) *a
 			jwt.WithExpirationRequired(),
 			jwt.WithTimeFunc(now),
 		),
-		now:   now,
-		cache: make(map[string]verifiedToken),
+		now:       now,
+		seeds:     [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		cacheSize: tokenCacheSize,
+		cache:     make(map[tokenKey]verifiedToken),
 	}
 }
 
@@ -94,8 +107,9 @@ var (
 // user verifies a user token and returns its subject.
 func (a *authenticator) user(token string) (string, error) {
 	now := a.now()
+	key := tokenKey{maphash.String(a.seeds[0], token), maphash.String(a.seeds[1], token)}
 	a.mu.RLock()
-	v, ok := a.cache[token]
+	v, ok := a.cache[key]
 	a.mu.RUnlock()
 	if ok {
 		if now.Before(v.exp) {
@@ -116,27 +130,27 @@ func (a *authenticator) user(token string) (string, error) {
 		return "", errBadToken
 	}
 	if len(token) <= tokenCacheMaxLen {
-		a.remember(token, verifiedToken{sub: claims.Subject, exp: claims.ExpiresAt.Time}, now)
+		a.remember(key, verifiedToken{sub: claims.Subject, exp: claims.ExpiresAt.Time}, now)
 	}
 	return claims.Subject, nil
 }
 
-func (a *authenticator) remember(token string, v verifiedToken, now time.Time) {
+func (a *authenticator) remember(key tokenKey, v verifiedToken, now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if len(a.cache) >= tokenCacheSize {
+	if len(a.cache) >= a.cacheSize {
 		for k, e := range a.cache {
 			if !now.Before(e.exp) {
 				delete(a.cache, k)
 			}
 		}
-		if len(a.cache) >= tokenCacheSize {
+		if len(a.cache) >= a.cacheSize {
 			// Still full of live tokens: start over rather than track
 			// recency; a miss only costs one verification.
 			clear(a.cache)
 		}
 	}
-	a.cache[token] = v
+	a.cache[key] = v
 }
 
 // admin reports whether token is the admin token. Comparing digests in

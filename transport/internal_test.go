@@ -60,7 +60,8 @@ func TestTokenCacheIsBounded(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
 	a := newAuthenticator([]byte("k"), "admin", clock)
-	for i := range tokenCacheSize + 10 {
+	a.cacheSize = 100
+	for i := range a.cacheSize + 10 {
 		tok, err := IssueToken([]byte("k"), fmt.Sprintf("u%d", i), time.Hour, now)
 		if err != nil {
 			t.Fatal(err)
@@ -68,7 +69,7 @@ func TestTokenCacheIsBounded(t *testing.T) {
 		if sub, err := a.user(tok); err != nil || sub != fmt.Sprintf("u%d", i) {
 			t.Fatalf("token %d: %q %v", i, sub, err)
 		}
-		if n := len(a.cache); n > tokenCacheSize {
+		if n := len(a.cache); n > a.cacheSize {
 			t.Fatalf("cache holds %d tokens", n)
 		}
 	}
