@@ -95,6 +95,9 @@ func (a *userActor) onCreate(actx actor.Context, m *createSession, retries int) 
 			}
 			if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
 				a.deps.metrics.rejectedFromMemory()
+				// Valid as long as this actor would answer the same
+				// without asking the store (rejects.go).
+				a.deps.rejects.post(a.id, err, minTime(a.confirmedAt.Add(rejectFreshness), a.period.End))
 				m.answer(&reply{err: err})
 				return
 			}
@@ -201,6 +204,7 @@ func (a *userActor) drainWaiting(actx actor.Context) {
 
 func (a *userActor) onPassivate(actx actor.Context) {
 	a.passivating = true
+	a.deps.rejects.clear(a.id)
 	a.stopIfPassivating(actx)
 }
 
@@ -313,4 +317,11 @@ func (a *userActor) resolveUnknown(m *createSession, req persistence.AdmitReques
 		a.deps.metrics.resolved("unknown")
 	}
 	return &reply{err: cause}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }

@@ -90,6 +90,7 @@ type deps struct {
 	log     *slog.Logger
 	metrics *metrics
 	writer  writers
+	rejects *rejectBoard
 }
 
 type nopCache struct{}
@@ -141,6 +142,7 @@ func New(o Options) (*Service, error) {
 		log:     o.Logger,
 		metrics: newMetrics(o.Registry, &s.live),
 		writer:  newWriters(o.Writers, o.Store, o.Registry),
+		rejects: newRejectBoard(),
 	}
 	actorLog := o.Logger.With("component", "protoactor")
 	s.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return actorLog }))
@@ -282,6 +284,14 @@ func (s *Service) ask(ctx context.Context, m userMessage, deadline time.Time) *r
 
 // CreateSession admits and durably records a session.
 func (s *Service) CreateSession(ctx context.Context, userID string, in domain.NewSession, key string) (domain.Session, error) {
+	if key == "" {
+		// A user known to be over a limit is answered here, without the
+		// hop to its actor (rejects.go).
+		if err := s.deps.rejects.get(userID, s.deps.now()); err != nil {
+			s.deps.metrics.rejectedFromMemory()
+			return domain.Session{}, err
+		}
+	}
 	d := s.deadline(ctx)
 	r := s.ask(ctx, &createSession{user: userID, in: in, idempotencyKey: key, call: newCall(d)}, d)
 	return r.session, r.err

@@ -70,6 +70,9 @@ func (a *userActor) Receive(ctx actor.Context) {
 	case *passivate:
 		a.onPassivate(ctx)
 	case userMessage:
+		// Anything but a create may change what the user may do (a plan,
+		// a reset, a completed session): the posted rejection goes first.
+		a.deps.rejects.clear(a.id)
 		a.guard(m, func() { m.answer(a.handle(m)) })
 	}
 }
@@ -121,6 +124,7 @@ func (a *userActor) handle(m userMessage) *reply {
 // forget drops the cached state; the next request reloads it from the store.
 // Called after any store error whose outcome is unknown.
 func (a *userActor) forget() {
+	a.deps.rejects.clear(a.id)
 	a.user = nil
 	a.loaded = false
 }

@@ -1,0 +1,94 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/persistence/sqlite"
+)
+
+func TestRejectBoardExpiresAndClears(t *testing.T) {
+	b := newRejectBoard()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	full := errors.New("full")
+	if err := b.get("u", t0); err != nil {
+		t.Fatalf("empty board: %v", err)
+	}
+	b.post("u", full, t0.Add(time.Second))
+	if err := b.get("u", t0.Add(time.Second-time.Nanosecond)); err != full {
+		t.Fatalf("before until: %v", err)
+	}
+	if err := b.get("other", t0); err != nil {
+		t.Fatalf("other user: %v", err)
+	}
+	if err := b.get("u", t0.Add(time.Second)); err != nil {
+		t.Fatalf("at until: %v", err)
+	}
+	if n := b.len(); n != 0 {
+		t.Fatalf("expired entry kept: %d entries", n)
+	}
+	b.post("u", full, t0.Add(time.Hour))
+	b.clear("u")
+	if err := b.get("u", t0); err != nil || b.len() != 0 {
+		t.Fatalf("after clear: %v, %d entries", err, b.len())
+	}
+}
+
+// A user over its limit is posted on the board by its actor (so the next
+// over-limit creates skip the actor hop), only for as long as the actor
+// would itself answer from memory, and an admin change through the service
+// takes the posting down before it is answered.
+func TestOverLimitIsPostedUntilTheUserChanges(t *testing.T) {
+	store, err := sqlite.Open(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	if err := store.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	svc, err := New(Options{Store: store, Catalog: domain.DefaultCatalog(), Shards: 2,
+		Now: func() time.Time { return now }, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	in := domain.NewSession{Title: "t", Language: "en", STTProvider: "google"}
+	for range 10 {
+		if _, err := svc.CreateSession(ctx, "full", in, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = svc.CreateSession(ctx, "full", in, "")
+	if domain.ErrorCode(err) != domain.CodeSessionLimit {
+		t.Fatalf("11th on free: %v", err)
+	}
+	posted := svc.deps.rejects.get("full", now)
+	if domain.ErrorCode(posted) != domain.CodeSessionLimit {
+		t.Fatalf("rejection not posted: %v", posted)
+	}
+	if err := svc.deps.rejects.get("full", now.Add(rejectFreshness)); err != nil {
+		t.Fatalf("posting outlives the actor's own freshness bound: %v", err)
+	}
+	if _, err := svc.CreateSession(ctx, "full", in, ""); domain.ErrorCode(err) != domain.CodeSessionLimit {
+		t.Fatalf("12th on free: %v", err)
+	}
+	if _, _, err := svc.PutUser(ctx, "full", ptrTo("student"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.deps.rejects.get("full", now); err != nil {
+		t.Fatalf("posting survived a plan change: %v", err)
+	}
+	if _, err := svc.CreateSession(ctx, "full", in, ""); err != nil {
+		t.Fatalf("after upgrade: %v", err)
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }
