@@ -101,7 +101,15 @@ func classify(err error) (int, errorBody) {
 // real error, and the client only learns "internal error"; infrastructure
 // errors are logged as warnings and tell the client when to retry.
 func (s *server) fail(c *gin.Context, err error) {
+	if b := s.limits.body(err); b != nil {
+		c.Data(http.StatusForbidden, "application/json; charset=utf-8", b)
+		c.Abort()
+		return
+	}
 	status, body := classify(err)
+	if status == http.StatusForbidden {
+		s.limits.remember(err, body)
+	}
 	switch status {
 	case http.StatusInternalServerError:
 		s.log.LogAttrs(c.Request.Context(), slog.LevelError, "internal error",

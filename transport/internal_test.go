@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -102,5 +103,36 @@ func TestCursorRoundTrip(t *testing.T) {
 	c, err := decodeCursor(encodeCursor(s))
 	if err != nil || !c.CreatedAt.Equal(s.CreatedAt) || c.ID != s.ID || c.CreatedAt.Location() != time.UTC {
 		t.Errorf("%+v %v", c, err)
+	}
+}
+
+// The remembered 403 of a limit error is byte for byte what classifying it
+// gives, and only the very same error value gets it back.
+func TestLimitAnswersAreTheClassifiedBody(t *testing.T) {
+	var l limitAnswers
+	period := domain.Period{Start: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), End: time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC)}
+	full := &domain.LimitExceededError{Code: domain.CodeSessionLimit, Plan: "free", Usage: 10, Limit: 10, Period: period}
+	same := *full // equal fields, another value
+	same.Usage = 11
+	if b := l.body(full); b != nil {
+		t.Fatalf("empty cache answered %s", b)
+	}
+	status, body := classify(full)
+	if status != http.StatusForbidden {
+		t.Fatalf("status %d", status)
+	}
+	l.remember(full, body)
+	want, err := json.Marshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l.body(full); string(got) != string(want) {
+		t.Fatalf("remembered %s, want %s", got, want)
+	}
+	if got := l.body(&same); got != nil {
+		t.Fatalf("another error value got %s", got)
+	}
+	if got := l.body(domain.ErrNotFound); got != nil {
+		t.Fatalf("a non-limit error got %s", got)
 	}
 }

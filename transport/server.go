@@ -72,6 +72,7 @@ type server struct {
 	timeout    time.Duration
 	slots      chan struct{} // nil: no in-flight bound
 	now        func() time.Time
+	limits     limitAnswers
 }
 
 // New builds the HTTP handler. It fails on missing or invalid options, or
