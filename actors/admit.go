@@ -158,6 +158,11 @@ func (a *userActor) onAdmitDone(actx actor.Context, d *admitDone) {
 		return
 	}
 	delete(a.inflight, d.id)
+	if len(a.inflight) == 0 {
+		// An emptied map keeps its buckets: drop it, so that an active
+		// user between admissions costs no more than an idle one.
+		a.inflight = nil
+	}
 	if a.loaded && e.req.Session.PeriodStart.Equal(a.period.Start) {
 		a.reserved--
 	}
