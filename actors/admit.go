@@ -69,12 +69,14 @@ func (a *userActor) onCreate(actx actor.Context, m *createSession, retries int) 
 		m.answer(&reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded before the user's accounting could start it"}})
 		return
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), workDeadline(m.deadline))
-	defer cancel()
+	wc := workCtx{deadline: workDeadline(m.deadline)}
+	defer wc.done()
 	now := a.deps.now()
-	if err := a.refresh(ctx, now, false); err != nil {
-		m.answer(&reply{err: err})
-		return
+	if !a.current(now) {
+		if err := a.refresh(wc.get(), now, false); err != nil {
+			m.answer(&reply{err: err})
+			return
+		}
 	}
 	plan, err := a.plan()
 	if err != nil {
@@ -84,7 +86,7 @@ func (a *userActor) onCreate(actx actor.Context, m *createSession, retries int) 
 	if m.idempotencyKey == "" {
 		if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
 			if now.Sub(a.confirmedAt) > rejectFreshness {
-				if err := a.refresh(ctx, now, true); err != nil {
+				if err := a.refresh(wc.get(), now, true); err != nil {
 					m.answer(&reply{err: err})
 					return
 				}
@@ -176,9 +178,9 @@ func (a *userActor) settle(actx actor.Context, e *inflight, d *admitDone) {
 		e.m.answer(a.resolveUnknown(e.m, e.req, d.err))
 		return
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), workDeadline(e.m.deadline))
-	defer cancel()
-	r, retry := a.outcome(ctx, e.req, e.plan, d.res)
+	wc := workCtx{deadline: workDeadline(e.m.deadline)}
+	defer wc.done()
+	r, retry := a.outcome(&wc, e.req, e.plan, d.res)
 	if !retry {
 		e.m.answer(r)
 		return
@@ -189,7 +191,7 @@ func (a *userActor) settle(actx actor.Context, e *inflight, d *admitDone) {
 		e.m.answer(&reply{err: domain.Unavailable("accounting", fmt.Errorf("user %s changed %d times during one admission", a.id, e.retries+1))})
 		return
 	}
-	if err := a.refresh(ctx, a.deps.now(), true); err != nil {
+	if err := a.refresh(wc.get(), a.deps.now(), true); err != nil {
 		e.m.answer(&reply{err: err})
 		return
 	}
@@ -224,7 +226,7 @@ func (a *userActor) stopIfPassivating(actx actor.Context) {
 
 // outcome turns the store's decision into the reply; retry is true when the
 // user changed under the decision and it must be made again.
-func (a *userActor) outcome(ctx context.Context, req persistence.AdmitRequest, plan domain.Plan, r persistence.AdmitResult) (_ *reply, retry bool) {
+func (a *userActor) outcome(wc *workCtx, req persistence.AdmitRequest, plan domain.Plan, r persistence.AdmitResult) (_ *reply, retry bool) {
 	period := domain.Period{Start: req.Session.PeriodStart, End: req.PeriodEnd}
 	switch r.Outcome {
 	case persistence.Admitted:
@@ -240,7 +242,7 @@ func (a *userActor) outcome(ctx context.Context, req persistence.AdmitRequest, p
 		if r.Record == nil {
 			return &reply{err: fmt.Errorf("store replayed key %q without a record", req.IdempotencyKey)}, false
 		}
-		return a.replay(ctx, req, *r.Record), false
+		return a.replay(wc.get(), req, *r.Record), false
 	case persistence.StaleUser, persistence.UnknownUser:
 		return nil, true
 	}
@@ -329,4 +331,26 @@ func minTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// workCtx is the context of one message's store calls, made on first use:
+// most creates are decided from memory and never call the store, and a
+// context with a deadline costs a timer.
+type workCtx struct {
+	deadline time.Time
+	ctx      context.Context
+	cancel   context.CancelFunc
+}
+
+func (w *workCtx) get() context.Context {
+	if w.ctx == nil {
+		w.ctx, w.cancel = context.WithDeadline(context.Background(), w.deadline)
+	}
+	return w.ctx
+}
+
+func (w *workCtx) done() {
+	if w.cancel != nil {
+		w.cancel()
+	}
 }

@@ -129,6 +129,12 @@ func (a *userActor) forget() {
 	a.loaded = false
 }
 
+// current reports whether user, period and counters are current for now,
+// i.e. whether refresh(…, now, false) has nothing to do.
+func (a *userActor) current(now time.Time) bool {
+	return a.user != nil && a.loaded && a.user.Period(now).Start.Equal(a.period.Start)
+}
+
 // refresh makes user, period and counters current for now: it provisions the
 // user on first sight, and reloads counters when the period rolled over or
 // when reload is set (the store may have moved on: another process, or an
