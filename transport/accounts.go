@@ -14,6 +14,9 @@ import (
 type Accounts interface {
 	// CreateSession admits and durably records a session for the user, or
 	// returns a *domain.LimitExceededError. idempotencyKey may be empty.
+	// ctx reports the request's deadline but is not canceled when it
+	// passes (only when the client goes away): the implementation must
+	// bound its own wait by ctx.Deadline().
 	CreateSession(ctx context.Context, userID string, in domain.NewSession, idempotencyKey string) (domain.Session, error)
 	// GetSession returns the user's session, or domain.ErrNotFound when it
 	// does not exist or belongs to another user.

@@ -38,7 +38,13 @@ import (
 // Lock order, the same in every transaction so that concurrent batches
 // cannot deadlock: users (shared), then usage rows, each sorted by byte
 // order (COLLATE "C", which is also the order lockOrder gives the
-// per-request path).
+// per-request path). The UPDATE visits the groups in the order they are
+// passed because its plan is a nested loop over them with index lookups
+// on usage (EXPLAIN in the commit that introduced it); one process's
+// batches never overlap anyway (one writer, or users hashed to writers).
+// Should Postgres ever pick another plan while two processes share users,
+// a deadlock is detected and aborts one batch, whose callers get a 503
+// after their outcome is looked up — never a wrong count.
 
 // bulkLockUsersSQL share-locks the batch's users and returns their versions.
 const bulkLockUsersSQL = `
