@@ -99,7 +99,7 @@ func (a *userActor) onCreate(actx actor.Context, m *createSession, retries int) 
 				a.deps.metrics.rejectedFromMemory()
 				// Valid as long as this actor would answer the same
 				// without asking the store (rejects.go).
-				a.deps.rejects.post(a.id, err, minTime(a.confirmedAt.Add(rejectFreshness), a.period.End))
+				err = a.deps.rejects.post(a.id, err, minTime(a.confirmedAt.Add(rejectFreshness), a.period.End))
 				m.answer(&reply{err: err})
 				return
 			}

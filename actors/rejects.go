@@ -3,6 +3,8 @@ package actors
 import (
 	"sync"
 	"time"
+
+	"github.com/tally-dev/tally/domain"
 )
 
 // rejectBoard lets an over-limit create be answered without the hop to the
@@ -20,8 +22,9 @@ import (
 // process is seen by the next request; a change made through another
 // process is seen within rejectFreshness, as by the actor.
 //
-// Entries are dropped when read after they expire and when the actor stops,
-// so the board holds at most one entry per live actor.
+// Entries are dropped when the actor is passivated or forgets its state,
+// and whenever any other message for the user arrives, so the board holds
+// at most one entry per live actor.
 type rejectBoard struct {
 	shards [64]rejectShard
 }
@@ -49,30 +52,41 @@ func (b *rejectBoard) shard(user string) *rejectShard {
 }
 
 // get returns the rejection posted for user if it is still valid at now.
+// An expired entry stays (post reuses its error value) until the actor
+// clears it.
 func (b *rejectBoard) get(user string, now time.Time) error {
 	sh := b.shard(user)
 	sh.mu.RLock()
 	p, ok := sh.m[user]
 	sh.mu.RUnlock()
-	if !ok {
-		return nil
-	}
-	if now.Before(p.until) {
+	if ok && now.Before(p.until) {
 		return p.err
 	}
-	sh.mu.Lock()
-	if q, ok := sh.m[user]; ok && !now.Before(q.until) {
-		delete(sh.m, user)
-	}
-	sh.mu.Unlock()
 	return nil
 }
 
-func (b *rejectBoard) post(user string, err error, until time.Time) {
+// post posts err for user until the given time and returns the error to
+// answer with: the one posted before when it says the same thing, so that a
+// full user is refused with one error value across re-confirmations (the
+// transport keeps the encoded 403 of a limit error value).
+func (b *rejectBoard) post(user string, err error, until time.Time) error {
 	sh := b.shard(user)
 	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if prev, ok := sh.m[user]; ok && sameLimitError(prev.err, err) {
+		err = prev.err
+	}
 	sh.m[user] = posted{err: err, until: until}
-	sh.mu.Unlock()
+	return err
+}
+
+func sameLimitError(a, b error) bool {
+	la, ok := a.(*domain.LimitExceededError)
+	if !ok {
+		return false
+	}
+	lb, ok := b.(*domain.LimitExceededError)
+	return ok && *la == *lb
 }
 
 func (b *rejectBoard) clear(user string) {

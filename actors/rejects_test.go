@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"errors"
+	"hash/fnv"
 	"log/slog"
 	"testing"
 	"time"
@@ -28,9 +29,22 @@ func TestRejectBoardExpiresAndClears(t *testing.T) {
 	if err := b.get("u", t0.Add(time.Second)); err != nil {
 		t.Fatalf("at until: %v", err)
 	}
-	if n := b.len(); n != 0 {
-		t.Fatalf("expired entry kept: %d entries", n)
+	// A limit error equal to the posted one is answered with the posted
+	// value; a different one replaces it.
+	full1 := &domain.LimitExceededError{Code: domain.CodeSessionLimit, Plan: "free", Usage: 10, Limit: 10}
+	full2 := *full1
+	if got := b.post("v", full1, t0.Add(time.Second)); got != full1 {
+		t.Fatalf("first post answered %v", got)
 	}
+	if got := b.post("v", &full2, t0.Add(2*time.Second)); got != full1 {
+		t.Fatalf("equal limit error not reused: %p, want %p", got, full1)
+	}
+	full3 := *full1
+	full3.Usage = 11
+	if got := b.post("v", &full3, t0.Add(2*time.Second)); got != &full3 {
+		t.Fatalf("different limit error answered %v", got)
+	}
+	b.clear("v")
 	b.post("u", full, t0.Add(time.Hour))
 	b.clear("u")
 	if err := b.get("u", t0); err != nil || b.len() != 0 {
@@ -92,3 +106,15 @@ func TestOverLimitIsPostedUntilTheUserChanges(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// userHash is FNV-1a written out; it must stay the library's, so that
+// shards and writers keep the distribution measured with it.
+func TestUserHashIsFNV1a(t *testing.T) {
+	for _, id := range []string{"", "a", "alice", "load-3803b213-9999", "ünïcødé"} {
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(id))
+		if got, want := userHash(id), h.Sum32(); got != want {
+			t.Errorf("userHash(%q) = %d, want %d", id, got, want)
+		}
+	}
+}

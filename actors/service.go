@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -233,10 +232,20 @@ func (s *Service) shardFor(userID string) *actor.PID {
 	return s.shards[userHash(userID)%uint32(len(s.shards))]
 }
 
+// userHash is FNV-1a of the user id, written out over the string: it runs
+// for every request (shard, writer and reject-board choice), and hash/fnv
+// through its interface allocates the hasher and a copy of the id.
 func userHash(userID string) uint32 {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(userID))
-	return h.Sum32()
+	const (
+		offset32 = 2166136261
+		prime32  = 16777619
+	)
+	h := uint32(offset32)
+	for i := 0; i < len(userID); i++ {
+		h ^= uint32(userID[i])
+		h *= prime32
+	}
+	return h
 }
 
 func (s *Service) deadline(ctx context.Context) time.Time {
