@@ -50,7 +50,7 @@ func (s *server) createSession(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	sess, err := s.accounts.CreateSession(c.Request.Context(), userID(c), in, key)
+	sess, err := s.accounts.CreateSession(s.createContext(c), userID(c), in, key)
 	s.metrics.admission(err)
 	if err != nil {
 		s.fail(c, err)
