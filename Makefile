@@ -12,7 +12,7 @@ IMAGE    ?= tally:dev
 BENCHFLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint fmt fuzz bench bench-compare clean docker
+.PHONY: help build run test lint fmt fuzz bench bench-diff bench-compare clean docker
 
 help: ## List the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -42,6 +42,21 @@ fuzz: ## Fuzz request decoding for FUZZTIME (default 60s)
 
 bench: ## Run the benchmarks with allocation counts
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+# Go benchmarks of BASE (a git ref) against the working tree, 6 runs each,
+# compared with benchstat. BENCH narrows them (a -bench regexp), PKGS the
+# packages, e.g. make bench-diff BASE=main~3 BENCH=AdmitBatch PKGS=./persistence/postgres
+BASE ?= HEAD~1
+BENCH ?= .
+PKGS ?= ./...
+BENCHSTAT = golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
+bench-diff: ## Compare Go benchmarks between BASE (git ref, default HEAD~1) and the working tree with benchstat
+	@mkdir -p bin && rm -rf bin/bench-base && git worktree prune
+	git worktree add --detach bin/bench-base $(BASE)
+	cd bin/bench-base && $(GO) test -run='^$$' -bench='$(BENCH)' -benchmem -count=6 $(PKGS) > ../bench-base.txt; \
+		status=$$?; cd ../.. && git worktree remove --force bin/bench-base; exit $$status
+	$(GO) test -run='^$$' -bench='$(BENCH)' -benchmem -count=6 $(PKGS) > bin/bench-head.txt
+	$(GO) run $(BENCHSTAT) bin/bench-base.txt bin/bench-head.txt
 
 # Ratios measured in one run on this machine (see tools/bench): 15-25 minutes
 # by default (mostly the million-users phase), ~2 with
