@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"time"
@@ -140,6 +141,31 @@ func (a *userActor) current(now time.Time) bool {
 // when reload is set (the store may have moved on: another process, or an
 // error whose outcome is unknown).
 func (a *userActor) refresh(ctx context.Context, now time.Time, reload bool) error {
+	if a.user != nil && reload {
+		// Re-confirming a known user (its refusals, once a second at its
+		// limit): user and counters in one read.
+		p := a.user.Period(now)
+		u, c, err := a.deps.store.LoadUserUsage(ctx, a.id, p.Start)
+		switch {
+		case err == nil:
+			a.user = &u
+			if np := u.Period(now); !np.Start.Equal(p.Start) {
+				// The anchor moved under us: the period to load is another.
+				if c, err = a.deps.store.LoadUsage(ctx, a.id, np.Start); err != nil {
+					a.forget()
+					return err
+				}
+				p = np
+			}
+			a.adoptLoaded(p, c, now)
+			return nil
+		case errors.Is(err, domain.ErrNotFound):
+			a.user = nil // provisioned again below
+		default:
+			a.forget()
+			return err
+		}
+	}
 	if a.user == nil || reload {
 		u, err := a.deps.store.EnsureUser(ctx, a.id, now)
 		if err != nil {
@@ -155,18 +181,23 @@ func (a *userActor) refresh(ctx context.Context, now time.Time, reload bool) err
 			a.forget()
 			return err
 		}
-		a.period, a.counters, a.loaded = p, c, true
-		a.confirmedAt = now
-		a.deps.cache.Put(a.id, p.Start, c)
-		// Reservations count only in-flight admissions of this period.
-		a.reserved = 0
-		for _, e := range a.inflight {
-			if e.req.Session.PeriodStart.Equal(p.Start) {
-				a.reserved++
-			}
-		}
+		a.adoptLoaded(p, c, now)
 	}
 	return nil
+}
+
+// adoptLoaded takes counters just read from the store for period p.
+func (a *userActor) adoptLoaded(p domain.Period, c persistence.Counters, now time.Time) {
+	a.period, a.counters, a.loaded = p, c, true
+	a.confirmedAt = now
+	a.deps.cache.Put(a.id, p.Start, c)
+	// Reservations count only in-flight admissions of this period.
+	a.reserved = 0
+	for _, e := range a.inflight {
+		if e.req.Session.PeriodStart.Equal(p.Start) {
+			a.reserved++
+		}
+	}
 }
 
 func (a *userActor) plan() (domain.Plan, error) {

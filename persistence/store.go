@@ -142,6 +142,12 @@ type Store interface {
 	// LoadUsage returns the usage of the period starting at periodStart;
 	// zero counters when nothing was recorded yet.
 	LoadUsage(ctx context.Context, userID string, periodStart time.Time) (Counters, error)
+	// LoadUserUsage is GetUser and LoadUsage in one read: what a user's
+	// actor re-reads to re-confirm a refusal (once a second per user at
+	// its limit). The usage is of periodStart, which the caller computed
+	// from the anchor it knew; if the returned user's anchor gives another
+	// period, the caller loads that one. domain.ErrNotFound if no user.
+	LoadUserUsage(ctx context.Context, userID string, periodStart time.Time) (domain.User, Counters, error)
 
 	// Admit commits each admitted session together with its period's usage,
 	// in one transaction, before returning. Results are in request order.

@@ -98,3 +98,23 @@ func loadCounters(ctx context.Context, q querier, userID string, periodStart tim
 	}
 	return c, err
 }
+
+// LoadUserUsage reads the user and one period's usage in one statement.
+func (s *Store) LoadUserUsage(ctx context.Context, userID string, periodStart time.Time) (domain.User, persistence.Counters, error) {
+	var (
+		u domain.User
+		c persistence.Counters
+	)
+	err := s.pool.QueryRow(ctx, `
+		SELECT u.id, u.plan, u.billing_anchor, u.version, u.created_at, u.updated_at,
+		       COALESCE(us.sessions, 0), COALESCE(us.seconds, 0), COALESCE(us.version, 0)
+		FROM users u
+		LEFT JOIN usage us ON us.user_id = u.id AND us.period_start = $2
+		WHERE u.id = $1`, userID, ts(periodStart)).
+		Scan(&u.ID, &u.Plan, &u.BillingAnchor, &u.Version, &u.CreatedAt, &u.UpdatedAt, &c.Sessions, &c.Seconds, &c.Version)
+	if err != nil {
+		return domain.User{}, persistence.Counters{}, translate("load user usage", notFound(err))
+	}
+	u.BillingAnchor, u.CreatedAt, u.UpdatedAt = u.BillingAnchor.UTC(), u.CreatedAt.UTC(), u.UpdatedAt.UTC()
+	return u, c, nil
+}

@@ -110,3 +110,27 @@ func loadCounters(ctx context.Context, q querier, userID string, periodStart tim
 	}
 	return c, err
 }
+
+// LoadUserUsage reads the user and one period's usage in one statement.
+func (s *Store) LoadUserUsage(ctx context.Context, userID string, periodStart time.Time) (domain.User, persistence.Counters, error) {
+	var (
+		u                        domain.User
+		c                        persistence.Counters
+		anchor, created, updated int64
+	)
+	err := s.read.QueryRowContext(ctx, `
+		SELECT u.id, u.plan, u.billing_anchor, u.version, u.created_at, u.updated_at,
+		       COALESCE(us.sessions, 0), COALESCE(us.seconds, 0), COALESCE(us.version, 0)
+		FROM users u
+		LEFT JOIN usage us ON us.user_id = u.id AND us.period_start = ?
+		WHERE u.id = ?`, micros(periodStart), userID).
+		Scan(&u.ID, &u.Plan, &anchor, &u.Version, &created, &updated, &c.Sessions, &c.Seconds, &c.Version)
+	if errors.Is(err, sql.ErrNoRows) {
+		return domain.User{}, persistence.Counters{}, domain.ErrNotFound
+	}
+	if err != nil {
+		return domain.User{}, persistence.Counters{}, s.translate("load user usage", err)
+	}
+	u.BillingAnchor, u.CreatedAt, u.UpdatedAt = fromMicros(anchor), fromMicros(created), fromMicros(updated)
+	return u, c, nil
+}

@@ -34,6 +34,7 @@ func Run(t *testing.T, open func(t *testing.T) persistence.Store) {
 		{"GetUserNotFound", testGetUserNotFound},
 		{"PutUser", testPutUser},
 		{"LoadUsageEmpty", testLoadUsageEmpty},
+		{"LoadUserUsage", testLoadUserUsage},
 		{"Admit", testAdmit},
 		{"AdmitEmptyBatch", testAdmitEmptyBatch},
 		{"AdmitBatchCountsInOrder", testAdmitBatchCountsInOrder},
@@ -359,6 +360,45 @@ func testLoadUsageEmpty(t *testing.T, s persistence.Store) {
 	u := ensureUser(t, s, "alice")
 	wantUsage(t, s, u.ID, u.Period(t0).Start, persistence.Counters{})
 	wantUsage(t, s, "nobody", u.Period(t0).Start, persistence.Counters{})
+}
+
+func testLoadUserUsage(t *testing.T, s persistence.Store) {
+	ctx := t.Context()
+	if _, _, err := s.LoadUserUsage(ctx, "nobody", t0); !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("unknown user: err = %v, want ErrNotFound", err)
+	}
+	u := ensureUser(t, s, "alice")
+	start := u.Period(t0).Start
+	got, c, err := s.LoadUserUsage(ctx, "alice", start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != u || c != (persistence.Counters{}) {
+		t.Fatalf("before any admission: %+v %+v, want %+v and zero counters", got, c, u)
+	}
+	admit(t, s, request(u, "s1", t0, 10, unlimited), request(u, "s2", t0, 10, unlimited))
+	plan := "pro"
+	u = putUser(t, s, persistence.UserChange{ID: "alice", Plan: &plan, Now: t0})
+	got, c, err = s.LoadUserUsage(ctx, "alice", start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same as GetUser and LoadUsage, read apart.
+	wantUser, err := s.GetUser(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCounters, err := s.LoadUsage(ctx, "alice", start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != wantUser || got != u || c != wantCounters || c != counters(2, 0, 2) {
+		t.Fatalf("after two admissions and a plan change: %+v %+v, want %+v %+v", got, c, wantUser, wantCounters)
+	}
+	// Another period's usage is its own.
+	if _, c, err := s.LoadUserUsage(ctx, "alice", u.Period(t0).End); err != nil || c != (persistence.Counters{}) {
+		t.Fatalf("next period: %+v %v, want zero counters", c, err)
+	}
 }
 
 func testAdmit(t *testing.T, s persistence.Store) {
