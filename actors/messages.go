@@ -99,5 +99,9 @@ type reply struct {
 	err     error
 }
 
-// sweep asks a shard to passivate its idle user actors.
-type sweep struct{ now time.Time }
+// sweep is a shard's tick: passivate a few of the idle user actors it has
+// found, after looking for them first when scan is set.
+type sweep struct {
+	now  time.Time
+	scan bool
+}

@@ -163,20 +163,28 @@ func New(o Options) (*Service, error) {
 		s.shards = append(s.shards, pid)
 	}
 
-	// Sweep often enough that an idle actor lives at most ~1.25× IdleTimeout.
-	every := max(o.IdleTimeout/4, 10*time.Millisecond)
+	// Look for idle actors often enough that one lives at most ~1.25×
+	// IdleTimeout (plus the queue of others found idle with it), and stop
+	// the ones found a few at a time, every tick (shard.go).
+	scanEvery := max(o.IdleTimeout/4, 10*time.Millisecond)
+	tick := min(scanEvery, 50*time.Millisecond)
 	s.swept.Add(1)
 	go func() {
 		defer s.swept.Done()
-		t := time.NewTicker(every)
+		t := time.NewTicker(tick)
 		defer t.Stop()
+		var lastScan time.Time
 		for {
 			select {
 			case <-s.stopSweep:
 				return
 			case now := <-t.C:
+				scan := now.Sub(lastScan) >= scanEvery
+				if scan {
+					lastScan = now
+				}
 				for _, pid := range s.shards {
-					s.system.Root.Send(pid, &sweep{now: now})
+					s.system.Root.Send(pid, &sweep{now: now, scan: scan})
 				}
 			}
 		}

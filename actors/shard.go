@@ -21,13 +21,23 @@ type shard struct {
 	children map[string]*child        // user id → its actor
 	byPID    map[string]string        // child PID id → user id
 	pending  map[string][]userMessage // user id → messages held while its old actor stops
+	idleIDs  []string                 // children found idle, to passivate a few per tick
 }
 
 type child struct {
 	pid      *actor.PID
 	lastUsed time.Time
 	stopping bool
+	queued   bool // in idleIDs
 }
+
+// passivateBatch is how many idle actors one shard stops per tick at most.
+// Stopping an actor costs several messages through the shared dispatcher;
+// 50 000 users going idle together, all stopped at once, held other users'
+// requests up to 300 ms (p99 of creates 4 ms → 317 ms that second). A few
+// per shard per tick (5 120/s over 64 shards at the 50 ms tick) keeps up
+// with any realistic rate of users going idle without a stall.
+const passivateBatch = 4
 
 func newShard(userProps *actor.Props, idle time.Duration, live *atomic.Int64) actor.Producer {
 	return func() actor.Actor {
@@ -58,16 +68,15 @@ func (s *shard) Receive(ctx actor.Context) {
 		ctx.Send(c.pid, m)
 
 	case *sweep:
-		for _, c := range s.children {
-			if !c.stopping && m.now.Sub(c.lastUsed) >= s.idle {
-				// passivate is a user message: everything already forwarded
-				// is processed first, and the child stops itself once it owes
-				// no answer (no admission in flight); later messages are held
-				// in s.pending until its Terminated.
-				c.stopping = true
-				ctx.Send(c.pid, &passivate{})
+		if m.scan {
+			for id, c := range s.children {
+				if !c.stopping && !c.queued && m.now.Sub(c.lastUsed) >= s.idle {
+					c.queued = true
+					s.idleIDs = append(s.idleIDs, id)
+				}
 			}
 		}
+		s.passivateSome(ctx, m.now)
 
 	case *actor.Terminated:
 		id, ok := s.byPID[m.Who.Id]
@@ -87,6 +96,35 @@ func (s *shard) Receive(ctx actor.Context) {
 		for _, m := range held {
 			ctx.Send(c.pid, m)
 		}
+	}
+}
+
+// passivateSome stops up to passivateBatch of the children found idle that
+// are still idle now.
+func (s *shard) passivateSome(ctx actor.Context, now time.Time) {
+	n := 0
+	for len(s.idleIDs) > 0 && n < passivateBatch {
+		id := s.idleIDs[0]
+		s.idleIDs[0] = ""
+		s.idleIDs = s.idleIDs[1:]
+		c := s.children[id]
+		if c == nil || c.stopping || !c.queued {
+			continue
+		}
+		c.queued = false
+		if now.Sub(c.lastUsed) < s.idle {
+			continue // used again since the scan
+		}
+		// passivate is a user message: everything already forwarded is
+		// processed first, and the child stops itself once it owes no
+		// answer (no admission in flight); later messages are held in
+		// s.pending until its Terminated.
+		c.stopping = true
+		ctx.Send(c.pid, &passivate{})
+		n++
+	}
+	if len(s.idleIDs) == 0 {
+		s.idleIDs = nil // let a drained queue's array go
 	}
 }
 
