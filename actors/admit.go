@@ -135,7 +135,10 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 		MaxSessions:    plan.MaxSessions,
 		MaxSeconds:     plan.MaxSeconds(),
 		IdempotencyKey: m.idempotencyKey,
-		RequestHash:    m.in.Fingerprint(),
+	}
+	if m.idempotencyKey != "" {
+		// Only a key's replay compares bodies: no hash for the rest.
+		req.RequestHash = m.in.Fingerprint()
 	}
 	a.nextID++
 	id := a.nextID
@@ -144,10 +147,13 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 		// need it, and memory per active user is a target.
 		a.inflight = make(map[uint64]*inflight)
 	}
-	a.inflight[id] = &inflight{m: m, req: req, plan: plan, retries: retries}
+	e := &inflight{m: m, req: req, plan: plan, retries: retries}
+	a.inflight[id] = e
 	a.reserved++
 	self, root := actx.Self(), actx.ActorSystem().Root
-	a.deps.writer.submit(userHash(a.id), &job{req: req, deadline: m.deadline, answerBy: workDeadline(m.deadline), deliver: func(res persistence.AdmitResult, err error) {
+	// The job points at the in-flight entry's request (never changed once
+	// submitted) rather than carrying a second copy of it.
+	a.deps.writer.submit(userHash(a.id), &job{req: &e.req, deadline: m.deadline, answerBy: workDeadline(m.deadline), deliver: func(res persistence.AdmitResult, err error) {
 		root.Send(self, &admitDone{id: id, res: res, err: err})
 	}})
 }

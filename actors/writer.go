@@ -35,7 +35,7 @@ type writer struct {
 // job is one admission waiting for its commit. deliver is called exactly
 // once, from the writer's goroutine.
 type job struct {
-	req      persistence.AdmitRequest
+	req      *persistence.AdmitRequest
 	deadline time.Time // when the caller stops waiting
 	answerBy time.Time // when the writer answers at the latest (deadline less a margin for the reply)
 	deliver  func(persistence.AdmitResult, error)
@@ -228,7 +228,7 @@ func (w *writer) start(batch []*job) ([]*job, chan batchResult) {
 	var deadline time.Time
 	reqs := make([]persistence.AdmitRequest, len(jobs))
 	for i, j := range jobs {
-		reqs[i] = j.req
+		reqs[i] = *j.req
 		if j.answerBy.After(deadline) {
 			deadline = j.answerBy
 		}

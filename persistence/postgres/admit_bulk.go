@@ -137,21 +137,29 @@ func (s *Store) admitBulk(ctx context.Context, reqs []persistence.AdmitRequest) 
 // their usage row did not exist (ensure creates them first).
 func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest, groups []*group, ensure bool,
 	results []persistence.AdmitResult) (missing []*group, err error) {
-	var users []string
+	users := make([]string, 0, len(groups))
 	for _, g := range groups {
 		if len(users) == 0 || users[len(users)-1] != g.userID {
 			users = append(users, g.userID)
 		}
 	}
-	var ga struct {
+	// The columns of the groups (ga) and of the sessions (sa), sized once.
+	ng, nr := len(groups), len(reqs)
+	ga := struct {
 		users                    []string
 		starts, ends             []time.Time
 		versions, n, maxS, maxSc []int64
+	}{
+		users: make([]string, 0, ng), starts: make([]time.Time, 0, ng), ends: make([]time.Time, 0, ng),
+		versions: make([]int64, 0, ng), n: make([]int64, 0, ng), maxS: make([]int64, 0, ng), maxSc: make([]int64, 0, ng),
 	}
-	var sa struct {
+	sa := struct {
 		gi, k                             []int64
 		ids, titles, languages, providers []string
 		created                           []time.Time
+	}{
+		gi: make([]int64, 0, nr), k: make([]int64, 0, nr), ids: make([]string, 0, nr), titles: make([]string, 0, nr),
+		languages: make([]string, 0, nr), providers: make([]string, 0, nr), created: make([]time.Time, 0, nr),
 	}
 	for gi, g := range groups {
 		first := -1
