@@ -2,6 +2,7 @@ package rediscache_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -82,6 +83,36 @@ func TestConcurrentPutsConvergeOnNewest(t *testing.T) {
 			t.Fatalf("Get = %+v ok=%v err=%v, want %+v", got, ok, err, want)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Writes flushed together (one script call for the batch) are still
+// compare-and-set key by key: a stale one among fresh ones changes nothing.
+func TestBatchedPutsKeepEachKeysNewest(t *testing.T) {
+	c, _ := realCache(t)
+	ctx := context.Background()
+	if wrote, err := c.Set(ctx, "u1", period, counters(3, 60, 3)); err != nil || !wrote {
+		t.Fatalf("set: wrote=%v err=%v", wrote, err)
+	}
+	c.Put("u1", period, counters(2, 0, 2)) // stale
+	for u := 2; u <= 40; u++ {
+		c.Put(fmt.Sprintf("u%d", u), period, counters(int64(u), 0, int64(u)))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for u := 2; u <= 40; u++ {
+		for {
+			got, ok, err := c.Get(ctx, fmt.Sprintf("u%d", u), period)
+			if err == nil && ok && got == counters(int64(u), 0, int64(u)) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("u%d: Get = %+v ok=%v err=%v", u, got, ok, err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if got, ok, err := c.Get(ctx, "u1", period); err != nil || !ok || got != counters(3, 60, 3) {
+		t.Fatalf("u1 after a stale batched write: %+v ok=%v err=%v", got, ok, err)
 	}
 }
 
