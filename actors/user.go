@@ -148,7 +148,7 @@ func (a *userActor) refresh(ctx context.Context, now time.Time, reload bool) err
 		u, c, err := a.deps.store.LoadUserUsage(ctx, a.id, p.Start)
 		switch {
 		case err == nil:
-			a.user = &u
+			a.setUser(u)
 			if np := u.Period(now); !np.Start.Equal(p.Start) {
 				// The anchor moved under us: the period to load is another.
 				if c, err = a.deps.store.LoadUsage(ctx, a.id, np.Start); err != nil {
@@ -172,7 +172,7 @@ func (a *userActor) refresh(ctx context.Context, now time.Time, reload bool) err
 			a.forget()
 			return err
 		}
-		a.user = &u
+		a.setUser(u)
 	}
 	p := a.user.Period(now)
 	if reload || !a.loaded || !p.Start.Equal(a.period.Start) {
@@ -234,7 +234,7 @@ func (a *userActor) getUser(ctx context.Context) *reply {
 	if err != nil {
 		return &reply{err: err}
 	}
-	a.user = &u
+	a.setUser(u)
 	a.loaded = false
 	if err := a.refresh(ctx, a.deps.now(), false); err != nil {
 		return &reply{err: err}
@@ -260,7 +260,7 @@ func (a *userActor) putUser(ctx context.Context, plan *string, anchor *time.Time
 		a.forget()
 		return &reply{err: err}
 	}
-	a.user = &u
+	a.setUser(u)
 	a.loaded = false // the anchor may have moved the period
 	if err := a.refresh(ctx, now, false); err != nil {
 		return &reply{err: err}
@@ -320,4 +320,17 @@ func isClientError(err error) bool {
 		return true
 	}
 	return false
+}
+
+// setUser keeps u as the user, sharing strings the actor already holds: the
+// id it was spawned for and the catalog's plan name, instead of the
+// copies every store read allocates (memory per active user is a target).
+func (a *userActor) setUser(u domain.User) {
+	if u.ID == a.id {
+		u.ID = a.id
+	}
+	if p, ok := a.deps.catalog.Plan(u.Plan); ok {
+		u.Plan = p.Name
+	}
+	a.user = &u
 }
