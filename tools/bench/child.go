@@ -104,8 +104,11 @@ func serveTally(ctx context.Context, say func(string), stderr io.Writer) error {
 		return err
 	}
 	defer a.Close()
-	say(lineListening + ln.Addr().String())
+	// The handler first: the parent may ask for a GC as soon as it reads
+	// the address (a signal before signal.Notify was lost, and the memory
+	// phase timed out waiting for its GC).
 	onGCRequest(ctx, say)
+	say(lineListening + ln.Addr().String())
 	return a.Serve(ctx, ln)
 }
 
@@ -169,8 +172,11 @@ func serveGin(ctx context.Context, say func(string)) error {
 	srv := &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	say(lineListening + ln.Addr().String())
+	// The handler first: the parent may ask for a GC as soon as it reads
+	// the address (a signal before signal.Notify was lost, and the memory
+	// phase timed out waiting for its GC).
 	onGCRequest(ctx, say)
+	say(lineListening + ln.Addr().String())
 	select {
 	case err := <-errc:
 		return err
