@@ -2,6 +2,8 @@ package transport
 
 import (
 	"errors"
+	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -9,10 +11,45 @@ import (
 )
 
 // metrics are the edge's Prometheus series.
+//
+// Every request updates two labelled series and every create a third;
+// resolving labels (WithLabelValues: validation, hashing, a locked lookup)
+// for each was a few percent of an over-limit answer, so the resolved
+// series are kept: by outcome from the start, by (route, method, status)
+// as they are first seen — a bounded set, since routes are patterns and
+// methods are normalised.
 type metrics struct {
 	requests   *prometheus.CounterVec   // route, method, status
 	duration   *prometheus.HistogramVec // route, method
 	admissions *prometheus.CounterVec   // outcome
+
+	byOutcome map[string]prometheus.Counter
+	byRequest sync.Map // requestKey → *requestSeries
+}
+
+type requestKey struct {
+	route, method string
+	status        int
+}
+
+type requestSeries struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
+// request counts one answered request and its latency.
+func (m *metrics) request(route, method string, status int, seconds float64) {
+	k := requestKey{route, method, status}
+	v, ok := m.byRequest.Load(k)
+	if !ok {
+		v, _ = m.byRequest.LoadOrStore(k, &requestSeries{
+			requests: m.requests.WithLabelValues(route, method, strconv.Itoa(status)),
+			duration: m.duration.WithLabelValues(route, method),
+		})
+	}
+	rs := v.(*requestSeries)
+	rs.requests.Inc()
+	rs.duration.Observe(seconds)
 }
 
 // Admission outcomes, the values of tally_admissions_total{outcome}.
@@ -48,8 +85,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	// Export every outcome from the start, so that rates and alerts do not
 	// see a series appear only with its first event.
+	m.byOutcome = make(map[string]prometheus.Counter)
 	for _, o := range []string{outcomeAdmitted, outcomeSessionLimit, outcomeMinutesLimit, outcomeAdmissionFail} {
-		m.admissions.WithLabelValues(o)
+		m.byOutcome[o] = m.admissions.WithLabelValues(o)
 	}
 	return m, nil
 }
@@ -68,5 +106,5 @@ func (m *metrics) admission(err error) {
 			}
 		}
 	}
-	m.admissions.WithLabelValues(outcome).Inc()
+	m.byOutcome[outcome].Inc()
 }

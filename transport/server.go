@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"net/url"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"time"
 
@@ -226,8 +225,7 @@ func (s *server) record(c *gin.Context, id string, start time.Time) {
 		method = "other"
 	}
 	status := c.Writer.Status()
-	s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
-	s.metrics.duration.WithLabelValues(route, method).Observe(latency.Seconds())
+	s.metrics.request(route, method, status, latency.Seconds())
 
 	// Probes hit the ops endpoints every few seconds; their lines would
 	// drown the ones that matter.
