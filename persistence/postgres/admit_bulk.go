@@ -40,7 +40,10 @@ import (
 // order (COLLATE "C", which is also the order lockOrder gives the
 // per-request path). The UPDATE visits the groups in the order they are
 // passed because its plan is a nested loop over them with index lookups
-// on usage (EXPLAIN in the commit that introduced it); one process's
+// on usage (EXPLAIN ANALYZE of the generic plan, 128 groups, 10 000 users:
+// Update → Nested Loop → Function Scan on g, then Index Scan using
+// usage_pkey on (user_id, period_start), the version check a SubPlan on
+// users_pkey; the sessions insert a Hash Join on the group index); one process's
 // batches never overlap anyway (one writer, or users hashed to writers).
 // Should Postgres ever pick another plan while two processes share users,
 // a deadlock is detected and aborts one batch, whose callers get a 503
