@@ -23,26 +23,13 @@ import (
 	"github.com/tally-dev/tally/persistence"
 )
 
-// casScript stores (sessions, seconds, version) only when version is newer
-// than the stored one. It returns 1 when it wrote, 0 when the stored value
-// was as new or newer.
-var casScript = redis.NewScript(`
-local cur = redis.call('HGET', KEYS[1], 'v')
-if cur and tonumber(cur) >= tonumber(ARGV[3]) then
-  return 0
-end
-redis.call('HSET', KEYS[1], 's', ARGV[1], 'sec', ARGV[2], 'v', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return 1
-`)
-
-// casManyScript is casScript over many keys in one call: KEYS are the
-// counters' keys, ARGV holds (sessions, seconds, version) per key, in
-// order, then the TTL in milliseconds. It returns 1 or 0 per key, as
-// casScript. One call per flushed batch instead of one per key cut Redis'
-// CPU per admission (EVAL hashes the script's text on every call) and the
-// client's allocations. Not for Redis Cluster (keys of several slots),
-// which Tally does not use.
+// casManyScript stores (sessions, seconds, version) under each key only
+// when the version is newer than the stored one: KEYS are the counters'
+// keys, ARGV holds (sessions, seconds, version) per key, in order, then the
+// TTL in milliseconds. It returns, per key, 1 when it wrote and 0 when the
+// stored value was as new or newer. A flushed batch is one call (one EVAL
+// per key hashed the script's text every time). Not for Redis Cluster
+// (keys of several slots), which Tally does not use.
 var casManyScript = redis.NewScript(`
 local ttl = ARGV[#ARGV]
 local out = {}
@@ -170,8 +157,7 @@ func (c *Cache) Put(userID string, periodStart time.Time, counters persistence.C
 // Set writes counters now, with the versioned compare-and-set. It reports
 // whether Redis took the value (false: it held a newer version already).
 func (c *Cache) Set(ctx context.Context, userID string, periodStart time.Time, counters persistence.Counters) (bool, error) {
-	n, err := casScript.Run(ctx, c.client, []string{c.Key(userID, periodStart)},
-		counters.Sessions, counters.Seconds, counters.Version, ttl.Milliseconds()).Int()
+	n, err := c.casMany(ctx, []string{c.Key(userID, periodStart)}, []persistence.Counters{counters})
 	return n == 1, err
 }
 
