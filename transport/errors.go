@@ -108,7 +108,11 @@ func (s *server) fail(c *gin.Context, err error) {
 	}
 	status, body := classify(err)
 	if status == http.StatusForbidden {
-		s.limits.remember(err, body)
+		if b := s.limits.remember(err, body); b != nil {
+			c.Data(status, "application/json; charset=utf-8", b) // encoded once, kept for the next
+			c.Abort()
+			return
+		}
 	}
 	switch status {
 	case http.StatusInternalServerError:

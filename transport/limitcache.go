@@ -47,15 +47,17 @@ func (l *limitAnswers) body(err error) []byte {
 	return nil
 }
 
-// remember stores the encoded body of a limit error's answer.
-func (l *limitAnswers) remember(err error, body errorBody) {
+// remember encodes the body of a limit error's answer, keeps it, and
+// returns it; nil when err is not a limit error (or cannot be encoded).
+func (l *limitAnswers) remember(err error, body errorBody) []byte {
 	le, ok := err.(*domain.LimitExceededError)
 	if !ok {
-		return
+		return nil
 	}
 	b, merr := json.Marshal(body)
 	if merr != nil {
-		return
+		return nil
 	}
 	l.slot(le).Store(&limitAnswer{err: le, body: b})
+	return b
 }
