@@ -71,6 +71,11 @@ func TestDefaults(t *testing.T) {
 		RequestTimeout:   5 * time.Second,
 		ShutdownTimeout:  15 * time.Second,
 		IdleTimeout:      2 * time.Minute,
+		HTTPReadTimeout:  10 * time.Second,
+		HTTPWriteTimeout: 15 * time.Second,
+		MaxConns:         4096,
+		MaxInFlight:      512,
+		MaxUserInFlight:  128,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %#v\nwant %#v", c, want)
@@ -104,6 +109,11 @@ func TestEveryOverride(t *testing.T) {
 		"TALLY_IDLE_TIMEOUT":       "30s",
 		"TALLY_STT_PROVIDERS":      "google, whisper ,deepgram",
 		"TALLY_DATABASE_MAX_CONNS": "64",
+		"TALLY_HTTP_READ_TIMEOUT":  "3s",
+		"TALLY_HTTP_WRITE_TIMEOUT": "2s",
+		"TALLY_MAX_CONNS":          "100",
+		"TALLY_MAX_IN_FLIGHT":      "64",
+		"TALLY_MAX_USER_IN_FLIGHT": "8",
 	}
 	c := mustLoad(t, m)
 	want := Config{
@@ -123,6 +133,11 @@ func TestEveryOverride(t *testing.T) {
 		RequestTimeout:   750 * time.Millisecond,
 		ShutdownTimeout:  time.Minute,
 		IdleTimeout:      30 * time.Second,
+		HTTPReadTimeout:  3 * time.Second,
+		HTTPWriteTimeout: 2 * time.Second,
+		MaxConns:         100,
+		MaxInFlight:      64,
+		MaxUserInFlight:  8,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("overrides:\n got %#v\nwant %#v", c, want)
@@ -193,6 +208,11 @@ func TestInvalid(t *testing.T) {
 		{"TALLY_STT_PROVIDERS", "goo gle", false, "distinct names"},
 		{"TALLY_DATABASE_MAX_CONNS", "0", false, "want an integer >= 1"},
 		{"TALLY_DATABASE_MAX_CONNS", "many", false, "want an integer >= 1"},
+		{"TALLY_HTTP_READ_TIMEOUT", "0s", false, "want a positive Go duration"},
+		{"TALLY_HTTP_WRITE_TIMEOUT", "5s", false, "must be longer than TALLY_REQUEST_TIMEOUT (5s)"},
+		{"TALLY_MAX_CONNS", "0", false, "want an integer >= 1"},
+		{"TALLY_MAX_IN_FLIGHT", "-1", false, "want an integer >= 1"},
+		{"TALLY_MAX_USER_IN_FLIGHT", "lots", false, "want an integer >= 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
