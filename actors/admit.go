@@ -302,6 +302,12 @@ func (a *userActor) resolveUnknown(m *createSession, req persistence.AdmitReques
 	if domain.ErrorCode(cause) == domain.CodeTimeout || errors.Is(cause, errOverloaded) || errors.Is(cause, errNotStarted) {
 		return &reply{err: cause} // never reached the store
 	}
+	if errors.Is(cause, persistence.ErrRequestData) {
+		// The store refused this request's own data (its batch was run
+		// again without it): nothing was committed for it, and nothing the
+		// actor holds changed.
+		return &reply{err: cause}
+	}
 	a.forget()
 	ctx, cancel := context.WithDeadline(context.Background(), m.deadline.Add(-resolveMargin))
 	defer cancel()

@@ -28,8 +28,9 @@ type writer struct {
 	stop    chan struct{}
 	stopped sync.WaitGroup
 
-	batchSize prometheus.Histogram
-	commit    prometheus.Histogram
+	batchSize  prometheus.Histogram
+	commit     prometheus.Histogram
+	isolations prometheus.Counter
 }
 
 // job is one admission waiting for its commit. deliver is called exactly
@@ -67,18 +68,23 @@ func newWriters(n int, store persistence.Store, reg prometheus.Registerer) write
 		Help:    "Duration of one group-commit transaction.",
 		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14),
 	})
+	isolations := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tally_commit_isolations_total",
+		Help: "Group-commit batches split and run again apart because the store refused one request's data (only that request fails).",
+	})
 	if reg != nil {
-		reg.MustRegister(batchSize, commit)
+		reg.MustRegister(batchSize, commit, isolations)
 	}
 	ws := make(writers, max(n, 1))
 	for i := range ws {
 		w := &writer{
-			store:     store,
-			queue:     make(chan *job, writerQueue),
-			maxBatch:  writerMaxBatch,
-			stop:      make(chan struct{}),
-			batchSize: batchSize,
-			commit:    commit,
+			store:      store,
+			queue:      make(chan *job, writerQueue),
+			maxBatch:   writerMaxBatch,
+			stop:       make(chan struct{}),
+			batchSize:  batchSize,
+			commit:     commit,
+			isolations: isolations,
 		}
 		w.stopped.Add(1)
 		go w.run()
@@ -169,31 +175,14 @@ func (w *writer) run() {
 				}
 			}
 		case r := <-done:
-			for i, j := range inflight {
-				if j == nil {
-					continue // answered at its deadline already
-				}
-				if r.err != nil {
-					j.deliver(persistence.AdmitResult{}, r.err)
-				} else {
-					j.deliver(r.res[i], nil)
-				}
-			}
+			r.answer(inflight)
 			inflight, done = nil, nil
 		case <-timer.C:
 			expire(time.Now())
 		case <-w.stop:
 			if done != nil {
 				r := <-done // let the running transaction finish and answer it
-				for i, j := range inflight {
-					if j != nil {
-						if r.err != nil {
-							j.deliver(persistence.AdmitResult{}, r.err)
-						} else {
-							j.deliver(r.res[i], nil)
-						}
-					}
-				}
+				r.answer(inflight)
 			}
 			for _, j := range pending {
 				j.deliver(persistence.AdmitResult{}, domain.Unavailable("accounting", errors.New("shutting down")))
@@ -212,9 +201,25 @@ var errCommitPending = errors.New("the commit did not finish within the request 
 // slow transaction at its deadline: nothing was written.
 var errNotStarted = errors.New("the admission was not started within the request deadline (the database is slow or unreachable)")
 
+// batchResult is one batch's outcome, request by request: errs[i] (nil
+// when errs is) or else res[i].
 type batchResult struct {
-	res []persistence.AdmitResult
-	err error
+	res  []persistence.AdmitResult
+	errs []error
+}
+
+// answer delivers each job its own result; jobs answered at their deadline
+// already are nil.
+func (r batchResult) answer(jobs []*job) {
+	for i, j := range jobs {
+		switch {
+		case j == nil:
+		case r.errs != nil && r.errs[i] != nil:
+			j.deliver(persistence.AdmitResult{}, r.errs[i])
+		default:
+			j.deliver(r.res[i], nil)
+		}
+	}
 }
 
 // start runs one transaction for batch in its own goroutine. The
@@ -238,10 +243,12 @@ func (w *writer) start(batch []*job) ([]*job, chan batchResult) {
 	}
 	done := make(chan batchResult, 1)
 	go func() {
-		res, err := w.admit(deadline, reqs)
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		defer cancel()
+		r := w.admitApart(ctx, reqs)
 		w.batchSize.Observe(float64(len(reqs)))
 		w.commit.Observe(time.Since(now).Seconds())
-		done <- batchResult{res, err}
+		done <- r
 	}()
 	return jobs, done
 }
@@ -269,12 +276,49 @@ func resetTimer(t *time.Timer, at time.Time) {
 	t.Reset(max(time.Until(at), 0))
 }
 
+// admitApart runs reqs as one transaction and, when the store refuses the
+// data of a request in it (persistence.ErrRequestData: nothing of the
+// batch committed), runs the two halves again apart, down to the request
+// at fault, which alone gets the error. Every other request is then
+// decided exactly as if the bad one had not been in its batch: the halves
+// commit in order, so one user's requests keep their order. Any other error
+// fails the whole batch, as before: its outcome is unknown, and each caller
+// looks its own up.
+func (w *writer) admitApart(ctx context.Context, reqs []persistence.AdmitRequest) batchResult {
+	res, err := w.admit(ctx, reqs)
+	if err == nil {
+		return batchResult{res: res}
+	}
+	if len(reqs) == 1 || !errors.Is(err, persistence.ErrRequestData) || ctx.Err() != nil {
+		errs := make([]error, len(reqs))
+		for i := range errs {
+			errs[i] = err
+		}
+		return batchResult{errs: errs}
+	}
+	w.isolations.Inc()
+	mid := len(reqs) / 2
+	a, b := w.admitApart(ctx, reqs[:mid]), w.admitApart(ctx, reqs[mid:])
+	r := batchResult{res: append(grow(a.res, mid), grow(b.res, len(reqs)-mid)...)}
+	if a.errs != nil || b.errs != nil {
+		r.errs = append(grow(a.errs, mid), grow(b.errs, len(reqs)-mid)...)
+	}
+	return r
+}
+
+// grow returns s, or n zero values when s is nil (a half that had no
+// results, or no errors).
+func grow[T any](s []T, n int) []T {
+	if s == nil {
+		return make([]T, n)
+	}
+	return s
+}
+
 // admit runs one transaction. A panic in the store is a bug; it is turned
 // into an internal error for every caller of the batch (whose outcome the
 // actors then look up) instead of taking the whole process down.
-func (w *writer) admit(deadline time.Time, reqs []persistence.AdmitRequest) (res []persistence.AdmitResult, err error) {
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
+func (w *writer) admit(ctx context.Context, reqs []persistence.AdmitRequest) (res []persistence.AdmitResult, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			res, err = nil, &domain.Error{Code: domain.CodeInternal, Message: "internal error",

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/puddle/v2"
 
 	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/persistence"
 )
 
 // errClosed is the cause reported by a store used after Close.
@@ -35,14 +36,39 @@ func translate(op string, err error) error {
 		return domain.Unavailable("database", fmt.Errorf("postgres: %s: %w", op, err))
 	}
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23505" { // unique_violation
-		msg := "the record already exists"
-		if pgErr.ConstraintName == "sessions_pkey" {
-			msg = "a session with this id already exists"
+	if errors.As(err, &pgErr) {
+		// Classes 22 (data exception) and 23 (integrity constraint
+		// violation) are about the rows of the statement, not the server:
+		// marked, so that a batch can be retried apart and fail only the
+		// request at fault.
+		rowErr := fmt.Errorf("postgres: %s: %w: %w", op, persistence.ErrRequestData, err)
+		switch code := pgErr.Code; {
+		case code == "23505": // unique_violation
+			msg := "the record already exists"
+			if pgErr.ConstraintName == "sessions_pkey" {
+				msg = "a session with this id already exists"
+			}
+			return &domain.Error{Code: domain.CodeConflict, Message: msg, Err: rowErr}
+		case clientDataCodes[code]:
+			// The client sent what the database cannot keep. Request
+			// validation refuses such values first; this is the backstop.
+			return &domain.Error{Code: domain.CodeValidation, Message: "invalid request",
+				Fields: []domain.FieldError{{Field: "body", Message: "contains a value the database cannot store (" + pgErr.Message + ")"}},
+				Err:    rowErr}
+		case strings.HasPrefix(code, "22"), strings.HasPrefix(code, "23"):
+			return rowErr // a bug of ours about one row: 500 for that row alone
 		}
-		return &domain.Error{Code: domain.CodeConflict, Message: msg, Err: fmt.Errorf("postgres: %s: %w", op, err)}
 	}
 	return fmt.Errorf("postgres: %s: %w", op, err)
+}
+
+// clientDataCodes are the data exceptions that only a client's value can
+// cause: characters outside the database's encoding (NUL included) and
+// strings longer than a column allows.
+var clientDataCodes = map[string]bool{
+	"22021": true, // character_not_in_repertoire (e.g. NUL in text)
+	"22P05": true, // untranslatable_character
+	"22001": true, // string_data_right_truncation
 }
 
 // unavailable reports whether err means the database could not be reached

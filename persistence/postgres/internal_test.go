@@ -21,34 +21,39 @@ import (
 func TestTranslate(t *testing.T) {
 	pg := func(code string) error { return &pgconn.PgError{Code: code, Message: "m"} }
 	tests := []struct {
-		name string
-		err  error
-		want domain.Code
+		name    string
+		err     error
+		want    domain.Code
+		rowData bool // marked persistence.ErrRequestData: the batch may be split
 	}{
-		{"connection failure 08006", pg("08006"), domain.CodeUnavailable},
-		{"connection does not exist 08003", pg("08003"), domain.CodeUnavailable},
-		{"admin shutdown 57P01", pg("57P01"), domain.CodeUnavailable},
-		{"crash shutdown 57P02", pg("57P02"), domain.CodeUnavailable},
-		{"cannot connect now 57P03", pg("57P03"), domain.CodeUnavailable},
-		{"too many connections 53300", pg("53300"), domain.CodeUnavailable},
-		{"disk full 53100", pg("53100"), domain.CodeUnavailable},
-		{"statement timeout 57014", pg("57014"), domain.CodeUnavailable},
-		{"deadlock 40P01", pg("40P01"), domain.CodeUnavailable},
-		{"unique violation", pg("23505"), domain.CodeConflict},
-		{"undefined table (a bug)", pg("42P01"), domain.CodeInternal},
-		{"check violation (a bug)", pg("23514"), domain.CodeInternal},
-		{"EOF", fmt.Errorf("read: %w", io.EOF), domain.CodeUnavailable},
-		{"unexpected EOF", io.ErrUnexpectedEOF, domain.CodeUnavailable},
-		{"connection refused", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, domain.CodeUnavailable},
-		{"connection reset", fmt.Errorf("write: %w", syscall.ECONNRESET), domain.CodeUnavailable},
-		{"deadline", context.DeadlineExceeded, domain.CodeUnavailable},
-		{"canceled", fmt.Errorf("query: %w", context.Canceled), domain.CodeUnavailable},
-		{"closed pool", puddle.ErrClosedPool, domain.CodeUnavailable},
-		{"closed conn", pgconn.ErrConnClosed, domain.CodeUnavailable},
-		{"closed store", errClosed, domain.CodeUnavailable},
-		{"not found passes through", domain.ErrNotFound, domain.CodeNotFound},
-		{"conflict passes through", domain.Errorf(domain.CodeConflict, "no"), domain.CodeConflict},
-		{"anything else is a bug", errors.New("boom"), domain.CodeInternal},
+		{"connection failure 08006", pg("08006"), domain.CodeUnavailable, false},
+		{"connection does not exist 08003", pg("08003"), domain.CodeUnavailable, false},
+		{"admin shutdown 57P01", pg("57P01"), domain.CodeUnavailable, false},
+		{"crash shutdown 57P02", pg("57P02"), domain.CodeUnavailable, false},
+		{"cannot connect now 57P03", pg("57P03"), domain.CodeUnavailable, false},
+		{"too many connections 53300", pg("53300"), domain.CodeUnavailable, false},
+		{"disk full 53100", pg("53100"), domain.CodeUnavailable, false},
+		{"statement timeout 57014", pg("57014"), domain.CodeUnavailable, false},
+		{"deadlock 40P01", pg("40P01"), domain.CodeUnavailable, false},
+		{"unique violation", pg("23505"), domain.CodeConflict, true},
+		{"undefined table (a bug)", pg("42P01"), domain.CodeInternal, false},
+		{"check violation (a bug)", pg("23514"), domain.CodeInternal, true},
+		{"NUL in text 22021", pg("22021"), domain.CodeValidation, true},
+		{"untranslatable character 22P05", pg("22P05"), domain.CodeValidation, true},
+		{"string too long 22001", pg("22001"), domain.CodeValidation, true},
+		{"numeric overflow 22003 (a bug)", pg("22003"), domain.CodeInternal, true},
+		{"EOF", fmt.Errorf("read: %w", io.EOF), domain.CodeUnavailable, false},
+		{"unexpected EOF", io.ErrUnexpectedEOF, domain.CodeUnavailable, false},
+		{"connection refused", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, domain.CodeUnavailable, false},
+		{"connection reset", fmt.Errorf("write: %w", syscall.ECONNRESET), domain.CodeUnavailable, false},
+		{"deadline", context.DeadlineExceeded, domain.CodeUnavailable, false},
+		{"canceled", fmt.Errorf("query: %w", context.Canceled), domain.CodeUnavailable, false},
+		{"closed pool", puddle.ErrClosedPool, domain.CodeUnavailable, false},
+		{"closed conn", pgconn.ErrConnClosed, domain.CodeUnavailable, false},
+		{"closed store", errClosed, domain.CodeUnavailable, false},
+		{"not found passes through", domain.ErrNotFound, domain.CodeNotFound, false},
+		{"conflict passes through", domain.Errorf(domain.CodeConflict, "no"), domain.CodeConflict, false},
+		{"anything else is a bug", errors.New("boom"), domain.CodeInternal, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -59,6 +64,9 @@ func TestTranslate(t *testing.T) {
 			// The cause stays reachable for logs and errors.Is.
 			if !errors.Is(got, tc.err) {
 				t.Fatalf("translate(%v) = %v, which does not wrap the cause", tc.err, got)
+			}
+			if row := errors.Is(got, persistence.ErrRequestData); row != tc.rowData {
+				t.Fatalf("translate(%v): marked as a request's data = %v, want %v", tc.err, row, tc.rowData)
 			}
 		})
 	}

@@ -10,6 +10,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/persistence"
 )
 
 // errClosed is the cause reported by a store used after Close.
@@ -44,8 +45,14 @@ func translate(op string, err error) error {
 		return domain.Unavailable("database", fmt.Errorf("sqlite: %s: %w", op, err))
 	}
 	var se *msqlite.Error
-	if errors.As(err, &se) && (se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
-		return &domain.Error{Code: domain.CodeConflict, Message: "the record already exists", Err: fmt.Errorf("sqlite: %s: %w", op, err)}
+	if errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_CONSTRAINT {
+		// A constraint one row violates, as Postgres's class 23: marked so
+		// that a batch can be retried apart (persistence.ErrRequestData).
+		rowErr := fmt.Errorf("sqlite: %s: %w: %w", op, persistence.ErrRequestData, err)
+		if se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE {
+			return &domain.Error{Code: domain.CodeConflict, Message: "the record already exists", Err: rowErr}
+		}
+		return rowErr
 	}
 	return fmt.Errorf("sqlite: %s: %w", op, err)
 }
