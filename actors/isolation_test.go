@@ -2,7 +2,9 @@ package actors_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -160,5 +162,54 @@ func TestPoisonedRowFailsAlone(t *testing.T) {
 	runPoison(t, svc, 30, 20, 10)
 	if rs.mixed.Load() == 0 {
 		t.Fatal("no batch mixed the poison with other requests: the test did not exercise isolation")
+	}
+}
+
+// One user's volume is bounded: past MaxUserInFlight of its requests in
+// flight, the next is refused at once (a shed 503, nothing done for it),
+// while other users are served; the slots come back when answers go out.
+func TestUserInFlightIsBounded(t *testing.T) {
+	fs := &faultyStore{Store: openStore(t)}
+	svc, err := actors.New(actors.Options{Store: fs, Catalog: domain.DefaultCatalog(), IdleTimeout: time.Minute, Shards: 4,
+		MaxUserInFlight: 2, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Close)
+	if _, err := svc.Usage(ctxFor(t, 5*time.Second), "busy"); err != nil { // provisioned and loaded
+		t.Fatal(err)
+	}
+	fs.hang.Store(true) // admissions wait in the store until their deadline
+	// Five at once: two take the slots and wait out their deadline in the
+	// store; the other three are refused at once.
+	results := make(chan error, 5)
+	for range 5 {
+		go func() {
+			_, err := svc.CreateSession(ctxFor(t, 3*time.Second), "busy", in, "")
+			results <- err
+		}()
+	}
+	var shed, held int
+	for range 3 { // the shed ones come first, long before the deadline
+		err := <-results
+		if !errors.Is(err, domain.ErrShed) || domain.ErrorCode(err) != domain.CodeUnavailable {
+			t.Fatalf("create over the user's bound: %v; want a shed %s", err, domain.CodeUnavailable)
+		}
+		shed++
+	}
+	if _, err := svc.Usage(ctxFor(t, 5*time.Second), "other"); err != nil {
+		t.Fatalf("another user was not served while one was at its bound: %v", err)
+	}
+	for range 2 {
+		err := <-results
+		if errors.Is(err, domain.ErrShed) || domain.ErrorCode(err) != domain.CodeUnavailable {
+			t.Fatalf("held create: %v; want a 503 from the store's deadline, not a shed", err)
+		}
+		held++
+	}
+	t.Logf("%d shed at once, %d held until their deadline", shed, held)
+	fs.hang.Store(false)
+	if _, err := svc.CreateSession(ctxFor(t, 5*time.Second), "busy", in, ""); err != nil {
+		t.Fatalf("after the held requests were answered: %v", err)
 	}
 }

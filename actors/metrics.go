@@ -39,3 +39,34 @@ func newMetrics(reg prometheus.Registerer, live *atomic.Int64) *metrics {
 func (m *metrics) rejectedFromMemory()   { m.memoryRejects.Inc() }
 func (m *metrics) replayed()             { m.replays.Inc() }
 func (m *metrics) resolved(found string) { m.resolutions.WithLabelValues(found).Inc() }
+
+// registerQueueMetrics exports the depth of the bounded queues behind the
+// HTTP edge and how many requests each refused (load shedding).
+func registerQueueMetrics(reg prometheus.Registerer, gate *userGate, ws writers) {
+	if reg == nil {
+		return
+	}
+	shed := func(f func() int64) func() float64 { return func() float64 { return float64(f()) } }
+	userShed := func() int64 {
+		if gate == nil {
+			return 0
+		}
+		return gate.shed.Load()
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tally_commit_queue_depth",
+			Help: "Admissions waiting for the group commit or in its running transaction.",
+		}, func() float64 { return float64(ws.depth()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "tally_shed_total",
+			Help:        "Requests answered 503 at once because a queue behind the HTTP edge was full, by queue.",
+			ConstLabels: prometheus.Labels{"queue": "user"},
+		}, shed(userShed)),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "tally_shed_total",
+			Help:        "Requests answered 503 at once because a queue behind the HTTP edge was full, by queue.",
+			ConstLabels: prometheus.Labels{"queue": "commit"},
+		}, shed(ws.shedCount)),
+	)
+}

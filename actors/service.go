@@ -50,6 +50,13 @@ type Options struct {
 	// prototype found; two helped only while a batch took several round
 	// trips.
 	Writers int
+	// MaxUserInFlight bounds one user's requests in flight in this process
+	// (gate.go); the excess is answered 503 at once. 0: no bound.
+	MaxUserInFlight int
+	// WriterQueue is how many admissions may wait for the group commit
+	// (default 16384); past it they are answered 503 at once. The HTTP
+	// edge's in-flight bound normally keeps the queue far below it.
+	WriterQueue int
 	// IdempotencyTTL is how long Idempotency-Keys are kept at least
 	// (default 24h); older ones are pruned every PruneEvery (default 10m).
 	IdempotencyTTL time.Duration
@@ -66,6 +73,7 @@ type Service struct {
 	live    atomic.Int64
 
 	dispatcher *pooledDispatcher
+	gate       *userGate // nil: no per-user bound
 
 	// troubleAt is when an answer last reported the store unavailable
 	// (unix nanoseconds). A user's actor that does not answer in time while
@@ -119,6 +127,9 @@ func New(o Options) (*Service, error) {
 	if o.Writers <= 0 {
 		o.Writers = 1
 	}
+	if o.WriterQueue <= 0 {
+		o.WriterQueue = defaultWriterQueue
+	}
 	if o.IdempotencyTTL <= 0 {
 		o.IdempotencyTTL = 24 * time.Hour
 	}
@@ -130,6 +141,9 @@ func New(o Options) (*Service, error) {
 		clock = time.Now
 	}
 	s := &Service{store: o.Store, timeout: o.DefaultTimeout, stopSweep: make(chan struct{})}
+	if o.MaxUserInFlight > 0 {
+		s.gate = newUserGate(o.MaxUserInFlight)
+	}
 	s.deps = &deps{
 		store:   o.Store,
 		cache:   o.Cache,
@@ -140,9 +154,10 @@ func New(o Options) (*Service, error) {
 		newID:   func() string { return uuid.Must(uuid.NewV7()).String() },
 		log:     o.Logger,
 		metrics: newMetrics(o.Registry, &s.live),
-		writer:  newWriters(o.Writers, o.Store, o.Registry),
+		writer:  newWriters(o.Writers, o.WriterQueue, o.Store, o.Registry),
 		rejects: newRejectBoard(),
 	}
+	registerQueueMetrics(o.Registry, s.gate, s.deps.writer)
 	actorLog := o.Logger.With("component", "protoactor")
 	s.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return actorLog }))
 
@@ -282,7 +297,13 @@ func (s *Service) ask(ctx context.Context, m userMessage, deadline time.Time) *r
 	if wait <= 0 {
 		return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded"}}
 	}
-	s.system.Root.Send(s.shardFor(m.userID()), m)
+	id := m.userID()
+	h := userHash(id)
+	if !s.gate.enter(id, h) {
+		return &reply{err: errUserBusy}
+	}
+	defer s.gate.leave(id, h)
+	s.system.Root.Send(s.shards[h%uint32(len(s.shards))], m)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {

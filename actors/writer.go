@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +32,11 @@ type writer struct {
 	batchSize  prometheus.Histogram
 	commit     prometheus.Histogram
 	isolations prometheus.Counter
+
+	// waiting is how many jobs the loop holds (pending and in the running
+	// transaction), for the queue-depth gauge; shed counts refused jobs.
+	waiting atomic.Int64
+	shed    atomic.Int64
 }
 
 // job is one admission waiting for its commit. deliver is called exactly
@@ -44,11 +50,11 @@ type job struct {
 
 // errOverloaded answers admissions that find the writer's queue full: the
 // service is past what the store can absorb, and the client should retry.
-var errOverloaded = errors.New("admission queue is full")
+var errOverloaded = domain.Shed("the admission queue is full")
 
 const (
-	writerQueue    = 16384
-	writerMaxBatch = 512
+	defaultWriterQueue = 16384
+	writerMaxBatch     = 512
 	// maxBatchWait bounds one transaction even when its callers allow more.
 	maxBatchWait = 10 * time.Second
 )
@@ -57,7 +63,7 @@ const (
 // the same one (hash of the user id), so a hot user's batches stay whole.
 type writers []*writer
 
-func newWriters(n int, store persistence.Store, reg prometheus.Registerer) writers {
+func newWriters(n, queue int, store persistence.Store, reg prometheus.Registerer) writers {
 	batchSize := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "tally_commit_batch_size",
 		Help:    "Admissions committed per transaction by the group-commit writers.",
@@ -79,7 +85,7 @@ func newWriters(n int, store persistence.Store, reg prometheus.Registerer) write
 	for i := range ws {
 		w := &writer{
 			store:      store,
-			queue:      make(chan *job, writerQueue),
+			queue:      make(chan *job, queue),
 			maxBatch:   writerMaxBatch,
 			stop:       make(chan struct{}),
 			batchSize:  batchSize,
@@ -95,6 +101,25 @@ func newWriters(n int, store persistence.Store, reg prometheus.Registerer) write
 
 func (ws writers) submit(userHash uint32, j *job) { ws[userHash%uint32(len(ws))].submit(j) }
 
+// depth is how many admissions wait for the group commit or are in its
+// running transactions.
+func (ws writers) depth() int64 {
+	var n int64
+	for _, w := range ws {
+		n += int64(len(w.queue)) + w.waiting.Load()
+	}
+	return n
+}
+
+// shedCount is how many admissions found a writer's queue full.
+func (ws writers) shedCount() int64 {
+	var n int64
+	for _, w := range ws {
+		n += w.shed.Load()
+	}
+	return n
+}
+
 func (ws writers) close() {
 	for _, w := range ws {
 		w.close()
@@ -106,7 +131,8 @@ func (w *writer) submit(j *job) {
 	select {
 	case w.queue <- j:
 	default:
-		j.deliver(persistence.AdmitResult{}, domain.Unavailable("accounting", errOverloaded))
+		w.shed.Add(1)
+		j.deliver(persistence.AdmitResult{}, errOverloaded)
 	}
 }
 
@@ -152,6 +178,7 @@ func (w *writer) run() {
 		pending = kept
 	}
 	for {
+		w.waiting.Store(int64(len(pending) + len(inflight)))
 		if done == nil && len(pending) > 0 {
 			expire(time.Now()) // never start what nobody waits for
 		}

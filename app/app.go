@@ -98,6 +98,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Registry:       a.registry,
 		IdleTimeout:    cfg.IdleTimeout,
 		DefaultTimeout: cfg.RequestTimeout,
+		// Every queued admission is an in-flight request of the HTTP edge,
+		// so its bound bounds the commit queue too; this is the backstop.
+		WriterQueue:     cfg.MaxInFlight,
+		MaxUserInFlight: cfg.MaxUserInFlight,
 	})
 	if err != nil {
 		return nil, err
@@ -113,6 +117,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Registry:       a.registry,
 		Checkers:       []transport.Checker{storeChecker{a.store, cfg.Embedded()}, a.cache},
 		RequestTimeout: cfg.RequestTimeout,
+		MaxInFlight:    cfg.MaxInFlight,
 	})
 	if err != nil {
 		return nil, err

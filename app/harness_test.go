@@ -45,6 +45,10 @@ func baseEnv() map[string]string {
 		"TALLY_ADMIN_TOKEN":     testAdmin,
 		"TALLY_UPLOAD_BASE_URL": "https://uploads.example.test/u",
 		"TALLY_LOG_LEVEL":       "warn",
+		// The bursts here fire up to 1 000 creates at once at one process
+		// and count exact outcomes; past the default in-flight bound some
+		// would be shed (503), as designed. Shedding has tests of its own.
+		"TALLY_MAX_IN_FLIGHT": "4096",
 	}
 }
 

@@ -62,6 +62,16 @@ func Unavailable(what string, cause error) *Error {
 	return &Error{Code: CodeUnavailable, Message: what + " is unavailable; retry later", Err: cause}
 }
 
+// ErrShed is the cause of a request refused, before any work was done for
+// it, because a queue it would wait in is full (load shedding): a 503 with
+// Retry-After, not a failure worth a log line each.
+var ErrShed = errors.New("load shed: too many requests in flight")
+
+// Shed answers a request that a full queue refused; what names the queue.
+func Shed(what string) *Error {
+	return &Error{Code: CodeUnavailable, Message: what + "; retry later", Err: ErrShed}
+}
+
 // ErrNotFound is returned by lookups of things that do not exist, or that
 // belong to someone else (the caller must not learn which).
 var ErrNotFound = &Error{Code: CodeNotFound, Message: "not found"}

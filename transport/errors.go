@@ -120,7 +120,7 @@ func (s *server) fail(c *gin.Context, err error) {
 			slog.String("request_id", c.Writer.Header().Get(headerRequestID)),
 			slog.String("route", c.FullPath()), slog.String("error", errString(err)))
 	case http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		if err == errBusy {
+		if errors.Is(err, domain.ErrShed) {
 			break // overload: a line per shed request would add to it
 		}
 		s.log.LogAttrs(c.Request.Context(), slog.LevelWarn, "request not served",

@@ -22,6 +22,7 @@ type metrics struct {
 	requests   *prometheus.CounterVec   // route, method, status
 	duration   *prometheus.HistogramVec // route, method
 	admissions *prometheus.CounterVec   // outcome
+	shed       prometheus.Counter       // requests answered 503 over MaxInFlight
 
 	byOutcome map[string]prometheus.Counter
 	byRequest sync.Map // requestKey → *requestSeries
@@ -60,7 +61,9 @@ const (
 	outcomeAdmissionFail = "error"
 )
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+// newMetrics registers the edge's series; slots is the in-flight
+// semaphore (nil: unbounded), whose fill is exported as a gauge.
+func newMetrics(reg prometheus.Registerer, slots chan struct{}) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_http_requests_total",
@@ -78,7 +81,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Session admissions decided at the HTTP edge, by outcome.",
 		}, []string{"outcome"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.admissions} {
+	m.shed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tally_http_shed_total",
+		Help: "API and admin requests answered 503 at once because TALLY_MAX_IN_FLIGHT requests were being served.",
+	})
+	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tally_http_in_flight",
+		Help: "API and admin requests being served now (bounded by TALLY_MAX_IN_FLIGHT).",
+	}, func() float64 { return float64(len(slots)) })
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.admissions, m.shed, inFlight} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

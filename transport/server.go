@@ -8,6 +8,7 @@ package transport
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -135,7 +136,7 @@ func New(opts Options) (http.Handler, error) {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	if s.metrics, err = newMetrics(reg); err != nil {
+	if s.metrics, err = newMetrics(reg, s.slots); err != nil {
 		return nil, err
 	}
 	return s.routes(reg), nil
@@ -167,14 +168,17 @@ func (s *server) routes(reg *prometheus.Registry) *gin.Engine {
 	r.GET("/openapi.yaml", s.openAPI)
 	r.GET("/api/v1/plans", s.listPlans)
 
-	api := r.Group("/api/v1", s.requireUser, s.bound)
+	// bound comes first: a request past the in-flight limit is answered
+	// before any work is spent on it (authentication included), so that
+	// shedding costs far less than serving and goodput holds past capacity.
+	api := r.Group("/api/v1", s.bound, s.requireUser)
 	api.POST("/sessions", s.createSession) // its deadline: createContext
 	api.GET("/sessions", s.deadline, s.listSessions)
 	api.GET("/sessions/:id", s.deadline, s.getSession)
 	api.POST("/sessions/:id/upload-url", s.deadline, s.createUploadURL)
 	api.GET("/usage", s.deadline, s.usage)
 
-	admin := r.Group("/admin/v1", s.requireAdmin, s.bound, s.deadline)
+	admin := r.Group("/admin/v1", s.bound, s.requireAdmin, s.deadline)
 	admin.PUT("/users/:id", s.putUser)
 	admin.GET("/users/:id", s.getUser)
 	admin.POST("/users/:id/reset-usage", s.resetUsage)
@@ -315,10 +319,24 @@ func (d declaredDeadline) Deadline() (time.Time, bool) {
 }
 
 // errBusy answers requests over MaxInFlight.
-var errBusy = &domain.Error{Code: domain.CodeUnavailable, Message: "the server is busy; retry later"}
+var errBusy = domain.Shed("the server is busy")
 
-// bound sheds load over MaxInFlight. It runs after authentication, so that
-// a flood of bad tokens is still answered 401 and holds no slot.
+// busyBody is errBusy's answer, encoded once: under overload it is the
+// most frequent answer there is.
+var busyBody = func() []byte {
+	_, body := classify(errBusy)
+	b, err := json.Marshal(body)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}()
+
+// bound sheds load over MaxInFlight: the excess is answered 503 with
+// Retry-After at once rather than queued toward its deadline, which under
+// sustained overload would walk every request up to it (and turn them into
+// 504s). A bad token may thus be answered 503 rather than 401 while the
+// process is full; it holds its slot only as long as authentication takes.
 func (s *server) bound(c *gin.Context) {
 	if s.slots == nil {
 		c.Next()
@@ -329,6 +347,9 @@ func (s *server) bound(c *gin.Context) {
 		defer func() { <-s.slots }()
 		c.Next()
 	default:
-		s.fail(c, errBusy)
+		s.metrics.shed.Inc()
+		c.Header("Retry-After", "1")
+		c.Data(http.StatusServiceUnavailable, "application/json; charset=utf-8", busyBody)
+		c.Abort()
 	}
 }

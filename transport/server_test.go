@@ -1075,6 +1075,26 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	}
 }
 
+// plainMetric is the value of an unlabelled counter or gauge.
+func plainMetric(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			m := mf.GetMetric()[0]
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
 func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -1112,6 +1132,14 @@ func TestMaxInFlight(t *testing.T) {
 	wantError(t, r, 503, "unavailable")
 	if r.Header.Get("Retry-After") != "1" {
 		t.Error("no Retry-After")
+	}
+	// Shed before any work: not even the token is looked at.
+	wantError(t, e.do("POST", "/api/v1/sessions", "not-a-token", map[string]string{"title": "t"}), 503, "unavailable")
+	if got := plainMetric(t, e.registry, "tally_http_shed_total"); got != 2 {
+		t.Errorf("tally_http_shed_total = %v, want 2", got)
+	}
+	if got := plainMetric(t, e.registry, "tally_http_in_flight"); got != 1 {
+		t.Errorf("tally_http_in_flight = %v while one request is held, want 1", got)
 	}
 	// Ops endpoints are never shed: probes must see the process.
 	if r := e.do("GET", "/healthz", "", nil); r.Status != 200 {
