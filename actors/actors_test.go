@@ -238,6 +238,28 @@ func TestPlanChangeAppliesToNextAdmission(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
+// recordingCache keeps the last counters put for each user.
+type recordingCache struct {
+	mu  sync.Mutex
+	put map[string]persistence.Counters
+}
+
+func (r *recordingCache) Put(userID string, _ time.Time, c persistence.Counters) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.put == nil {
+		r.put = make(map[string]persistence.Counters)
+	}
+	r.put[userID] = c
+}
+
+func (r *recordingCache) last(userID string) (persistence.Counters, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, ok := r.put[userID]
+	return c, ok
+}
+
 // lostReplyStore commits an admission and then reports a broken connection,
 // as when the COMMIT reply is lost: the outcome is unknown to the caller
 // although the row is committed.
@@ -265,12 +287,23 @@ func TestLostCommitReplyIsResolvedByLookup(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			ls := &lostReplyStore{Store: openStore(t)}
-			svc := newService(t, ls, time.Minute)
+			cache := &recordingCache{}
+			svc, err := actors.New(actors.Options{Store: ls, Cache: cache, Catalog: domain.DefaultCatalog(), IdleTimeout: time.Minute,
+				Shards: 4, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(svc.Close)
 			user := "lost-" + strings.ReplaceAll(name, " ", "-")
 			ls.lose.Store(1)
 			first, err := svc.CreateSession(ctxFor(t, 5*time.Second), user, in, key)
 			if err != nil {
 				t.Fatalf("lost reply: %v; the committed admission must be found and answered", err)
+			}
+			// The cache heard of the commit without waiting for the user's
+			// next request (which may never come).
+			if c, ok := cache.last(user); !ok || c.Sessions != 1 {
+				t.Fatalf("cache holds %+v (ok %v) after the resolved commit; want 1 session", c, ok)
 			}
 			if key != "" {
 				again, err := svc.CreateSession(ctxFor(t, 5*time.Second), user, in, key)

@@ -329,6 +329,13 @@ func (a *userActor) resolveUnknown(m *createSession, req persistence.AdmitReques
 	switch {
 	case err == nil:
 		a.deps.metrics.resolved("committed")
+		// The commit moved the counters without the actor seeing them.
+		// Reload them now, which also hands them to the cache: otherwise
+		// Redis would stay behind until this user's next request, which
+		// may never come (the cache is only re-seeded after Redis fails).
+		if rerr := a.refresh(ctx, a.deps.now(), true); rerr != nil {
+			a.forget()
+		}
 		return found
 	case domain.ErrorCode(err) == domain.CodeNotFound:
 		a.deps.metrics.resolved("not_committed")
