@@ -139,7 +139,11 @@ func New(opts Options) (http.Handler, error) {
 	if s.metrics, err = newMetrics(reg, s.slots); err != nil {
 		return nil, err
 	}
-	return s.routes(reg), nil
+	engine := s.routes(reg)
+	if s.slots == nil {
+		return engine, nil
+	}
+	return &bounded{s: s, next: engine}, nil
 }
 
 func parseUploadBase(raw string) (string, error) {
@@ -168,17 +172,14 @@ func (s *server) routes(reg *prometheus.Registry) *gin.Engine {
 	r.GET("/openapi.yaml", s.openAPI)
 	r.GET("/api/v1/plans", s.listPlans)
 
-	// bound comes first: a request past the in-flight limit is answered
-	// before any work is spent on it (authentication included), so that
-	// shedding costs far less than serving and goodput holds past capacity.
-	api := r.Group("/api/v1", s.bound, s.requireUser)
+	api := r.Group("/api/v1", s.requireUser)
 	api.POST("/sessions", s.createSession) // its deadline: createContext
 	api.GET("/sessions", s.deadline, s.listSessions)
 	api.GET("/sessions/:id", s.deadline, s.getSession)
 	api.POST("/sessions/:id/upload-url", s.deadline, s.createUploadURL)
 	api.GET("/usage", s.deadline, s.usage)
 
-	admin := r.Group("/admin/v1", s.bound, s.requireAdmin, s.deadline)
+	admin := r.Group("/admin/v1", s.requireAdmin, s.deadline)
 	admin.PUT("/users/:id", s.putUser)
 	admin.GET("/users/:id", s.getUser)
 	admin.POST("/users/:id/reset-usage", s.resetUsage)
@@ -332,24 +333,40 @@ var busyBody = func() []byte {
 	return b
 }()
 
-// bound sheds load over MaxInFlight: the excess is answered 503 with
-// Retry-After at once rather than queued toward its deadline, which under
-// sustained overload would walk every request up to it (and turn them into
-// 504s). A bad token may thus be answered 503 rather than 401 while the
-// process is full; it holds its slot only as long as authentication takes.
-func (s *server) bound(c *gin.Context) {
-	if s.slots == nil {
-		c.Next()
+// bounded sheds load over MaxInFlight in front of the router: the excess
+// is answered 503 with Retry-After at once rather than queued toward its
+// deadline, which under sustained overload would walk every request up to
+// it (and turn them into 504s). It runs before any work is spent on the
+// request — routing, authentication, the access log line — so that
+// shedding costs a small fraction of serving and goodput holds past
+// capacity; tally_http_shed_total counts what it refuses. Ops endpoints
+// are never shed: probes and scrapes must see an overloaded process.
+type bounded struct {
+	s    *server
+	next http.Handler
+}
+
+func (b *bounded) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/healthz", "/readyz", "/metrics", "/openapi.yaml":
+		b.next.ServeHTTP(w, r)
 		return
 	}
 	select {
-	case s.slots <- struct{}{}:
-		defer func() { <-s.slots }()
-		c.Next()
+	case b.s.slots <- struct{}{}:
+		defer func() { <-b.s.slots }()
+		b.next.ServeHTTP(w, r)
 	default:
-		s.metrics.shed.Inc()
-		c.Header("Retry-After", "1")
-		c.Data(http.StatusServiceUnavailable, "application/json; charset=utf-8", busyBody)
-		c.Abort()
+		b.s.metrics.shed.Inc()
+		h := w.Header()
+		id := r.Header.Get(headerRequestID)
+		if !validRequestID(id) {
+			id = newRequestID()
+		}
+		h.Set(headerRequestID, id)
+		h.Set("Retry-After", "1")
+		h.Set("Content-Type", "application/json; charset=utf-8")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write(busyBody)
 	}
 }
