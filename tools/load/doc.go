@@ -88,7 +88,11 @@
 //	send_lag              open loop: latency object of (actual − scheduled) send time
 //	latency_admitted, latency_rejected
 //	                      {"count", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"}
-//	series                per second: {"t_s", "length_s", "admitted", "rejected",
+//	latency_by_status     {"200": latency, "503": latency, ...} every HTTP status's answers
+//	retry_after_by_status {"503": n, ...} answers that carried a Retry-After header
+//	measure_start         when the measured phase began (RFC 3339, ns)
+//	interval_s            length of the series' intervals (default 1)
+//	series                per interval: {"t_s", "length_s", "admitted", "rejected",
 //	                      "errors", "late", "admitted_p50_ms", "admitted_p99_ms",
 //	                      "rejected_p50_ms", "rejected_p99_ms"} (t_s = end of the
 //	                      interval since the measured phase started; counts, not rates)
