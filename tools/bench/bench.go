@@ -388,7 +388,8 @@ func (r *runner) want(name string) bool {
 		return false
 	}
 	if len(r.opts.Only) == 0 {
-		return slices.Contains(suites[r.opts.Suite], name)
+		suite := cmp.Or(r.opts.Suite, "compare")
+		return slices.Contains(suites[suite], name)
 	}
 	return slices.Contains(r.opts.Only, name)
 }

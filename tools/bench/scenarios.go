@@ -514,8 +514,8 @@ func (r *runner) phaseSlowclients(ctx context.Context, p *Phase) error {
 	run.Stalled = set.summarize(waited)
 	r.slow = run
 	p.Details = run
-	r.logf("slowclients: p99 %.2f ms without, %.2f ms with; %d of %d stalled connections closed by the server (the last after %.2fs); answers %v",
-		run.Without.LatencyAdmitted.P99Ms, run.With.LatencyAdmitted.P99Ms, closed, r.opts.SlowConns, run.Stalled.MaxCloseS, run.Stalled.Answers)
+	r.logf("slowclients: p99 %.2f ms without, %.2f ms with; %d of %d stalled connections closed by the server within %.1fs (the last %.2fs after its byte); answers %v",
+		run.Without.LatencyAdmitted.P99Ms, run.With.LatencyAdmitted.P99Ms, closed, r.opts.SlowConns, waited.Seconds(), run.Stalled.MaxCloseS, run.Stalled.Answers)
 	return nil
 }
 
