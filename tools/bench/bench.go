@@ -43,6 +43,11 @@
 // never seen, actors still live), and RSS while touching a million users
 // with a short idle timeout (in a separate Tally child, so its VmHWM is
 // that phase's peak alone).
+//
+// `--suite overload` (`make overload`) runs another list of phases with the
+// same harness: what Tally does past its capacity, through a restart, next
+// to stalled clients and with a poisoned create in its batches
+// (scenarios.go).
 package bench
 
 import (
@@ -154,13 +159,18 @@ Results go to --out as JSON and Markdown. A default run takes 15-25
 minutes on a 2-core machine, more than half of it the million-users phase
 (--skip-million); --quick --skip-million takes about 2.
 
+--suite overload runs the overload scenarios instead (capacity, 2x and 3x
+capacity with the recovery after, a vegeta cross-check, a restart under
+load, 1000 stalled clients, a poisoned create), each figure against its
+target: about 5 minutes, 3 with --quick.
+
 Flags:
 `)
 		fs.PrintDefaults()
 	}
 	fs.DurationVar(&o.Duration, "duration", 15*time.Second, "length of each measured phase")
 	fs.DurationVar(&o.Warmup, "warmup", -1, "unmeasured load before each HTTP phase (default: duration/5, at most 3s)")
-	fs.BoolVar(&o.Quick, "quick", false, "a quick run: 5s phases, 20 000 users for the memory phase, 100 000 for the million check (explicit flags win)")
+	fs.BoolVar(&o.Quick, "quick", false, "a quick run: 5s phases, 20 000 users for the memory phase, 100 000 for the million check; in the overload suite 10s overloads and 5s tails (explicit flags win)")
 	fs.BoolVar(&o.SkipMillion, "skip-million", false, "skip the million-users RSS phase (the longest)")
 	fs.IntVar(&o.MillionUsers, "million-users", millionTarget, "distinct users the million-users phase touches")
 	fs.IntVar(&o.MemoryUsers, "memory-users", defaultMemUser, "new users the memory-per-user phase touches")

@@ -1,10 +1,13 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"io"
 	"math"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -236,5 +239,54 @@ func TestParseSuiteFlags(t *testing.T) {
 	o, err = parseFlags([]string{"--suite", "overload", "--only", "capacity,poison", "--overload-duration", "45s"}, io.Discard)
 	if err != nil || len(o.Only) != 2 || o.OverloadDuration != 45*time.Second {
 		t.Errorf("--only/--overload-duration: %+v, %v", o, err)
+	}
+}
+
+// TestStalledConns: against a listener that reads each stalled request's
+// headers and its one body byte, then answers the unauthenticated ones 401
+// and closes every connection, the set sees every connection closed by the
+// server, with the answers by kind. No timing is asserted.
+func TestStalledConns(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				head, err := br.ReadString('{') // headers, then the single body byte
+				if err != nil {
+					return
+				}
+				if !strings.Contains(head, "Content-Length: 100\r\n") {
+					t.Errorf("a stalled request without Content-Length: 100:\n%s", head)
+				}
+				if !strings.Contains(head, "Authorization: Bearer ") {
+					_, _ = io.WriteString(c, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+				}
+			}()
+		}
+	}()
+	s, err := openStalled(context.Background(), ln.Addr().String(), 10, []string{"tok-a", "tok-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.waitClosed(context.Background(), time.Now().Add(time.Minute)); n != 10 {
+		t.Errorf("%d of 10 closed", n)
+	}
+	s.closeAll()
+	sum := s.summarize(time.Second)
+	if sum.Conns != 10 || sum.ClosedByServer != 10 {
+		t.Errorf("summary %+v", sum)
+	}
+	if sum.Answers["with token: no answer"] != 5 || sum.Answers["without token: 401"] != 5 {
+		t.Errorf("answers %v", sum.Answers)
 	}
 }

@@ -634,6 +634,11 @@ func (r *runner) scenarioRows() []Row {
 			g.Tally = val(o.GoodputPct)
 			g.Note = fmt.Sprintf("%s admitted/s while offered; client sent %s/s (%d late, %d never sent); statuses %s",
 				groupDigits(o.GoodputPerS), groupDigits(float64(l.Requests)/r.opts.OverloadDuration.Seconds()), l.Late, l.Unsent, countsLine(l.Statuses))
+			if o.GoodputPct > 110 {
+				// More than the max cannot be served: the capacity
+				// measured was low (a busy machine, a short run).
+				g.Note += "; above 100 %: the capacity measured was low (a busy machine or a short run; --capacity pins it)"
+			}
 			s.Tally = val(l.LatencyByStatus["200"].P99Ms)
 			n503 := l.Statuses["503"]
 			if n503 > 0 {
