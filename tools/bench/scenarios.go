@@ -640,10 +640,14 @@ func (r *runner) scenarioRows() []Row {
 				g.Note += "; above 100 %: the capacity measured was low (a busy machine or a short run; --capacity pins it)"
 			}
 			s.Tally = val(l.LatencyByStatus["200"].P99Ms)
+			// From the schedule is the figure (a client's wait counts);
+			// from the actual send says how much of it was the client
+			// running behind.
+			s.Note = fmt.Sprintf("%.1f ms from the actual send", l.LatencyByStatusFromSend["200"].P99Ms)
 			n503 := l.Statuses["503"]
 			if n503 > 0 {
 				sh.Tally = val(l.LatencyByStatus["503"].P99Ms)
-				sh.Note = fmt.Sprintf("%d answers 503", n503)
+				sh.Note = fmt.Sprintf("%d answers 503; %.1f ms from the actual send", n503, l.LatencyByStatusFromSend["503"].P99Ms)
 			} else {
 				sh.Note = "no 503 was answered"
 			}

@@ -89,6 +89,8 @@
 //	latency_admitted, latency_rejected
 //	                      {"count", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"}
 //	latency_by_status     {"200": latency, "503": latency, ...} every HTTP status's answers
+//	latency_by_status_from_send  the same from each request's actual send (open loop:
+//	                      without the wait for a free worker)
 //	retry_after_by_status {"503": n, ...} answers that carried a Retry-After header
 //	measure_start         when the measured phase began (RFC 3339, ns)
 //	interval_s            length of the series' intervals (default 1)

@@ -507,6 +507,9 @@ func TestLatencyByStatusAndRetryAfter(t *testing.T) {
 		if res.RetryAfter["503"] != shed.Count || res.RetryAfter["200"] != 0 {
 			t.Errorf("std=%v: Retry-After counted %v, want 503: %d and none on 200", std, res.RetryAfter, shed.Count)
 		}
+		if fs := res.LatencyByStatusFromSend["503"]; fs.Count != shed.Count || fs.P99Ms > shed.P99Ms {
+			t.Errorf("std=%v: 503 latency from the send %+v, from the schedule %+v", std, fs, shed)
+		}
 		if res.StatusHists["503"] == nil || res.StatusHists["503"].TotalCount() != shed.Count {
 			t.Errorf("std=%v: the 503 histogram does not match its summary", std)
 		}

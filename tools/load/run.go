@@ -63,6 +63,10 @@ type Result struct {
 	// carried a Retry-After header.
 	LatencyByStatus map[string]Latency `json:"latency_by_status"`
 	RetryAfter      map[string]int64   `json:"retry_after_by_status"`
+	// LatencyByStatusFromSend is LatencyByStatus counted from each
+	// request's actual send instead of its scheduled time: equal in closed
+	// loop; in open loop, the difference is how far behind the client was.
+	LatencyByStatusFromSend map[string]Latency `json:"latency_by_status_from_send"`
 	// MeasureStart is when the measured phase began (the scheduled time of
 	// its first slot in open loop): Series[i].T counts from it.
 	MeasureStart time.Time `json:"measure_start"`
@@ -809,28 +813,32 @@ func (e *engine) result(started time.Time, elapsed time.Duration, interrupted bo
 		StartedAt: started.UTC().Truncate(time.Millisecond),
 		WarmupS:   cfg.Warmup.Seconds(), DurationS: elapsed.Seconds(),
 		Admitted: t.admitted, Rejected: t.rejected, Errors: t.errors,
-		Requests:              t.admitted + t.rejected + t.errors,
-		Statuses:              t.statuses,
-		ErrorsByStatus:        t.errorsByStatus,
-		TransportErrors:       t.transportCounts,
-		TransportErrorSamples: t.transportSamples,
-		LatencyAdmitted:       summarize(t.adm),
-		LatencyRejected:       summarize(t.rej),
-		Series:                e.coll.all(),
-		Server500:             t.server500,
-		Interrupted:           interrupted,
-		AdmittedHist:          t.adm,
-		RejectedHist:          t.rej,
-		Violations:            []string{},
-		LatencyByStatus:       map[string]Latency{},
-		RetryAfter:            t.retryAfter,
-		StatusHists:           t.byStatus,
-		MeasureStart:          e.measureStart,
-		IntervalS:             cfg.Interval.Seconds(),
-		IntervalHists:         e.coll.hists(),
+		Requests:                t.admitted + t.rejected + t.errors,
+		Statuses:                t.statuses,
+		ErrorsByStatus:          t.errorsByStatus,
+		TransportErrors:         t.transportCounts,
+		TransportErrorSamples:   t.transportSamples,
+		LatencyAdmitted:         summarize(t.adm),
+		LatencyRejected:         summarize(t.rej),
+		Series:                  e.coll.all(),
+		Server500:               t.server500,
+		Interrupted:             interrupted,
+		AdmittedHist:            t.adm,
+		RejectedHist:            t.rej,
+		Violations:              []string{},
+		LatencyByStatus:         map[string]Latency{},
+		LatencyByStatusFromSend: map[string]Latency{},
+		RetryAfter:              t.retryAfter,
+		StatusHists:             t.byStatus,
+		MeasureStart:            e.measureStart,
+		IntervalS:               cfg.Interval.Seconds(),
+		IntervalHists:           e.coll.hists(),
 	}
 	for k, h := range t.byStatus {
 		r.LatencyByStatus[k] = summarize(h)
+	}
+	for k, h := range t.sentByStatus {
+		r.LatencyByStatusFromSend[k] = summarize(h)
 	}
 	if s := elapsed.Seconds(); s > 0 {
 		r.RequestsPerS = float64(r.Requests) / s

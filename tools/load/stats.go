@@ -107,6 +107,11 @@ type shard struct {
 	// own. retryAfter counts the answers that carried Retry-After.
 	byStatus   map[int]*hdrhistogram.Histogram
 	retryAfter map[int]int64
+	// sentByStatus is the same latency counted from the actual send rather
+	// than the scheduled one (they differ in open loop only, by the time
+	// the request waited for a free worker): how fast the server answered,
+	// apart from how far behind the client was.
+	sentByStatus map[int]*hdrhistogram.Histogram
 }
 
 func newShard(keepIDs bool) *shard {
@@ -122,6 +127,7 @@ func newShard(keepIDs bool) *shard {
 		keepIDs:         keepIDs,
 		byStatus:        make(map[int]*hdrhistogram.Histogram),
 		retryAfter:      make(map[int]int64),
+		sentByStatus:    make(map[int]*hdrhistogram.Histogram),
 	}
 }
 
@@ -171,6 +177,12 @@ func (s *shard) record(o outcome, sample string) {
 			s.byStatus[o.status] = h
 		}
 		_ = h.RecordValue(lat)
+		hs := s.sentByStatus[o.status]
+		if hs == nil {
+			hs = newHist(histDigits)
+			s.sentByStatus[o.status] = hs
+		}
+		_ = hs.RecordValue(micros(o.latency - o.lag))
 		if o.retryAfter {
 			s.retryAfter[o.status]++
 		}
@@ -324,6 +336,7 @@ type totals struct {
 	transportCounts            map[string]int64
 	server500                  int64
 	byStatus                   map[string]*hdrhistogram.Histogram
+	sentByStatus               map[string]*hdrhistogram.Histogram
 	retryAfter                 map[string]int64
 }
 
@@ -332,7 +345,8 @@ func mergeShards(shards []*shard) totals {
 		adm: newHist(histDigits), rej: newHist(histDigits), lag: newHist(histDigits),
 		statuses: map[string]int64{}, errorsByStatus: map[string]int64{},
 		transportSamples: map[string]string{}, transportCounts: map[string]int64{},
-		byStatus: map[string]*hdrhistogram.Histogram{}, retryAfter: map[string]int64{},
+		byStatus: map[string]*hdrhistogram.Histogram{}, sentByStatus: map[string]*hdrhistogram.Histogram{},
+		retryAfter: map[string]int64{},
 	}
 	for _, s := range shards {
 		s.mu.Lock()
@@ -359,6 +373,13 @@ func mergeShards(shards []*shard) totals {
 				t.byStatus[k] = newHist(histDigits)
 			}
 			t.byStatus[k].Merge(h)
+		}
+		for code, h := range s.sentByStatus {
+			k := strconv.Itoa(code)
+			if t.sentByStatus[k] == nil {
+				t.sentByStatus[k] = newHist(histDigits)
+			}
+			t.sentByStatus[k].Merge(h)
 		}
 		for code, n := range s.retryAfter {
 			t.retryAfter[strconv.Itoa(code)] += n
