@@ -231,8 +231,12 @@ func (r *runner) phaseOverload(ctx context.Context, p *Phase) error {
 		return err
 	}
 	normal := float64(int(capacity * normalShare))
-	// The normal p99: what the tails have to come back to.
-	base, err := r.runLoad(ctx, p, fmt.Sprintf("normal rate %.0f/s before the overload", normal), r.suiteLoad(c.url(), r.suitePrefix, normal, r.opts.Duration))
+	// The normal p99: what the tails have to come back to. After a
+	// warm-up: the closed loop of the capacity phase leaves a backlog
+	// (Postgres writing out what it committed) that is not "normal".
+	bcfg := r.suiteLoad(c.url(), r.suitePrefix, normal, r.opts.Duration)
+	bcfg.Warmup = r.opts.Warmup
+	base, err := r.runLoad(ctx, p, fmt.Sprintf("normal rate %.0f/s before the overload", normal), bcfg)
 	if err != nil {
 		return err
 	}
@@ -375,7 +379,10 @@ func (r *runner) phaseColdstart(ctx context.Context, p *Phase) error {
 	cold := &ColdRun{Rate: float64(int(capacity * normalShare))}
 	// One load through the restart: it runs until cancelled, a little
 	// after the restarted Tally's first coldWindow, bounded in any case.
-	steady := r.opts.Duration
+	// The steady p99 is read after a warm-up (the provisioning burst just
+	// before is not steady), for --duration.
+	warm := max(r.opts.Warmup, time.Second)
+	steady := warm + r.opts.Duration
 	cfg := r.suiteLoad(a.url(), prefix, cold.Rate, steady+2*time.Minute)
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -430,9 +437,7 @@ func (r *runner) phaseColdstart(ctx context.Context, p *Phase) error {
 	cold.Load = res
 	r.keep(p, fmt.Sprintf("open loop at %.0f/s through the restart", cold.Rate), res)
 	at := func(t time.Time) float64 { return t.Sub(res.MeasureStart).Seconds() }
-	// Steady: from the first second (connections opened, actors warm) to
-	// the SIGTERM.
-	if v, ok := p99Ms(mergeOverlapping(res.Series, res.IntervalHists, 1, at(sigterm))); ok {
+	if v, ok := p99Ms(mergeOverlapping(res.Series, res.IntervalHists, warm.Seconds(), at(sigterm))); ok {
 		cold.SteadyP99Ms = v
 	}
 	h := mergeOverlapping(res.Series, res.IntervalHists, at(ready), at(ready)+coldWindow.Seconds())
@@ -481,7 +486,12 @@ func (r *runner) phaseSlowclients(ctx context.Context, p *Phase) error {
 	}
 	run := &SlowRun{Rate: float64(int(capacity * normalShare)), ReadTimeout: rt.String()}
 	cfg := r.suiteLoad(c.url(), prefix, run.Rate, r.opts.Duration)
-	if run.Without, err = r.runLoad(ctx, p, fmt.Sprintf("normal clients at %.0f/s, no stalled connection", run.Rate), cfg); err != nil {
+	// The run without stalled connections warms up first; the run with
+	// them does not, since a server that cuts them off after the read
+	// timeout is disturbed in the first seconds only.
+	first := cfg
+	first.Warmup = r.opts.Warmup
+	if run.Without, err = r.runLoad(ctx, p, fmt.Sprintf("normal clients at %.0f/s, no stalled connection", run.Rate), first); err != nil {
 		return err
 	}
 	// Tokens of users the server has never seen: a stalled create with a
