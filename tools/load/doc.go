@@ -11,8 +11,11 @@
 // three significant digits), one for admitted and one for rejected
 // requests, because the two take very different paths through the service
 // (a durable write against a refusal) and a single histogram would hide one
-// behind the other. A per-second series of the same figures feeds
-// the "latency over time" chart of the HTML report.
+// behind the other. A series of the same figures over time (one
+// interval per second unless Config.Interval says otherwise) feeds the
+// "latency over time" chart of the HTML report. Every answer's latency is
+// also kept by HTTP status, from the scheduled and from the actual send, so
+// that how fast a server refuses (503) is a figure of its own.
 //
 // Two ways to generate load:
 //
