@@ -10,9 +10,12 @@ FUZZTIME ?= 60s
 IMAGE    ?= tally:dev
 # Flags of tally-bench, e.g. BENCHFLAGS='--quick --skip-million'.
 BENCHFLAGS ?=
+# Flags of the overload suite, e.g. OVERLOADFLAGS='--quick' or
+# OVERLOADFLAGS='--only capacity,overload --max-in-flight 256'.
+OVERLOADFLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint fmt fuzz bench bench-diff bench-compare clean docker
+.PHONY: help build run test lint fmt fuzz bench bench-diff bench-compare overload clean docker
 
 help: ## List the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -63,6 +66,13 @@ bench-diff: ## Compare Go benchmarks between BASE (git ref, default HEAD~1) and 
 # BENCHFLAGS='--quick --skip-million'. Results go to bin/bench-results/.
 bench-compare: ## Run the side-by-side benchmark (Tally vs row-lock pgbench vs bare Gin) and print the ratios
 	$(GO) run ./cmd/tally-bench $(BENCHFLAGS)
+
+# The overload, restart, slow-client and poison scenarios (README, "Overload
+# scenarios"): ~5 minutes, ~3 with OVERLOADFLAGS=--quick. The vegeta
+# cross-check needs `go install github.com/tsenart/vegeta/v12@v12.13.0` and is
+# skipped, with a message, without it. Results go to bin/bench-results/.
+overload: ## Run the overload scenarios (2x/3x capacity, vegeta, restart, slow clients, poison) and print figures vs targets
+	$(GO) run ./cmd/tally-bench --suite overload $(OVERLOADFLAGS)
 
 # ./data is left alone: it is the embedded store, i.e. a user's data.
 clean: ## Remove build output (bin/)

@@ -1,7 +1,9 @@
 // Command tally-bench is the side-by-side benchmark (`make bench-compare`):
 // Tally against the row-lock transaction through pgbench and against bare
 // Gin with no accounting, measured in one run on this machine, printed as
-// ratios with their targets. Everything is in tools/bench; main only wires
+// ratios with their targets; `--suite overload` (`make overload`) runs the
+// overload, restart, slow-client and poison scenarios instead. Everything
+// is in tools/bench; main only wires
 // the process's signals and streams into bench.Run.
 package main
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"golang.org/x/term"
 
@@ -60,6 +61,7 @@ Flags:
 	fs.BoolVar(&cfg.NoProvision, "no-provision", false, "do not PUT the users first (users that exist already, or a non-Tally endpoint)")
 	fs.BoolVar(&cfg.NoVerify, "no-verify", false, "skip the invariant checks after the run (a non-Tally endpoint)")
 	fs.BoolVar(&cfg.StdClient, "std-client", false, "send the creates with net/http instead of the built-in HTTP/1.1 client (costs more client CPU per request; for comparison)")
+	fs.DurationVar(&cfg.Interval, "interval", time.Second, "length of the intervals of the JSON series and the HTML charts (at least 10ms)")
 	asJSON := fs.Bool("json", false, "print the result as JSON on stdout instead of the text summary")
 	htmlFile := fs.String("html", "", "write a self-contained HTML report (charts of throughput and latency) to this file")
 	progress := fs.Bool("progress", false, "draw the progress bar on stderr even when it is not a terminal")

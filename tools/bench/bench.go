@@ -43,6 +43,11 @@
 // never seen, actors still live), and RSS while touching a million users
 // with a short idle timeout (in a separate Tally child, so its VmHWM is
 // that phase's peak alone).
+//
+// `--suite overload` (`make overload`) runs another list of phases with the
+// same harness: what Tally does past its capacity, through a restart, next
+// to stalled clients and with a poisoned create in its batches
+// (scenarios.go).
 package bench
 
 import (
@@ -66,8 +71,13 @@ import (
 	"github.com/tally-dev/tally/tools/load"
 )
 
-// The phases, in the order they run; --only takes these names.
+// The phases of the default suite ("compare"), in the order they run;
+// --only takes these names (or the overload suite's, scenarios.go).
 var phaseNames = []string{"rowlock", "gin", "many", "hot", "overlimit", "latency", "memory", "million"}
+
+// suites are the phase lists --suite chooses between: the side-by-side
+// comparison, and the overload scenarios (scenarios.go).
+var suites = map[string][]string{"compare": phaseNames, "overload": overloadPhases}
 
 // Fixed shapes of the load, from the targets in the issue.
 const (
@@ -99,6 +109,17 @@ type Options struct {
 	NoVerify     bool
 	Only         []string
 	Command      string
+
+	// The overload suite (scenarios.go).
+	Suite            string
+	Capacity         float64
+	OverloadDuration time.Duration
+	Tail             time.Duration
+	OverloadConns    int
+	MaxInFlight      int
+	SlowConns        int
+	ReadTimeout      time.Duration
+	Vegeta           string
 }
 
 // Run is the benchmark's command line (cmd/tally-bench), and also the
@@ -138,13 +159,18 @@ Results go to --out as JSON and Markdown. A default run takes 15-25
 minutes on a 2-core machine, more than half of it the million-users phase
 (--skip-million); --quick --skip-million takes about 2.
 
+--suite overload runs the overload scenarios instead (capacity, 2x and 3x
+capacity with the recovery after, a vegeta cross-check, a restart under
+load, 1000 stalled clients, a poisoned create), each figure against its
+target: about 5 minutes, 3 with --quick.
+
 Flags:
 `)
 		fs.PrintDefaults()
 	}
 	fs.DurationVar(&o.Duration, "duration", 15*time.Second, "length of each measured phase")
 	fs.DurationVar(&o.Warmup, "warmup", -1, "unmeasured load before each HTTP phase (default: duration/5, at most 3s)")
-	fs.BoolVar(&o.Quick, "quick", false, "a quick run: 5s phases, 20 000 users for the memory phase, 100 000 for the million check (explicit flags win)")
+	fs.BoolVar(&o.Quick, "quick", false, "a quick run: 5s phases, 20 000 users for the memory phase, 100 000 for the million check; in the overload suite 10s overloads and 5s tails (explicit flags win)")
 	fs.BoolVar(&o.SkipMillion, "skip-million", false, "skip the million-users RSS phase (the longest)")
 	fs.IntVar(&o.MillionUsers, "million-users", millionTarget, "distinct users the million-users phase touches")
 	fs.IntVar(&o.MemoryUsers, "memory-users", defaultMemUser, "new users the memory-per-user phase touches")
@@ -152,7 +178,16 @@ Flags:
 	fs.StringVar(&o.RedisAddr, "redis-addr", "127.0.0.1:6379", "Redis host:port (keys go under a private prefix)")
 	fs.StringVar(&o.Out, "out", filepath.Join("bin", "bench-results"), "directory for the JSON and Markdown results and the servers' logs")
 	fs.BoolVar(&o.NoVerify, "no-verify", false, "skip tools/load's invariant checks after each Tally phase (faster; they read every admitted session back)")
-	only := fs.String("only", "", "comma-separated phases to run ("+strings.Join(phaseNames, ",")+"); default all")
+	only := fs.String("only", "", "comma-separated phases of the suite to run (compare: "+strings.Join(phaseNames, ",")+"; overload: "+strings.Join(overloadPhases, ",")+"); default all")
+	fs.StringVar(&o.Suite, "suite", "compare", "compare: Tally against the row-lock and bare-Gin baselines; overload: the overload, restart, slow-client and poison scenarios (make overload)")
+	fs.Float64Var(&o.Capacity, "capacity", 0, "overload suite: use this many admitted creates/s as the capacity instead of measuring the closed-loop max (it is still run for --duration, open loop, to read RSS at capacity)")
+	fs.DurationVar(&o.OverloadDuration, "overload-duration", 30*time.Second, "overload suite: how long each multiple of capacity (and vegeta's) is offered")
+	fs.DurationVar(&o.Tail, "tail", 10*time.Second, "overload suite: the normal-rate load after each overload, in which p99 must come back")
+	fs.IntVar(&o.OverloadConns, "overload-conns", 2048, "overload suite: the client's cap on connections (requests in flight) while overloading; above TALLY_MAX_IN_FLIGHT, so that Tally is what refuses")
+	fs.IntVar(&o.MaxInFlight, "max-in-flight", 0, "overload suite: TALLY_MAX_IN_FLIGHT of the Tally children (0: Tally's default)")
+	fs.IntVar(&o.SlowConns, "slow-conns", 1000, "overload suite: stalled connections in the slowclients scenario (half with a valid token)")
+	fs.DurationVar(&o.ReadTimeout, "read-timeout", 2*time.Second, "overload suite: TALLY_HTTP_READ_TIMEOUT of the slowclients scenario's Tally")
+	fs.StringVar(&o.Vegeta, "vegeta", "vegeta", "overload suite: the vegeta binary (a path, or a name looked up on PATH and in $GOPATH/bin); the cross-check is skipped, visibly, without it")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -164,6 +199,12 @@ Flags:
 	if o.Quick {
 		if !set["duration"] {
 			o.Duration = 5 * time.Second
+		}
+		if !set["overload-duration"] {
+			o.OverloadDuration = 10 * time.Second
+		}
+		if !set["tail"] {
+			o.Tail = 5 * time.Second
 		}
 		if !set["million-users"] {
 			o.MillionUsers = 100000
@@ -181,11 +222,21 @@ Flags:
 	if o.MillionUsers < 1 || o.MemoryUsers < 1 {
 		return o, errors.New("--million-users and --memory-users must be positive")
 	}
+	names, ok := suites[o.Suite]
+	if !ok {
+		return o, fmt.Errorf("--suite must be compare or overload, got %q", o.Suite)
+	}
+	if o.OverloadDuration < time.Second || o.Tail < time.Second {
+		return o, errors.New("--overload-duration and --tail must be at least 1s")
+	}
+	if o.Capacity < 0 || o.OverloadConns < 1 || o.SlowConns < 2 || o.MaxInFlight < 0 || o.ReadTimeout <= 0 {
+		return o, errors.New("--capacity, --max-in-flight must not be negative; --overload-conns ≥ 1, --slow-conns ≥ 2, --read-timeout > 0")
+	}
 	if *only != "" {
 		for _, p := range strings.Split(*only, ",") {
 			p = strings.TrimSpace(p)
-			if !slices.Contains(phaseNames, p) {
-				return o, fmt.Errorf("--only: unknown phase %q (phases: %s)", p, strings.Join(phaseNames, ", "))
+			if !slices.Contains(names, p) {
+				return o, fmt.Errorf("--only: unknown phase %q of the %s suite (phases: %s)", p, o.Suite, strings.Join(names, ", "))
 			}
 			o.Only = append(o.Only, p)
 		}
@@ -236,15 +287,17 @@ type Settings struct {
 
 // Phase is what one phase did and measured, with the raw load results.
 type Phase struct {
-	Name     string          `json:"name"`
-	What     string          `json:"what"`
-	Seconds  float64         `json:"wall_s"`
-	Err      string          `json:"error,omitempty"`
-	Pgbench  []PgbenchResult `json:"pgbench,omitempty"`
-	Loads    []LoadRun       `json:"loads,omitempty"`
-	Memory   *MemoryResult   `json:"memory,omitempty"`
-	Million  *MillionResult  `json:"million,omitempty"`
-	LogFiles []string        `json:"log_files,omitempty"`
+	Name    string          `json:"name"`
+	What    string          `json:"what"`
+	Seconds float64         `json:"wall_s"`
+	Err     string          `json:"error,omitempty"`
+	Pgbench []PgbenchResult `json:"pgbench,omitempty"`
+	Loads   []LoadRun       `json:"loads,omitempty"`
+	Memory  *MemoryResult   `json:"memory,omitempty"`
+	Million *MillionResult  `json:"million,omitempty"`
+	// Details is an overload-suite scenario's own result (scenarios.go).
+	Details  any      `json:"details,omitempty"`
+	LogFiles []string `json:"log_files,omitempty"`
 }
 
 // LoadRun is one tools/load run of a phase (its per-second series
@@ -308,6 +361,18 @@ type runner struct {
 	million           *MillionResult
 	memUsersPerS      float64
 	millionRequested  bool
+
+	// The overload suite (scenarios.go).
+	capacity    float64
+	capacityRun *load.Result
+	capRSSKB    int64
+	suitePrefix string
+	normal      *load.Result
+	overloads   []*OverloadRun
+	vegeta      *VegetaRun
+	cold        *ColdRun
+	slow        *SlowRun
+	poison      *PoisonRun
 }
 
 func newRunner(o Options, stdout, stderr io.Writer) (*runner, error) {
@@ -332,13 +397,20 @@ func (r *runner) want(name string) bool {
 	if name == "million" && r.opts.SkipMillion {
 		return false
 	}
-	return len(r.opts.Only) == 0 || slices.Contains(r.opts.Only, name)
+	if len(r.opts.Only) == 0 {
+		suite := cmp.Or(r.opts.Suite, "compare")
+		return slices.Contains(suites[suite], name)
+	}
+	return slices.Contains(r.opts.Only, name)
 }
 
 func (r *runner) run(ctx context.Context) (err error) {
 	o := r.opts
 	r.report = Report{StartedAt: time.Now().UTC().Truncate(time.Second), Command: o.Command, Notes: []string{}}
 	r.stem = "bench-" + r.report.StartedAt.Format("20060102T150405Z")
+	if o.Suite == "overload" {
+		r.stem = "overload-" + r.report.StartedAt.Format("20060102T150405Z")
+	}
 	r.outDir = o.Out
 	if err := os.MkdirAll(r.outDir, 0o755); err != nil {
 		return fmt.Errorf("--out: %w", err)
@@ -348,7 +420,7 @@ func (r *runner) run(ctx context.Context) (err error) {
 	}
 	defer os.RemoveAll(r.tmp)
 	var phases []string
-	for _, p := range phaseNames {
+	for _, p := range suites[o.Suite] {
 		if r.want(p) {
 			phases = append(phases, p)
 		}
@@ -358,7 +430,7 @@ func (r *runner) run(ctx context.Context) (err error) {
 	r.millionRequested = r.want("million")
 
 	r.logf("tally-bench: %s", o.Command)
-	r.logf("phases: %s; %s per phase (+%s warm-up); roughly %s in all", strings.Join(phases, ", "), o.Duration, o.Warmup, r.estimate(phases).Round(time.Minute))
+	r.logf("phases: %s; %s per phase (+%s warm-up); roughly %s in all", strings.Join(phases, ", "), o.Duration, o.Warmup, roundEstimate(r.estimate(phases)))
 	r.report.Machine = machineInfo(ctx, o.PostgresURL, o.RedisAddr)
 	r.logf("machine: %s", r.report.Machine)
 
@@ -397,11 +469,31 @@ func (r *runner) run(ctx context.Context) (err error) {
 	}
 	r.phase(ctx, "million", fmt.Sprintf("a fresh Tally (idle timeout %s): max VmRSS while touching %d distinct users", millionIdle, o.MillionUsers), r.phaseMillion)
 
+	// The overload suite; each of these is selected only by --suite overload.
+	r.phase(ctx, "capacity", fmt.Sprintf("Tally's max admitted creates/s, %d enterprise users, closed loop %d workers (or --capacity checked open loop)", suiteUsers, highWorkers), r.phaseCapacity)
+	r.phase(ctx, "overload", fmt.Sprintf("open loop at the normal rate, then 2× and 3× capacity for %s each, each followed by the normal rate for %s", o.OverloadDuration, o.Tail), r.phaseOverload)
+	r.phase(ctx, "vegeta", fmt.Sprintf("vegeta at %d× capacity for %s, the same creates and tokens", vegetaFactor, o.OverloadDuration), r.phaseVegeta)
+	if r.tally != nil && r.want("coldstart") {
+		// Coldstart and slowclients start Tallies of their own: the main
+		// one would only take CPU and memory from them.
+		if e := r.tally.stop(); e != nil {
+			r.note("the main Tally child did not stop cleanly: %v", e)
+		}
+		r.tally = nil
+	}
+	r.phase(ctx, "coldstart", "open loop at half the capacity through a SIGTERM and restart of Tally on the same port", r.phaseColdstart)
+	r.phase(ctx, "slowclients", fmt.Sprintf("open loop at half the capacity, without and with %d stalled connections (TALLY_HTTP_READ_TIMEOUT=%s)", o.SlowConns, o.ReadTimeout), r.phaseSlowclients)
+	r.phase(ctx, "poison", fmt.Sprintf("%d users creating %d sessions while one user creates with a NUL in the title", poisonUsers, poisonCreates), r.phasePoison)
+
 	if ctx.Err() != nil {
 		r.logf("interrupted: cleaning up, writing what was measured")
 	}
 	r.report.FinishedAt = time.Now().UTC().Truncate(time.Second)
-	r.report.Figures = r.rows()
+	if o.Suite == "overload" {
+		r.report.Figures = r.scenarioRows()
+	} else {
+		r.report.Figures = r.rows()
+	}
 	if werr := r.write(); werr != nil {
 		return werr
 	}
@@ -447,6 +539,18 @@ func (r *runner) estimate(phases []string) time.Duration {
 			t += time.Duration(float64(r.opts.MemoryUsers)/firstSightRate*float64(time.Second)) + 10*time.Second
 		case "million":
 			t += time.Duration(float64(r.opts.MillionUsers)/firstSightRate*float64(time.Second)) + 30*time.Second
+		case "capacity":
+			t += d + w + 10*time.Second
+		case "overload":
+			t += d + 2*(r.opts.OverloadDuration+r.opts.Tail+5*time.Second)
+		case "vegeta":
+			t += r.opts.OverloadDuration + 15*time.Second
+		case "coldstart":
+			t += d + coldWindow + 15*time.Second
+		case "slowclients":
+			t += 2*d + max(3*r.opts.ReadTimeout, r.opts.ReadTimeout+5*time.Second) + 10*time.Second
+		case "poison":
+			t += 10 * time.Second
 		}
 	}
 	return t
@@ -1053,6 +1157,9 @@ func resultRate(res *load.Result, f func(*load.Result) float64) *float64 {
 // ---- output ----
 
 func (r *runner) header() string {
+	if r.opts.Suite == "overload" {
+		return r.scenarioHeader()
+	}
 	var b strings.Builder
 	o := r.opts
 	fmt.Fprintf(&b, "Tally side-by-side benchmark, %s\n", r.report.StartedAt.Format(time.RFC3339))
@@ -1074,7 +1181,11 @@ func (r *runner) write() error {
 	text.WriteString("\n")
 	text.WriteString(r.header())
 	text.WriteString("\n")
-	if err := WriteTable(&text, r.report.Figures); err != nil {
+	writeTable, writeMD, title := WriteTable, WriteMarkdown, "Tally side-by-side benchmark"
+	if r.opts.Suite == "overload" {
+		writeTable, writeMD, title = WriteScenarioTable, WriteScenarioMarkdown, "Tally overload scenarios"
+	}
+	if err := writeTable(&text, r.report.Figures); err != nil {
 		return err
 	}
 	if len(r.report.Notes) > 0 || len(r.failed) > 0 {
@@ -1104,12 +1215,12 @@ func (r *runner) write() error {
 		return err
 	}
 	var md strings.Builder
-	md.WriteString("# Tally side-by-side benchmark\n\n")
+	fmt.Fprintf(&md, "# %s\n\n", title)
 	for _, l := range strings.Split(strings.TrimSpace(r.header()), "\n") {
 		k, v, ok := strings.Cut(l, ": ")
 		switch {
-		case strings.HasPrefix(l, "Tally side-by-side benchmark, "):
-			fmt.Fprintf(&md, "- **started**: %s\n", strings.TrimPrefix(l, "Tally side-by-side benchmark, "))
+		case strings.HasPrefix(l, title+", "):
+			fmt.Fprintf(&md, "- **started**: %s\n", strings.TrimPrefix(l, title+", "))
 		case ok && k == "command":
 			fmt.Fprintf(&md, "- **command**: `%s`\n", v)
 		case ok && (k == "machine" || k == "settings"):
@@ -1119,7 +1230,7 @@ func (r *runner) write() error {
 		}
 	}
 	md.WriteString("\n")
-	if err := WriteMarkdown(&md, r.report.Figures); err != nil {
+	if err := writeMD(&md, r.report.Figures); err != nil {
 		return err
 	}
 	if len(r.report.Notes) > 0 {
@@ -1146,4 +1257,13 @@ func (r *runner) overNote() string {
 		fmt.Fprintf(&b, " %.0f", x.AdmittedPerS)
 	}
 	return b.String()
+}
+
+// roundEstimate rounds a guess of the run's length to what it is worth:
+// minutes, or tens of seconds for a short run.
+func roundEstimate(d time.Duration) time.Duration {
+	if d < 3*time.Minute {
+		return d.Round(10 * time.Second)
+	}
+	return d.Round(time.Minute)
 }

@@ -57,6 +57,14 @@ func atMost(v float64, unit string) *Target {
 	return &Target{Of: "value", Op: "<=", Value: v, Text: fmt.Sprintf("≤ %g %s", v, unit)}
 }
 
+// atLeast is a floor on the value itself (a percentage, a rate).
+func atLeast(v float64, unit string) *Target {
+	return &Target{Of: "value", Op: ">=", Value: v, Text: strings.TrimSpace(fmt.Sprintf("≥ %g %s", v, unit))}
+}
+
+// none is the target of a count of things that must not happen.
+func none() *Target { return &Target{Of: "value", Op: "<=", Value: 0, Text: "0"} }
+
 func below(v float64, text string) *Target {
 	return &Target{Of: "value", Op: "<", Value: v, Text: "< " + text}
 }
@@ -122,6 +130,14 @@ func fmtValue(v *float64, unit string) string {
 		return fmt.Sprintf("%.2f KB", x)
 	case "MB":
 		return fmt.Sprintf("%.0f MB", x)
+	case "%":
+		return fmt.Sprintf("%.1f %%", x)
+	case "s":
+		return fmt.Sprintf("%.2f s", x)
+	case "×":
+		return fmt.Sprintf("%.2f×", x)
+	case "":
+		return groupDigits(x)
 	}
 	return fmt.Sprintf("%g %s", x, unit)
 }
@@ -205,6 +221,37 @@ func WriteMarkdown(w io.Writer, rows []Row) error {
 	for _, r := range rows {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", esc(r.Figure), fmtValue(r.Tally, r.Unit),
 			esc(r.baselineText()), fmtRatio(r.Ratio), esc(r.targetText()), r.statusText())
+	}
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return err
+	}
+	return writeRowNotes(w, rows, "- ")
+}
+
+// WriteScenarioTable writes the overload suite's rows (no baselines: each
+// figure is Tally's own, against its target) as an aligned text table,
+// notes below it.
+func WriteScenarioTable(w io.Writer, rows []Row) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "figure\tmeasured\ttarget\tmet?")
+	fmt.Fprintln(tw, "------\t--------\t------\t----")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Figure, fmtValue(r.Tally, r.Unit), r.targetText(), r.statusText())
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return writeRowNotes(w, rows, "")
+}
+
+// WriteScenarioMarkdown is WriteScenarioTable in Markdown.
+func WriteScenarioMarkdown(w io.Writer, rows []Row) error {
+	var b strings.Builder
+	b.WriteString("| figure | measured | target | met? |\n")
+	b.WriteString("|---|---:|---|---|\n")
+	esc := func(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", esc(r.Figure), fmtValue(r.Tally, r.Unit), esc(r.targetText()), r.statusText())
 	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return err

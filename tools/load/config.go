@@ -98,6 +98,15 @@ type Config struct {
 	// Body is the JSON body of each create; nil means a valid NewSession.
 	Body []byte
 
+	// Interval is the length of the intervals of Result.Series (default
+	// 1s). Shorter intervals show how fast latency recovers after a
+	// disturbance (an overload, a restart) at a finer grain.
+	Interval time.Duration
+	// KeepIntervalHists keeps each interval's admitted-latency histogram
+	// in Result.IntervalHists (tens of KB each: for runs of minutes, not
+	// hours).
+	KeepIntervalHists bool
+
 	// Progress, when set, receives a progress bar while the load runs.
 	Progress io.Writer
 	// Log, when set, receives a line per phase (provisioning, load,
@@ -162,6 +171,12 @@ func (c Config) normalize() (Config, error) {
 	}
 	if c.Rate < 0 {
 		return c, fmt.Errorf("--rate must be positive (or 0 for closed loop), got %g", c.Rate)
+	}
+	if c.Interval == 0 {
+		c.Interval = time.Second
+	}
+	if c.Interval < 10*time.Millisecond {
+		return c, fmt.Errorf("--interval must be at least 10ms, got %s", c.Interval)
 	}
 	if c.LateAfter <= 0 {
 		c.LateAfter = DefaultLateAfter

@@ -11,8 +11,11 @@
 // three significant digits), one for admitted and one for rejected
 // requests, because the two take very different paths through the service
 // (a durable write against a refusal) and a single histogram would hide one
-// behind the other. A per-second series of the same figures feeds
-// the "latency over time" chart of the HTML report.
+// behind the other. A series of the same figures over time (one
+// interval per second unless Config.Interval says otherwise) feeds the
+// "latency over time" chart of the HTML report. Every answer's latency is
+// also kept by HTTP status, from the scheduled and from the actual send, so
+// that how fast a server refuses (503) is a figure of its own.
 //
 // Two ways to generate load:
 //
@@ -88,7 +91,13 @@
 //	send_lag              open loop: latency object of (actual − scheduled) send time
 //	latency_admitted, latency_rejected
 //	                      {"count", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"}
-//	series                per second: {"t_s", "length_s", "admitted", "rejected",
+//	latency_by_status     {"200": latency, "503": latency, ...} every HTTP status's answers
+//	latency_by_status_from_send  the same from each request's actual send (open loop:
+//	                      without the wait for a free worker)
+//	retry_after_by_status {"503": n, ...} answers that carried a Retry-After header
+//	measure_start         when the measured phase began (RFC 3339, ns)
+//	interval_s            length of the series' intervals (default 1)
+//	series                per interval: {"t_s", "length_s", "admitted", "rejected",
 //	                      "errors", "late", "admitted_p50_ms", "admitted_p99_ms",
 //	                      "rejected_p50_ms", "rejected_p99_ms"} (t_s = end of the
 //	                      interval since the measured phase started; counts, not rates)

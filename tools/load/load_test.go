@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -471,5 +473,58 @@ func TestSlotsBetween(t *testing.T) {
 	}
 	if n := e.slotsBetween(e.start.Add(5*time.Millisecond), e.start.Add(25*time.Millisecond), interval); n != 2 {
 		t.Errorf("[5ms,25ms): %d slots, want 2", n)
+	}
+}
+
+// TestLatencyByStatusAndRetryAfter: a server that sheds every other create
+// with 503 + Retry-After and admits the rest. Each status gets its own
+// latency summary, the Retry-After headers are counted by status (with
+// both clients), and the series' intervals follow Config.Interval with one
+// kept histogram per interval.
+func TestLatencyByStatusAndRetryAfter(t *testing.T) {
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		if n.Add(1)%2 == 0 {
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"detail":{"error":"unavailable","message":"overloaded"}}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"id":"s1"}`)
+	}))
+	defer srv.Close()
+	for _, std := range []bool{false, true} {
+		n.Store(0)
+		cfg := Config{URL: srv.URL, Users: 4, Concurrency: 2, Requests: 200, NoProvision: true, NoVerify: true,
+			StdClient: std, Interval: 50 * time.Millisecond, KeepIntervalHists: true}
+		res := run(t, cfg)
+		ok, shed := res.LatencyByStatus["200"], res.LatencyByStatus["503"]
+		if ok.Count+shed.Count != res.Requests || ok.Count == 0 || shed.Count == 0 {
+			t.Fatalf("std=%v: latency by status %+v for %d requests", std, res.LatencyByStatus, res.Requests)
+		}
+		if res.RetryAfter["503"] != shed.Count || res.RetryAfter["200"] != 0 {
+			t.Errorf("std=%v: Retry-After counted %v, want 503: %d and none on 200", std, res.RetryAfter, shed.Count)
+		}
+		if fs := res.LatencyByStatusFromSend["503"]; fs.Count != shed.Count || fs.P99Ms > shed.P99Ms {
+			t.Errorf("std=%v: 503 latency from the send %+v, from the schedule %+v", std, fs, shed)
+		}
+		if res.StatusHists["503"] == nil || res.StatusHists["503"].TotalCount() != shed.Count {
+			t.Errorf("std=%v: the 503 histogram does not match its summary", std)
+		}
+		if res.IntervalS != 0.05 || len(res.IntervalHists) != len(res.Series) || len(res.Series) == 0 {
+			t.Fatalf("std=%v: interval %gs, %d hists for %d intervals", std, res.IntervalS, len(res.IntervalHists), len(res.Series))
+		}
+		var kept int64
+		for i, s := range res.Series {
+			kept += res.IntervalHists[i].TotalCount()
+			if i < len(res.Series)-1 && math.Abs(s.T-0.05*float64(i+1)) > 1e-9 {
+				t.Errorf("std=%v: interval %d ends at %gs, want %gs", std, i, s.T, 0.05*float64(i+1))
+			}
+		}
+		if kept != res.Admitted {
+			t.Errorf("std=%v: the interval histograms hold %d admitted, the run %d", std, kept, res.Admitted)
+		}
 	}
 }

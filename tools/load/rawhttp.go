@@ -49,6 +49,8 @@ type rawConn struct {
 	c       net.Conn
 	br      *bufio.Reader
 	reused  bool // at least one answer was read on c
+	// retryAfter: the last answer carried a Retry-After header.
+	retryAfter bool
 }
 
 // newDialer dials the target's host:port, over TLS for https.
@@ -137,6 +139,7 @@ func (r *rawConn) readResponse(buf []byte) (status, n int, keep bool, err error)
 		}
 		keep = line[7] == '1' // HTTP/1.1 keeps the connection unless told
 		length, chunked := -1, false
+		r.retryAfter = false
 		for {
 			h, err := r.br.ReadSlice('\n')
 			if err != nil {
@@ -158,6 +161,8 @@ func (r *rawConn) readResponse(buf []byte) (status, n int, keep bool, err error)
 				}
 			case bytes.EqualFold(name, []byte("Transfer-Encoding")):
 				chunked = bytes.Contains(bytes.ToLower(value), []byte("chunked"))
+			case bytes.EqualFold(name, []byte("Retry-After")):
+				r.retryAfter = len(value) > 0
 			case bytes.EqualFold(name, []byte("Connection")):
 				v := bytes.ToLower(value)
 				if bytes.Contains(v, []byte("close")) {

@@ -56,9 +56,22 @@ type Result struct {
 	LateAfterMs float64  `json:"late_after_ms"`
 	SendLag     *Latency `json:"send_lag"`
 
-	LatencyAdmitted Latency  `json:"latency_admitted"`
-	LatencyRejected Latency  `json:"latency_rejected"`
-	Series          []Second `json:"series"`
+	LatencyAdmitted Latency `json:"latency_admitted"`
+	LatencyRejected Latency `json:"latency_rejected"`
+	// LatencyByStatus is the latency of the answers of each HTTP status
+	// (200 and 403 too); RetryAfter counts, by status, the answers that
+	// carried a Retry-After header.
+	LatencyByStatus map[string]Latency `json:"latency_by_status"`
+	RetryAfter      map[string]int64   `json:"retry_after_by_status"`
+	// LatencyByStatusFromSend is LatencyByStatus counted from each
+	// request's actual send instead of its scheduled time: equal in closed
+	// loop; in open loop, the difference is how far behind the client was.
+	LatencyByStatusFromSend map[string]Latency `json:"latency_by_status_from_send"`
+	// MeasureStart is when the measured phase began (the scheduled time of
+	// its first slot in open loop): Series[i].T counts from it.
+	MeasureStart time.Time `json:"measure_start"`
+	IntervalS    float64   `json:"interval_s"`
+	Series       []Second  `json:"series"`
 
 	Verification *Verification `json:"verification"`
 	Violations   []string      `json:"violations"`
@@ -70,6 +83,13 @@ type Result struct {
 	// (microseconds), for reports and side-by-side comparisons.
 	AdmittedHist *hdrhistogram.Histogram `json:"-"`
 	RejectedHist *hdrhistogram.Histogram `json:"-"`
+	// StatusHists are the histograms behind LatencyByStatus.
+	StatusHists map[string]*hdrhistogram.Histogram `json:"-"`
+	// IntervalHists are the admitted latencies of each interval of Series
+	// (same index), when Config.KeepIntervalHists asked for them: merged
+	// over a stretch of the run they give that stretch's exact
+	// percentiles, which per-interval p99s cannot.
+	IntervalHists []*hdrhistogram.Histogram `json:"-"`
 }
 
 // Err is nil when the run passed, else an error saying why not: invariant
@@ -222,7 +242,7 @@ func newEngine(cfg Config) (*engine, error) {
 	for i := range e.shards {
 		e.shards[i] = newShard(e.keepIDs)
 	}
-	e.coll = newCollector(e.shards)
+	e.coll = newCollector(e.shards, cfg.KeepIntervalHists)
 	return e, nil
 }
 
@@ -440,8 +460,8 @@ func (e *engine) load(ctx context.Context) time.Duration {
 	return max(finished.Sub(e.measureStart), 0)
 }
 
-// collect closes one interval of the series per second of the measured
-// phase, and the last, partial one when the load is done.
+// collect closes one interval of the series per Config.Interval of the
+// measured phase, and the last, partial one when the load is done.
 func (e *engine) collect(done <-chan struct{}) {
 	t := time.NewTimer(time.Until(e.measureStart))
 	defer t.Stop()
@@ -453,14 +473,15 @@ func (e *engine) collect(done <-chan struct{}) {
 			return
 		}
 	}
+	step := e.cfg.Interval
 	for k := 1; ; k++ {
-		t.Reset(time.Until(e.measureStart.Add(time.Duration(k) * time.Second)))
+		t.Reset(time.Until(e.measureStart.Add(time.Duration(k) * step)))
 		select {
 		case <-t.C:
-			e.coll.flush(float64(k), 1)
+			e.coll.flush((time.Duration(k) * step).Seconds(), step.Seconds())
 		case <-done:
 			now := time.Since(e.measureStart).Seconds()
-			if length := now - float64(k-1); length > 0.001 {
+			if length := now - (time.Duration(k-1) * step).Seconds(); length > 0.001 {
 				e.coll.flush(now, length)
 			}
 			return
@@ -660,16 +681,18 @@ func (w *worker) close() {
 // send makes one create request as user u; now is the send time.
 func (w *worker) send(u int32, now time.Time) (outcome, string) {
 	var status, n int
+	var retryAfter bool
 	var err error
 	if w.conn != nil {
 		status, n, err = w.conn.do(w.e.reqs[u], w.buf, now)
+		retryAfter = w.conn.retryAfter
 	} else {
-		status, n, err = w.sendStd(u)
+		status, n, retryAfter, err = w.sendStd(u)
 	}
 	if err != nil {
 		return outcome{user: u, errKind: classify(err)}, err.Error()
 	}
-	o := outcome{user: u, status: status}
+	o := outcome{user: u, status: status, retryAfter: retryAfter}
 	if status == http.StatusOK && w.e.keepIDs {
 		o.id = sessionID(w.buf[:n])
 	}
@@ -681,7 +704,7 @@ func (w *worker) send(u int32, now time.Time) (outcome, string) {
 // the transport (no http.Client: no redirects, no cookie jar, no
 // per-request timer); the transport's dial and response-header timeouts
 // bound it.
-func (w *worker) sendStd(u int32) (status, n int, err error) {
+func (w *worker) sendStd(u int32) (status, n int, retryAfter bool, err error) {
 	e := w.e
 	req := &http.Request{
 		Method:        http.MethodPost,
@@ -697,14 +720,14 @@ func (w *worker) sendStd(u int32) (status, n int, err error) {
 	}
 	resp, err := e.rt.RoundTrip(req)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, false, err
 	}
 	n, err = readInto(resp.Body, w.buf)
 	resp.Body.Close()
 	if err != nil {
-		return 0, 0, fmt.Errorf("reading the body: %w", err)
+		return 0, 0, false, fmt.Errorf("reading the body: %w", err)
 	}
-	return resp.StatusCode, n, nil
+	return resp.StatusCode, n, resp.Header.Get("Retry-After") != "", nil
 }
 
 // getBody lets the transport resend a request on a fresh connection when
@@ -790,19 +813,32 @@ func (e *engine) result(started time.Time, elapsed time.Duration, interrupted bo
 		StartedAt: started.UTC().Truncate(time.Millisecond),
 		WarmupS:   cfg.Warmup.Seconds(), DurationS: elapsed.Seconds(),
 		Admitted: t.admitted, Rejected: t.rejected, Errors: t.errors,
-		Requests:              t.admitted + t.rejected + t.errors,
-		Statuses:              t.statuses,
-		ErrorsByStatus:        t.errorsByStatus,
-		TransportErrors:       t.transportCounts,
-		TransportErrorSamples: t.transportSamples,
-		LatencyAdmitted:       summarize(t.adm),
-		LatencyRejected:       summarize(t.rej),
-		Series:                e.coll.all(),
-		Server500:             t.server500,
-		Interrupted:           interrupted,
-		AdmittedHist:          t.adm,
-		RejectedHist:          t.rej,
-		Violations:            []string{},
+		Requests:                t.admitted + t.rejected + t.errors,
+		Statuses:                t.statuses,
+		ErrorsByStatus:          t.errorsByStatus,
+		TransportErrors:         t.transportCounts,
+		TransportErrorSamples:   t.transportSamples,
+		LatencyAdmitted:         summarize(t.adm),
+		LatencyRejected:         summarize(t.rej),
+		Series:                  e.coll.all(),
+		Server500:               t.server500,
+		Interrupted:             interrupted,
+		AdmittedHist:            t.adm,
+		RejectedHist:            t.rej,
+		Violations:              []string{},
+		LatencyByStatus:         map[string]Latency{},
+		LatencyByStatusFromSend: map[string]Latency{},
+		RetryAfter:              t.retryAfter,
+		StatusHists:             t.byStatus,
+		MeasureStart:            e.measureStart,
+		IntervalS:               cfg.Interval.Seconds(),
+		IntervalHists:           e.coll.hists(),
+	}
+	for k, h := range t.byStatus {
+		r.LatencyByStatus[k] = summarize(h)
+	}
+	for k, h := range t.sentByStatus {
+		r.LatencyByStatusFromSend[k] = summarize(h)
 	}
 	if s := elapsed.Seconds(); s > 0 {
 		r.RequestsPerS = float64(r.Requests) / s

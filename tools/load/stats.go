@@ -48,6 +48,9 @@ type outcome struct {
 	paced    bool   // open loop: lag is meaningful
 	measured bool   // sent after the warm-up
 	id       string // session id of an admitted create, when verifying
+	// retryAfter: the answer carried a Retry-After header (a 503 from
+	// load shedding must say when to come back).
+	retryAfter bool
 }
 
 // uncertain reports whether the client cannot know if the request was
@@ -98,6 +101,17 @@ type shard struct {
 	ids                []admittedID // only when keepIDs (verification is on)
 	uncertainUsers     []int32
 	keepIDs            bool
+	// byStatus is the latency of every answer by HTTP status (200 and 403
+	// included), created on first sight of a status: an overloaded server
+	// answers 503 or 504 too, and how fast it refuses is a figure of its
+	// own. retryAfter counts the answers that carried Retry-After.
+	byStatus   map[int]*hdrhistogram.Histogram
+	retryAfter map[int]int64
+	// sentByStatus is the same latency counted from the actual send rather
+	// than the scheduled one (they differ in open loop only, by the time
+	// the request waited for a free worker): how fast the server answered,
+	// apart from how far behind the client was.
+	sentByStatus map[int]*hdrhistogram.Histogram
 }
 
 func newShard(keepIDs bool) *shard {
@@ -111,6 +125,9 @@ func newShard(keepIDs bool) *shard {
 		transport:       make(map[string]int64),
 		transportSample: make(map[string]string),
 		keepIDs:         keepIDs,
+		byStatus:        make(map[int]*hdrhistogram.Histogram),
+		retryAfter:      make(map[int]int64),
+		sentByStatus:    make(map[int]*hdrhistogram.Histogram),
 	}
 }
 
@@ -154,6 +171,21 @@ func (s *shard) record(o outcome, sample string) {
 		}
 	} else {
 		s.statuses[o.status]++
+		h := s.byStatus[o.status]
+		if h == nil {
+			h = newHist(histDigits)
+			s.byStatus[o.status] = h
+		}
+		_ = h.RecordValue(lat)
+		hs := s.sentByStatus[o.status]
+		if hs == nil {
+			hs = newHist(histDigits)
+			s.sentByStatus[o.status] = hs
+		}
+		_ = hs.RecordValue(micros(o.latency - o.lag))
+		if o.retryAfter {
+			s.retryAfter[o.status]++
+		}
 	}
 	if o.paced {
 		_ = s.lag.RecordValue(micros(o.lag))
@@ -203,8 +235,8 @@ func summarize(h *hdrhistogram.Histogram) Latency {
 	}
 }
 
-// Second is one interval of the measured phase, normally one second long
-// (the last one may be shorter). Counts are per interval, not rates;
+// Second is one interval of the measured phase, Config.Interval long (one
+// second unless set; the last one may be shorter), by completion time. Counts are per interval, not rates;
 // latency percentiles are 0 when the interval had no such request.
 type Second struct {
 	T             float64 `json:"t_s"`
@@ -219,17 +251,22 @@ type Second struct {
 	RejectedP99Ms float64 `json:"rejected_p99_ms"`
 }
 
-// collector turns the shards' intervals into the per-second series.
+// collector turns the shards' intervals into the series.
 type collector struct {
 	shards   []*shard
 	adm, rej *hdrhistogram.Histogram
+	// keep: each interval's admitted histogram is kept too
+	// (Config.KeepIntervalHists), so that a caller can merge the intervals
+	// of any stretch of the run into exact percentiles of that stretch.
+	keep bool
 
-	mu     sync.Mutex
-	series []Second
+	mu       sync.Mutex
+	series   []Second
+	admHists []*hdrhistogram.Histogram
 }
 
-func newCollector(shards []*shard) *collector {
-	return &collector{shards: shards, adm: newHist(secHistDigits), rej: newHist(secHistDigits)}
+func newCollector(shards []*shard, keep bool) *collector {
+	return &collector{shards: shards, adm: newHist(secHistDigits), rej: newHist(secHistDigits), keep: keep}
 }
 
 // flush closes the interval ending t seconds into the measured phase.
@@ -253,8 +290,16 @@ func (c *collector) flush(t, length float64) {
 	if c.rej.TotalCount() > 0 {
 		s.RejectedP50Ms, s.RejectedP99Ms = ms(c.rej.ValueAtQuantile(50)), ms(c.rej.ValueAtQuantile(99))
 	}
+	var kept *hdrhistogram.Histogram
+	if c.keep {
+		kept = newHist(secHistDigits)
+		kept.Merge(c.adm)
+	}
 	c.mu.Lock()
 	c.series = append(c.series, s)
+	if c.keep {
+		c.admHists = append(c.admHists, kept)
+	}
 	c.mu.Unlock()
 }
 
@@ -274,6 +319,12 @@ func (c *collector) all() []Second {
 	return append([]Second(nil), c.series...)
 }
 
+func (c *collector) hists() []*hdrhistogram.Histogram {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*hdrhistogram.Histogram(nil), c.admHists...)
+}
+
 // totals merges the shards after the workers have stopped.
 type totals struct {
 	adm, rej, lag              *hdrhistogram.Histogram
@@ -284,6 +335,9 @@ type totals struct {
 	transportSamples           map[string]string
 	transportCounts            map[string]int64
 	server500                  int64
+	byStatus                   map[string]*hdrhistogram.Histogram
+	sentByStatus               map[string]*hdrhistogram.Histogram
+	retryAfter                 map[string]int64
 }
 
 func mergeShards(shards []*shard) totals {
@@ -291,6 +345,8 @@ func mergeShards(shards []*shard) totals {
 		adm: newHist(histDigits), rej: newHist(histDigits), lag: newHist(histDigits),
 		statuses: map[string]int64{}, errorsByStatus: map[string]int64{},
 		transportSamples: map[string]string{}, transportCounts: map[string]int64{},
+		byStatus: map[string]*hdrhistogram.Histogram{}, sentByStatus: map[string]*hdrhistogram.Histogram{},
+		retryAfter: map[string]int64{},
 	}
 	for _, s := range shards {
 		s.mu.Lock()
@@ -310,6 +366,23 @@ func mergeShards(shards []*shard) totals {
 			if code == 500 {
 				t.server500 += n
 			}
+		}
+		for code, h := range s.byStatus {
+			k := strconv.Itoa(code)
+			if t.byStatus[k] == nil {
+				t.byStatus[k] = newHist(histDigits)
+			}
+			t.byStatus[k].Merge(h)
+		}
+		for code, h := range s.sentByStatus {
+			k := strconv.Itoa(code)
+			if t.sentByStatus[k] == nil {
+				t.sentByStatus[k] = newHist(histDigits)
+			}
+			t.sentByStatus[k].Merge(h)
+		}
+		for code, n := range s.retryAfter {
+			t.retryAfter[strconv.Itoa(code)] += n
 		}
 		for kind, n := range s.transport {
 			t.transportCounts[kind] += n
