@@ -283,3 +283,28 @@ func TestBodyReadTimeoutIs408(t *testing.T) {
 type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
+
+// Admin paths' user ids are held to the user-id alphabet, which admits
+// none of the characters CheckText refuses: 422 naming `id`.
+func TestAdminUserIDRefusesUnsafeText(t *testing.T) {
+	e := newEnv(t)
+	for _, id := range []string{"u%00", "u%01", "u%7F", "u%C2%85", "u%E2%80%AE", "u%E2%81%A6", "u%FF", "u%09"} {
+		for _, r := range []struct{ method, path, body string }{
+			{"GET", "/admin/v1/users/" + id, ""},
+			{"PUT", "/admin/v1/users/" + id, `{"plan":"pro"}`},
+			{"POST", "/admin/v1/users/" + id + "/reset-usage", ""},
+		} {
+			var body any
+			if r.body != "" {
+				body = r.body
+			}
+			b := wantError(t, e.do(r.method, r.path, adminToken, body), 422, "validation_failed")
+			if got := fieldNames(b); !reflect.DeepEqual(got, []string{"id"}) {
+				t.Errorf("%s %s: fields %v", r.method, r.path, got)
+			}
+		}
+	}
+	if calls := e.accounts.Calls(); len(calls) != 0 {
+		t.Errorf("Accounts called: %q", calls)
+	}
+}
