@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/net/netutil"
 
 	"github.com/tally-dev/tally/actors"
 	"github.com/tally-dev/tally/config"
@@ -26,6 +27,14 @@ import (
 	"github.com/tally-dev/tally/persistence/rediscache"
 	"github.com/tally-dev/tally/persistence/sqlite"
 	"github.com/tally-dev/tally/transport"
+)
+
+// Bounds of the HTTP server that are not configuration: headers are small
+// (the largest is a bearer token, refused over 8 KiB by the transport), and
+// a client that has not sent them after 5 s is not going to.
+const (
+	maxHeaderBytes = 16 << 10
+	maxHeaderTime  = 5 * time.Second
 )
 
 // App is one running Tally: its stores, actors and HTTP handler.
@@ -39,6 +48,23 @@ type App struct {
 	accounts *actors.Service
 	handler  http.Handler
 	registry *prometheus.Registry
+	conns    connGauge
+}
+
+// connGauge counts the HTTP connections open now (tally_http_open_connections),
+// which TALLY_MAX_CONNS caps: an operator sees how close to the cap the
+// process runs and whether slow clients pile up.
+type connGauge struct{ g prometheus.Gauge }
+
+// track is the http.Server's ConnState hook: a connection is counted from
+// its first state to its last (closed, or taken over by a handler).
+func (c connGauge) track(_ net.Conn, state http.ConnState) {
+	switch state {
+	case http.StateNew:
+		c.g.Inc()
+	case http.StateClosed, http.StateHijacked:
+		c.g.Dec()
+	}
 }
 
 // OpenStore opens the configured store: Postgres when TALLY_DATABASE_URL
@@ -76,7 +102,11 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 			a.Close()
 		}
 	}()
-	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.conns = connGauge{prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tally_http_open_connections",
+		Help: "HTTP connections open now (capped by TALLY_MAX_CONNS).",
+	})}
+	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), a.conns.g)
 
 	if a.store, err = OpenStore(ctx, cfg); err != nil {
 		return nil, err
@@ -164,12 +194,29 @@ func (a *App) Cache() *rediscache.Cache { return a.cache }
 // Serve answers HTTP on ln until ctx is done, then shuts down gracefully:
 // it stops accepting, lets in-flight requests finish (bounded by
 // TALLY_SHUTDOWN_TIMEOUT) and returns. Close the App afterwards.
+//
+// A client cannot hold a connection longer than the configured timeouts:
+// the whole request, body included, must arrive within
+// TALLY_HTTP_READ_TIMEOUT (a body cut off answers 408 and the connection
+// closes), and the answer must be written within TALLY_HTTP_WRITE_TIMEOUT.
+// At most TALLY_MAX_CONNS connections are served at once; more wait in the
+// listen backlog until one closes.
 func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
-		Handler:           a.handler,
-		ReadHeaderTimeout: 5 * time.Second,
+		Handler: a.handler,
+		// Headers get their own, shorter bound (but never a longer one
+		// than the whole request), so that a client trickling headers is
+		// cut off before any handler runs.
+		ReadHeaderTimeout: headerTimeout(a.cfg.HTTPReadTimeout),
+		ReadTimeout:       a.cfg.HTTPReadTimeout,
+		WriteTimeout:      a.cfg.HTTPWriteTimeout,
 		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ConnState:         a.conns.track,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	if a.cfg.MaxConns > 0 {
+		ln = netutil.LimitListener(ln, a.cfg.MaxConns)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -188,6 +235,15 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	return nil
+}
+
+// headerTimeout is maxHeaderTime, or the whole request's timeout when that
+// is shorter.
+func headerTimeout(read time.Duration) time.Duration {
+	if read > 0 && read < maxHeaderTime {
+		return read
+	}
+	return maxHeaderTime
 }
 
 // Close stops the actors, then the cache writer, then closes the stores.

@@ -21,6 +21,7 @@ const (
 	CodeConflict            Code = "conflict"             // a state conflict (complete twice with another duration…)
 	CodeIdempotencyConflict Code = "idempotency_conflict" // same Idempotency-Key, another body
 	CodeTooLarge            Code = "payload_too_large"
+	CodeRequestTimeout      Code = "request_timeout"   // the client did not send its body within the read timeout
 	CodeValidation          Code = "validation_failed" // invalid values; Fields lists them
 	CodeUnavailable         Code = "unavailable"       // infrastructure failure; retry later
 	CodeTimeout             Code = "timeout"           // the user's actor did not answer in time

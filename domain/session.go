@@ -77,18 +77,22 @@ const MaxDurationSeconds = 86400
 // (en, en-US, zh-Hans-CN, de-CH-1996) and the special value "auto".
 var bcp47 = regexp.MustCompile(`^(auto|[A-Za-z]{2,3}(-[A-Za-z]{4})?(-([A-Za-z]{2}|[0-9]{3}))?(-([A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*)$`)
 
-// Validate checks the request against the contract; providers are the
-// configured speech-to-text providers. It returns a CodeValidation *Error
-// listing every invalid field, or nil.
+// Validate checks the request against the contract, CheckText on every
+// string included; providers are the configured speech-to-text providers.
+// It returns a CodeValidation *Error listing every invalid field, or nil.
 func (n NewSession) Validate(providers []string) error {
 	var fields []FieldError
-	if l := utf8.RuneCountInString(n.Title); l < 1 || l > 255 || !utf8.ValidString(n.Title) {
-		fields = append(fields, FieldError{"title", "must be 1 to 255 characters"})
+	// CheckText first, so that a title with a NUL is told about the NUL
+	// rather than about its length, and no store ever sees one.
+	if checkTextField(&fields, "title", n.Title) {
+		if l := utf8.RuneCountInString(n.Title); l < 1 || l > 255 {
+			fields = append(fields, FieldError{"title", "must be 1 to 255 characters"})
+		}
 	}
-	if !bcp47.MatchString(n.Language) {
+	if checkTextField(&fields, "language", n.Language) && !bcp47.MatchString(n.Language) {
 		fields = append(fields, FieldError{"language", "must be a BCP 47 language tag such as en-US, or auto"})
 	}
-	if !slices.Contains(providers, n.STTProvider) {
+	if checkTextField(&fields, "stt_provider", n.STTProvider) && !slices.Contains(providers, n.STTProvider) {
 		fields = append(fields, FieldError{"stt_provider", "must be one of the configured providers"})
 	}
 	return validation(fields)

@@ -41,6 +41,11 @@ func IssueToken(secret []byte, userID string, ttl time.Duration, now time.Time) 
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
 }
 
+// maxTokenBytes bounds a bearer credential. Real tokens are a few hundred
+// bytes; a longer one is refused before it is decoded, hashed or compared,
+// so that it costs the server nothing but reading it.
+const maxTokenBytes = 8 << 10
+
 // tokenCacheSize bounds the verified-token cache: one entry per token in
 // use, ~100 bytes each, so that a service with that many active users
 // verifies each token once (a smaller cache than the active users thrashed
@@ -101,10 +106,31 @@ var (
 	errBadToken     = &domain.Error{Code: domain.CodeUnauthorized, Message: "invalid token"}
 	errExpiredToken = &domain.Error{Code: domain.CodeUnauthorized, Message: "token is expired"}
 	errBadAdmin     = &domain.Error{Code: domain.CodeUnauthorized, Message: "invalid admin token"}
+	errLongToken    = &domain.Error{Code: domain.CodeUnauthorized, Message: "bearer token is over 8 KiB"}
 	errNotAdmin     = &domain.Error{Code: domain.CodeForbidden, Message: "this endpoint needs the admin token"}
 )
 
-// user verifies a user token and returns its subject.
+// checkSubject refuses a verified token's sub that cannot be a user id.
+// The token is authentic — only the holder of the secret could sign it — so
+// this is not an authentication failure but a bad value, and it is answered
+// like any other: 422 naming the field `sub`. A sub with characters no store
+// can keep is told which one.
+func checkSubject(sub string) error {
+	msg := ""
+	if err := domain.CheckText(sub); err != nil {
+		msg = err.Error()
+	} else if !domain.ValidUserID(sub) {
+		msg = "must be 1 to 128 characters of [A-Za-z0-9._@:-]"
+	} else {
+		return nil
+	}
+	return &domain.Error{Code: domain.CodeValidation, Message: "the token's subject is not a valid user id",
+		Fields: []domain.FieldError{{Field: "sub", Message: msg}}}
+}
+
+// user verifies a user token and returns its subject. A token that is not
+// authentic, not HS256, expired or without sub is a 401; an authentic one
+// whose sub is not a valid user id is a 422 (checkSubject).
 func (a *authenticator) user(token string) (string, error) {
 	now := a.now()
 	key := tokenKey{maphash.String(a.seeds[0], token), maphash.String(a.seeds[1], token)}
@@ -126,8 +152,11 @@ func (a *authenticator) user(token string) (string, error) {
 		}
 		return "", errBadToken
 	}
-	if !domain.ValidUserID(claims.Subject) || claims.ExpiresAt == nil {
+	if claims.Subject == "" || claims.ExpiresAt == nil {
 		return "", errBadToken
+	}
+	if err := checkSubject(claims.Subject); err != nil {
+		return "", err
 	}
 	if len(token) <= tokenCacheMaxLen {
 		a.remember(key, verifiedToken{sub: claims.Subject, exp: claims.ExpiresAt.UnixMicro()}, now)
@@ -161,23 +190,30 @@ func (a *authenticator) admin(token string) bool {
 }
 
 // bearer extracts the credential of an `Authorization: Bearer …` header.
-// The scheme is case-insensitive (RFC 9110).
-func bearer(c *gin.Context) (string, bool) {
+// The scheme is case-insensitive (RFC 9110). A missing credential is
+// errNoToken, one over maxTokenBytes errLongToken.
+func bearer(c *gin.Context) (string, error) {
 	h := c.GetHeader("Authorization")
 	const prefix = "bearer "
 	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
-		return "", false
+		return "", errNoToken
 	}
 	tok := strings.TrimSpace(h[len(prefix):])
-	return tok, tok != ""
+	switch {
+	case tok == "":
+		return "", errNoToken
+	case len(tok) > maxTokenBytes:
+		return "", errLongToken
+	}
+	return tok, nil
 }
 
 // requireUser admits requests with a valid user token and records the
 // user id for the handlers.
 func (s *server) requireUser(c *gin.Context) {
-	tok, ok := bearer(c)
-	if !ok {
-		s.fail(c, errNoToken)
+	tok, err := bearer(c)
+	if err != nil {
+		s.fail(c, err)
 		return
 	}
 	uid, err := s.auth.user(tok)
@@ -189,19 +225,20 @@ func (s *server) requireUser(c *gin.Context) {
 	c.Next()
 }
 
-// requireAdmin admits requests with the admin token. A valid user token is
-// told it lacks the right (403); anything else lacks a credential (401).
+// requireAdmin admits requests with the admin token. An authentic user
+// token is told it lacks the right (403), whatever its sub, which admin
+// paths do not use; anything else lacks a credential (401).
 func (s *server) requireAdmin(c *gin.Context) {
-	tok, ok := bearer(c)
-	if !ok {
-		s.fail(c, errNoToken)
+	tok, err := bearer(c)
+	if err != nil {
+		s.fail(c, err)
 		return
 	}
 	if s.auth.admin(tok) {
 		c.Next()
 		return
 	}
-	if _, err := s.auth.user(tok); err == nil {
+	if _, err := s.auth.user(tok); err == nil || domain.ErrorCode(err) == domain.CodeValidation {
 		s.fail(c, errNotAdmin)
 		return
 	}

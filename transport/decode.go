@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"reflect"
 	"strconv"
 	"strings"
@@ -21,7 +23,7 @@ import (
 	"github.com/tally-dev/tally/domain"
 )
 
-// maxBodyBytes is the largest request body accepted (SPEC §3: 64 KiB).
+// maxBodyBytes is the largest request body accepted: 64 KiB.
 const maxBodyBytes = 64 << 10
 
 var errTooLarge = &domain.Error{Code: domain.CodeTooLarge, Message: "the request body is over 64 KiB"}
@@ -39,9 +41,23 @@ func readBody(c *gin.Context, buf *bytes.Buffer) error {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return errTooLarge
 		}
+		if readTimedOut(err) {
+			return &domain.Error{Code: domain.CodeRequestTimeout, Message: "the request body did not arrive within the server's read timeout", Err: err}
+		}
 		return &domain.Error{Code: domain.CodeBadRequest, Message: "could not read the request body", Err: err}
 	}
 	return nil
+}
+
+// readTimedOut reports whether a body read failed on the connection's read
+// deadline (the server's ReadTimeout): the client stalled, which is neither
+// a malformed request nor a bug.
+func readTimedOut(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
 }
 
 // bodyBuffers are reused between requests: a body is only read to be
@@ -101,7 +117,43 @@ func decodeJSON(data []byte, v any) error {
 	if _, err := dec.Token(); err != io.EOF {
 		return badRequest("unexpected data after the JSON object")
 	}
+	if !utf8.Valid(trimmed) {
+		return invalidUTF8(trimmed)
+	}
 	return nil
+}
+
+// invalidUTF8 is the answer to a well-formed body with bytes that are not
+// UTF-8. encoding/json would have turned each into U+FFFD, so the service
+// would keep, and answer with, something other than what the client sent;
+// the fields that hold such bytes are named instead (422, in body order),
+// like any other value no store should keep. Invalid bytes can only be
+// inside strings (the decoder refused them anywhere else), and keys are
+// known fields by now.
+func invalidUTF8(data []byte) error {
+	bad := badRequest("the request body must be UTF-8")
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if _, err := dec.Token(); err != nil {
+		return bad
+	}
+	var f fieldErrors
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return bad
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return bad
+		}
+		if name, _ := key.(string); !utf8.Valid(raw) {
+			f.add(name, "must be valid UTF-8")
+		}
+	}
+	if len(f) == 0 {
+		return bad
+	}
+	return f.err()
 }
 
 // jsonError turns encoding/json's errors into client messages that name the
@@ -194,10 +246,11 @@ type uploadRequest struct {
 }
 
 func (r uploadRequest) validate(f *fieldErrors) {
-	switch {
-	case r.Filename == nil:
+	if r.Filename == nil {
 		f.add("filename", "is required")
-	case !validFilename(*r.Filename):
+	} else if err := domain.CheckText(*r.Filename); err != nil {
+		f.add("filename", err.Error())
+	} else if !validFilename(*r.Filename) {
 		f.add("filename", `must be 1 to 255 characters without '/', '\', control characters, and not "." or ".."`)
 	}
 	if r.FileSizeMB == nil {

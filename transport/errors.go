@@ -25,6 +25,7 @@ var statusOf = map[domain.Code]int{
 	domain.CodeConflict:            http.StatusConflict,
 	domain.CodeIdempotencyConflict: http.StatusConflict,
 	domain.CodeTooLarge:            http.StatusRequestEntityTooLarge,
+	domain.CodeRequestTimeout:      http.StatusRequestTimeout,
 	domain.CodeValidation:          http.StatusUnprocessableEntity,
 	domain.CodeUnavailable:         http.StatusServiceUnavailable,
 	domain.CodeTimeout:             http.StatusGatewayTimeout,
@@ -132,6 +133,10 @@ func (s *server) fail(c *gin.Context, err error) {
 		c.Header("Retry-After", "1")
 	case http.StatusUnauthorized:
 		c.Header("WWW-Authenticate", `Bearer realm="tally"`)
+	case http.StatusRequestTimeout:
+		// The rest of the body may still be on its way: the connection
+		// cannot carry another request.
+		c.Header("Connection", "close")
 	}
 	s.writeJSON(c, status, body)
 	c.Abort()

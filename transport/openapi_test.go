@@ -55,7 +55,9 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 }
 
 // Every operation that needs a token documents the 401 it answers without
-// one, and every admin operation the 403 a user token gets.
+// one, every admin operation the 403 a user token gets, every user
+// operation the 422 of a token whose sub is not a user id, and every
+// operation that reads a body the 408 of a body that stalls.
 func TestOpenAPIDocumentsAuthErrors(t *testing.T) {
 	doc, err := openapi3.NewLoader().LoadFromData(transport.OpenAPI())
 	if err != nil {
@@ -76,6 +78,14 @@ func TestOpenAPIDocumentsAuthErrors(t *testing.T) {
 			}
 			if method != http.MethodGet && secured && codes["413"] == nil {
 				t.Errorf("%s %s: no 413", method, path)
+			}
+			// A body that stalls past the read timeout is a 408.
+			if method != http.MethodGet && secured && codes["408"] == nil {
+				t.Errorf("%s %s: no 408", method, path)
+			}
+			// An authentic user token with an unusable sub is a 422.
+			if strings.HasPrefix(path, "/api/") && secured && codes["422"] == nil {
+				t.Errorf("%s %s: no 422 (a token whose sub is not a user id)", method, path)
 			}
 		}
 	}

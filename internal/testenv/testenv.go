@@ -98,6 +98,28 @@ func PostgresURL(tb testing.TB) string {
 	return u.String()
 }
 
+// OptionalPostgresURL is PostgresURL for a test that also has a part
+// without Postgres: when the server cannot be reached it logs why and
+// returns "", so that the rest of the test still runs, instead of skipping
+// the whole test. Under TALLY_TEST_REQUIRE_SERVICES=1 it fails, as
+// Unreachable does.
+func OptionalPostgresURL(tb testing.TB, part string) string {
+	tb.Helper()
+	admin := PostgresAdminURL()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		if Required() {
+			tb.Fatalf("PostgreSQL at %s is required (TALLY_TEST_REQUIRE_SERVICES=1) but unreachable: %v", admin, err)
+		}
+		tb.Logf("SKIP %s: PostgreSQL at %s unreachable (%v); set TALLY_TEST_REQUIRE_SERVICES=1 to make this a failure", part, admin, err)
+		return ""
+	}
+	conn.Close(context.Background())
+	return PostgresURL(tb)
+}
+
 // Redis returns the shared Redis address and a key prefix private to the
 // test; keys under the prefix are deleted when the test ends.
 func Redis(tb testing.TB) (addr, prefix string) {
