@@ -82,6 +82,9 @@ func checkClosedAtDeadline(t *testing.T, s *stalledConn) {
 func slowEnv(t *testing.T) map[string]string {
 	env := embeddedEnv(t)
 	env["TALLY_HTTP_READ_TIMEOUT"] = readTimeout.String()
+	// Fewer in-flight slots than stalled bodies: a client sending its body
+	// slowly must not hold one, or the steady client would be shed.
+	env["TALLY_MAX_IN_FLIGHT"] = "2"
 	return env
 }
 

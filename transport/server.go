@@ -7,10 +7,12 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -341,6 +343,24 @@ var busyBody = func() []byte {
 // shedding costs a small fraction of serving and goodput holds past
 // capacity; tally_http_shed_total counts what it refuses. Ops endpoints
 // are never shed: probes and scrapes must see an overloaded process.
+// prereadBody replays a body read ahead by bounded, then the error that
+// ended the read (a read deadline, a broken connection), so that the
+// handler answers it as if it had read the body itself.
+type prereadBody struct {
+	*bytes.Reader
+	err error
+}
+
+func (p *prereadBody) Read(b []byte) (int, error) {
+	n, err := p.Reader.Read(b)
+	if err == io.EOF && p.err != nil {
+		err = p.err
+	}
+	return n, err
+}
+
+func (p *prereadBody) Close() error { return nil }
+
 type bounded struct {
 	s    *server
 	next http.Handler
@@ -351,6 +371,21 @@ func (b *bounded) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/healthz", "/readyz", "/metrics", "/openapi.yaml":
 		b.next.ServeHTTP(w, r)
 		return
+	}
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength <= maxBodyBytes {
+		// The body arrives before the request takes a slot: a client that
+		// sends it slowly (or stalls until TALLY_HTTP_READ_TIMEOUT) holds
+		// its own connection only, never a share of the in-flight bound.
+		buf := bodyBuffers.Get().(*bytes.Buffer)
+		buf.Reset()
+		defer func() {
+			if buf.Cap() <= 16<<10 {
+				bodyBuffers.Put(buf)
+			}
+		}()
+		// One byte past the limit is enough for the handler to answer 413.
+		_, err := buf.ReadFrom(io.LimitReader(r.Body, maxBodyBytes+1))
+		r.Body = &prereadBody{Reader: bytes.NewReader(buf.Bytes()), err: err}
 	}
 	select {
 	case b.s.slots <- struct{}{}:
