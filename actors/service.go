@@ -256,10 +256,6 @@ func (s *Service) Close() {
 	})
 }
 
-func (s *Service) shardFor(userID string) *actor.PID {
-	return s.shards[userHash(userID)%uint32(len(s.shards))]
-}
-
 // userHash is FNV-1a of the user id, written out over the string: it runs
 // for every request (shard, writer and reject-board choice), and hash/fnv
 // through its interface allocates the hasher and a copy of the id.
