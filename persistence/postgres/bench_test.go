@@ -80,3 +80,50 @@ func BenchmarkAdmitBatch(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLoadUsers measures what cold user actors read before their
+// first decision, for 256 known users with usage: one by one (EnsureUser
+// then LoadUsage, two round trips per user, as each actor did alone) and
+// batched (one EnsureUsersUsage call, one round trip). ns/op is per 256
+// users.
+func BenchmarkLoadUsers(b *testing.B) {
+	const n = 256
+	s, users := benchStore(b, n)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	reqs := make([]persistence.AdmitRequest, n)
+	for i, u := range users {
+		reqs[i] = admitRequest(u, now)
+	}
+	if _, err := s.Admit(ctx, reqs); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("one-by-one", func(b *testing.B) {
+		for b.Loop() {
+			for _, u := range users {
+				got, err := s.EnsureUser(ctx, u.ID, now)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c, err := s.LoadUsage(ctx, u.ID, got.Period(now).Start)
+				if err != nil || c.Sessions != 1 {
+					b.Fatalf("%+v %v", c, err)
+				}
+			}
+		}
+		b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "users/s")
+	})
+	b.Run("batched", func(b *testing.B) {
+		loads := make([]persistence.UserLoad, n)
+		for i, u := range users {
+			loads[i] = persistence.UserLoad{ID: u.ID, Now: now}
+		}
+		for b.Loop() {
+			got, err := s.EnsureUsersUsage(ctx, loads)
+			if err != nil || got[n-1].Counters.Sessions != 1 {
+				b.Fatalf("%+v %v", got[n-1], err)
+			}
+		}
+		b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "users/s")
+	})
+}
