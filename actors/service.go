@@ -89,6 +89,7 @@ type deps struct {
 	log     *slog.Logger
 	metrics *metrics
 	writer  writers
+	loader  *loader
 	rejects *rejectBoard
 }
 
@@ -141,6 +142,7 @@ func New(o Options) (*Service, error) {
 		log:     o.Logger,
 		metrics: newMetrics(o.Registry, &s.live),
 		writer:  newWriters(o.Writers, o.Store, o.Registry),
+		loader:  newLoader(o.Store, o.Registry),
 		rejects: newRejectBoard(),
 	}
 	actorLog := o.Logger.With("component", "protoactor")
@@ -236,6 +238,7 @@ func (s *Service) Close() {
 			_ = s.system.Root.PoisonFuture(pid).Wait()
 		}
 		s.deps.writer.close()
+		s.deps.loader.close()
 		s.system.Shutdown()
 		s.dispatcher.stop()
 	})
