@@ -121,16 +121,19 @@ func (s *Store) LoadUserUsage(ctx context.Context, userID string, periodStart ti
 }
 
 // ensureUsersSQL provisions the users of a load that do not exist yet, on
-// the default plan anchored at their load's now. NOT EXISTS skips known
+// the default plan anchored at their load's now. The filter skips known
 // users without touching them (so a plan change in progress does not hold
-// the load up); ON CONFLICT settles a race with another provisioning, whose
-// row wins. Inserting in id order (COLLATE "C") keeps two loads that
-// provision the same new users from waiting on each other crosswise.
+// the load up); it is a scalar subquery rather than NOT EXISTS so that it
+// stays an index probe per load whatever the planner estimates (an
+// anti-join may be planned as a scan of all users). ON CONFLICT settles a
+// race with another provisioning, whose row wins. Inserting in id order
+// (COLLATE "C") keeps two loads that provision the same new users from
+// waiting on each other crosswise.
 const ensureUsersSQL = `
 INSERT INTO users (` + userColumns + `)
 SELECT g.id, $3::text, g.now, 1, g.now, g.now
 FROM unnest($1::text[], $2::timestamptz[]) AS g(id, now)
-WHERE NOT EXISTS (SELECT FROM users u WHERE u.id = g.id)
+WHERE (SELECT true FROM users u WHERE u.id = g.id) IS NULL
 ORDER BY g.id COLLATE "C"
 ON CONFLICT (id) DO NOTHING`
 
@@ -142,18 +145,22 @@ ON CONFLICT (id) DO NOTHING`
 // anchor is in the first period, which starts at the anchor) — and the
 // caller keeps the row whose start is exactly the period's. Several rows
 // come back only for a user whose anchor was moved within the last month.
-// LATERAL makes both reads index lookups per load, whatever the planner
-// estimates for unnest.
+// Both reads are LATERAL subqueries fenced with OFFSET 0, which keeps
+// Postgres from flattening them into joins: the plan is then a nested loop
+// of index lookups per load (users_pkey, then a range of usage_pkey),
+// where the flattened query was planned, with the array's 256 values
+// known, as hash joins over sequential scans of users and usage.
 const loadUsersUsageSQL = `
 SELECT g.i, u.id, u.plan, u.billing_anchor, u.version, u.created_at, u.updated_at,
        us.period_start, us.sessions, us.seconds, us.version
 FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS g(id, now, i)
-CROSS JOIN LATERAL (SELECT ` + userColumns + ` FROM users WHERE users.id = g.id) u
+CROSS JOIN LATERAL (SELECT ` + userColumns + ` FROM users WHERE users.id = g.id OFFSET 0) u
 LEFT JOIN LATERAL (
     SELECT period_start, sessions, seconds, version FROM usage
     WHERE usage.user_id = g.id
       AND usage.period_start <= GREATEST(g.now, u.billing_anchor)
       AND usage.period_start > GREATEST(g.now, u.billing_anchor) - $3::interval
+    OFFSET 0
 ) us ON true`
 
 // EnsureUsersUsage provisions the loads' new users and reads every user
@@ -191,9 +198,8 @@ func (s *Store) EnsureUsersUsage(ctx context.Context, loads []persistence.UserLo
 			var (
 				i     int64
 				u     domain.User
-				start *time.Time
-				c     persistence.Counters
-				cs    [3]*int64
+				start *time.Time // NULL: no usage row in the window
+				cs    [3]*int64  // sessions, seconds, version
 			)
 			_, err = pgx.ForEachRow(rows, []any{&i, &u.ID, &u.Plan, &u.BillingAnchor, &u.Version, &u.CreatedAt, &u.UpdatedAt,
 				&start, &cs[0], &cs[1], &cs[2]}, func() error {
@@ -208,8 +214,7 @@ func (s *Store) EnsureUsersUsage(ctx context.Context, loads []persistence.UserLo
 				}
 				// Only the row of exactly the user's period counts.
 				if start != nil && start.Equal(out[k].Period.Start) {
-					c = persistence.Counters{Usage: domain.Usage{Sessions: *cs[0], Seconds: *cs[1]}, Version: *cs[2]}
-					out[k].Counters = c
+					out[k].Counters = persistence.Counters{Usage: domain.Usage{Sessions: *cs[0], Seconds: *cs[1]}, Version: *cs[2]}
 				}
 				return nil
 			})
