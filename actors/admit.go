@@ -135,6 +135,9 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 		MaxSessions:    plan.MaxSessions,
 		MaxSeconds:     plan.MaxSeconds(),
 		IdempotencyKey: m.idempotencyKey,
+		// No usage row when the counters were loaded: the store creates it
+		// in the admission's transaction (only a hint; it stays exact).
+		FirstOfPeriod: a.counters.Version == 0,
 	}
 	if m.idempotencyKey != "" {
 		// Only a key's replay compares bodies: no hash for the rest.

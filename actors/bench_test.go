@@ -31,6 +31,16 @@ func (m memStore) LoadUserUsage(ctx context.Context, id string, start time.Time)
 	c, err := m.LoadUsage(ctx, id, start)
 	return u, c, err
 }
+func (m memStore) EnsureUsersUsage(ctx context.Context, loads []persistence.UserLoad) ([]persistence.UserLoaded, error) {
+	out := make([]persistence.UserLoaded, len(loads))
+	for i, l := range loads {
+		u, _ := m.EnsureUser(ctx, l.ID, l.Now)
+		c, _ := m.LoadUsage(ctx, l.ID, u.Period(l.Now).Start)
+		out[i] = persistence.UserLoaded{User: u, Period: u.Period(l.Now), Counters: c}
+	}
+	return out, nil
+}
+
 func (m memStore) PruneIdempotencyKeys(context.Context, time.Time) (int64, error) { return 0, nil }
 
 // BenchmarkActorRoundTrip measures a request answered from memory:

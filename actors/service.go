@@ -97,6 +97,7 @@ type deps struct {
 	log     *slog.Logger
 	metrics *metrics
 	writer  writers
+	loader  *loader
 	rejects *rejectBoard
 }
 
@@ -155,6 +156,7 @@ func New(o Options) (*Service, error) {
 		log:     o.Logger,
 		metrics: newMetrics(o.Registry, &s.live),
 		writer:  newWriters(o.Writers, o.WriterQueue, o.Store, o.Registry),
+		loader:  newLoader(o.Store, o.Registry),
 		rejects: newRejectBoard(),
 	}
 	registerQueueMetrics(o.Registry, s.gate, s.deps.writer)
@@ -251,6 +253,7 @@ func (s *Service) Close() {
 			_ = s.system.Root.PoisonFuture(pid).Wait()
 		}
 		s.deps.writer.close()
+		s.deps.loader.close()
 		s.system.Shutdown()
 		s.dispatcher.stop()
 	})

@@ -137,9 +137,10 @@ func (a *userActor) current(now time.Time) bool {
 }
 
 // refresh makes user, period and counters current for now: it provisions the
-// user on first sight, and reloads counters when the period rolled over or
-// when reload is set (the store may have moved on: another process, or an
-// error whose outcome is unknown).
+// user on first sight (through the loader, batched with other cold actors),
+// and reloads counters when the period rolled over or when reload is set
+// (the store may have moved on: another process, or an error whose outcome
+// is unknown).
 func (a *userActor) refresh(ctx context.Context, now time.Time, reload bool) error {
 	if a.user != nil && reload {
 		// Re-confirming a known user (its refusals, once a second at its
@@ -166,13 +167,24 @@ func (a *userActor) refresh(ctx context.Context, now time.Time, reload bool) err
 			return err
 		}
 	}
-	if a.user == nil || reload {
-		u, err := a.deps.store.EnsureUser(ctx, a.id, now)
+	if a.user == nil {
+		// First sight (a cold actor, or state dropped after an error): the
+		// user, provisioned if new, and its current counters in one read,
+		// shared with the other actors loading now (loader.go).
+		l, err := a.deps.loader.load(ctx, a.id, now)
 		if err != nil {
 			a.forget()
 			return err
 		}
-		a.setUser(u)
+		a.setUser(l.User)
+		if p := a.user.Period(now); !p.Start.Equal(l.Period.Start) {
+			// Cannot happen with a correct store; never adopt the
+			// counters of another period.
+			a.forget()
+			return fmt.Errorf("user %s: store loaded the period %+v, the user's is %+v", a.id, l.Period, p)
+		}
+		a.adoptLoaded(l.Period, l.Counters, now)
+		return nil
 	}
 	p := a.user.Period(now)
 	if reload || !a.loaded || !p.Start.Equal(a.period.Start) {

@@ -8,6 +8,12 @@ type Period struct {
 	End   time.Time
 }
 
+// MaxPeriodLength bounds every period: a month has at most 31 days, and
+// clamping the anchor's day to a shorter month only shortens the period
+// before it. Stores use it to bound where a user's current usage row can
+// start before they know the user's anchor.
+const MaxPeriodLength = 31 * 24 * time.Hour
+
 // Contains reports whether t falls inside the period.
 func (p Period) Contains(t time.Time) bool {
 	return !t.Before(p.Start) && t.Before(p.End)

@@ -45,6 +45,14 @@ type AdmitRequest struct {
 
 	IdempotencyKey string // empty: none
 	RequestHash    string // fingerprint of the request body, compared on replay
+
+	// FirstOfPeriod is a hint: the caller believes the period has no usage
+	// row yet (the counters it loaded have version 0). The store then
+	// creates the row in the same transaction as the admission instead of
+	// finding it missing first. Only the cost depends on it, never the
+	// outcome: a wrong hint is exact too (a row that exists is left alone,
+	// one that is missing is created all the same).
+	FirstOfPeriod bool
 }
 
 // AdmitOutcome says how the fence decided.
@@ -121,6 +129,23 @@ type UserChange struct {
 	Now    time.Time
 }
 
+// UserLoad asks EnsureUsersUsage for one user as of Now: the user,
+// provisioned at Now if it is new, and the usage of its period at Now.
+type UserLoad struct {
+	ID  string
+	Now time.Time
+}
+
+// UserLoaded answers one UserLoad: the user, its period at the load's Now
+// (User.Period(Now), computed from the anchor the store holds) and the
+// counters of exactly that period (zero, version 0, when it has no usage
+// row yet).
+type UserLoaded struct {
+	User     domain.User
+	Period   domain.Period
+	Counters Counters
+}
+
 // Store is Tally's source of truth. All methods are safe for concurrent use.
 // Every write commits before it returns.
 type Store interface {
@@ -142,6 +167,15 @@ type Store interface {
 	// LoadUsage returns the usage of the period starting at periodStart;
 	// zero counters when nothing was recorded yet.
 	LoadUsage(ctx context.Context, userID string, periodStart time.Time) (Counters, error)
+	// EnsureUsersUsage is EnsureUser followed by LoadUsage of each user's
+	// current period, for many users at once: what user actors activated
+	// together read first (one round trip on Postgres instead of two per
+	// user). Each load gets the user provisioned on the default plan with
+	// anchor Now when it is new (once, however many calls race for it),
+	// and the counters of User.Period(Now) — the period of the anchor
+	// actually stored, never of a guessed one. Results are in load order;
+	// an error means none is known.
+	EnsureUsersUsage(ctx context.Context, loads []UserLoad) ([]UserLoaded, error)
 	// LoadUserUsage is GetUser and LoadUsage in one read: what a user's
 	// actor re-reads to re-confirm a refusal (once a second per user at
 	// its limit). The usage is of periodStart, which the caller computed

@@ -17,17 +17,28 @@ import (
 //
 //  1. share-lock the batch's users (holding off a plan or anchor change
 //     until the batch commits) and read their versions;
-//  2. one statement that, for every (user, period) of the batch whose
+//  2. for the groups whose caller marked them FirstOfPeriod (its counters
+//     have version 0: no usage row yet), create the usage row (INSERT … ON
+//     CONFLICT DO NOTHING), so that a period's first admission costs no
+//     extra transaction;
+//  3. one statement that, for every (user, period) of the batch whose
 //     user version matches, updates the usage row by its grant — as many
 //     of the batch's requests as still fit, computed from the row itself —
 //     and inserts the granted sessions, numbered after the row's count.
 //
-// Both statements go in one pipeline that Postgres runs as one implicit
+// The statements go in one pipeline that Postgres runs as one implicit
 // transaction (pgx sends a single Sync), so the batch commits without a
 // further round trip, and every caller is answered only after that commit.
-// A (user, period) whose usage row does not exist yet is not touched by the
-// UPDATE; those groups run again in a second transaction that creates the
-// rows first. That happens once per user and period.
+// In READ COMMITTED each statement takes a new snapshot, so the UPDATE sees
+// the rows the INSERT created, or the ones a concurrent batch created first
+// (the INSERT waits for that batch's commit before doing nothing).
+//
+// The hint only saves work; it never decides. A row that exists despite
+// the hint (another process created it) is left alone by the INSERT. A
+// (user, period) whose row is missing although nobody said so (a caller
+// that sets no hints, or another store's counters) is not touched by the
+// UPDATE; those groups run again, as a safety net, in a second transaction
+// that creates the rows first.
 //
 // Semantics are those of the per-request path, and the contract suite runs
 // against both: the fence on the user's version, limits checked against
@@ -48,13 +59,30 @@ import (
 // Should Postgres ever pick another plan while two processes share users,
 // a deadlock is detected and aborts one batch, whose callers get a 503
 // after their outcome is looked up — never a wrong count.
+//
+// The INSERT of step 2 takes its rows in the same sorted order, before the
+// UPDATE, and cannot close a cycle between two batches: the only rows it
+// holds are ones it inserted, which no other transaction's UPDATE can see
+// (let alone wait for) before this one commits, so a batch in its UPDATE
+// never waits for one still in its INSERT; an INSERT waits only for other
+// batches' inserts of the same rows (taken in the same order) or for a
+// running UPDATE (which waits only for other UPDATEs). Against the
+// per-request path it is out of order: that path's INSERT … ON CONFLICT DO
+// UPDATE waits for a row this batch inserted, while this batch's UPDATE may
+// wait for a lower row that path holds. That takes two processes deciding
+// for the same users at the same instant (one process's admissions for a
+// user never overlap: they go through one writer), and ends as above: the deadlock is detected, one
+// batch aborts, its callers' outcomes are looked up. The second pass has
+// always had that shape; the hint moves it into the first.
 
 // bulkLockUsersSQL share-locks the batch's users and returns their versions.
 const bulkLockUsersSQL = `
 SELECT id, version FROM users WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" FOR SHARE`
 
-// bulkEnsureUsageSQL creates the missing usage rows of groups that can
-// admit anything (a limit of 0 creates no row, as on the per-request path).
+// bulkEnsureUsageSQL creates the missing usage rows of the groups it is
+// given: those that can admit anything (a limit of 0 creates no row, as on
+// the per-request path) and are marked FirstOfPeriod, or, on the second
+// pass, all of them.
 const bulkEnsureUsageSQL = `
 INSERT INTO usage (user_id, period_start, period_end, sessions, seconds, version)
 SELECT g.user_id, g.period_start, g.period_end, 0, 0, 0
@@ -111,6 +139,9 @@ type group struct {
 	periodEnd   time.Time
 	userVersion int64 // the newest any of its requests decided with
 	reqs        []int // indexes into the batch, in the callers' order
+	// firstOfPeriod: a request said the usage row does not exist yet, so
+	// the first pass creates it.
+	firstOfPeriod bool
 }
 
 // counted is what bulkAdmitSQL returned for one group.
@@ -124,6 +155,7 @@ func (s *Store) admitBulk(ctx context.Context, reqs []persistence.AdmitRequest) 
 	results := make([]persistence.AdmitResult, len(reqs))
 	missing, err := s.admitGroups(ctx, reqs, groupRequests(reqs), false, results)
 	if err == nil && len(missing) > 0 {
+		s.secondPasses.Add(1)
 		missing, err = s.admitGroups(ctx, reqs, missing, true, results)
 		if err == nil && len(missing) > 0 {
 			err = fmt.Errorf("admit: usage row of user %s, period %s missing after it was created", missing[0].userID, missing[0].periodStart)
@@ -137,8 +169,9 @@ func (s *Store) admitBulk(ctx context.Context, reqs []persistence.AdmitRequest) 
 
 // admitGroups runs one transaction for groups, filling in the results of
 // their requests, and returns the groups that it could not decide because
-// their usage row did not exist (ensure creates them first).
-func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest, groups []*group, ensure bool,
+// their usage row did not exist. It creates the rows of the groups marked
+// firstOfPeriod first, or of all groups when ensureAll is set.
+func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest, groups []*group, ensureAll bool,
 	results []persistence.AdmitResult) (missing []*group, err error) {
 	users := make([]string, 0, len(groups))
 	for _, g := range groups {
@@ -197,20 +230,21 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 
 	batch := &pgx.Batch{}
 	batch.Queue(bulkLockUsersSQL, users)
+	var e struct {
+		users        []string
+		versions     []int64
+		starts, ends []time.Time
+	}
+	for gi, g := range groups {
+		if (ensureAll || g.firstOfPeriod) && ga.maxS[gi] != 0 && ga.maxSc[gi] != 0 {
+			e.users = append(e.users, g.userID)
+			e.versions = append(e.versions, g.userVersion)
+			e.starts = append(e.starts, ga.starts[gi])
+			e.ends = append(e.ends, ga.ends[gi])
+		}
+	}
+	ensure := len(e.users) > 0
 	if ensure {
-		var e struct {
-			users        []string
-			versions     []int64
-			starts, ends []time.Time
-		}
-		for gi, g := range groups {
-			if ga.maxS[gi] != 0 && ga.maxSc[gi] != 0 {
-				e.users = append(e.users, g.userID)
-				e.versions = append(e.versions, g.userVersion)
-				e.starts = append(e.starts, ga.starts[gi])
-				e.ends = append(e.ends, ga.ends[gi])
-			}
-		}
 		batch.Queue(bulkEnsureUsageSQL, e.users, e.versions, e.starts, e.ends)
 	}
 	batch.Queue(bulkAdmitSQL, ga.users, ga.starts, ga.versions, ga.n, ga.maxS, ga.maxSc,
@@ -279,11 +313,12 @@ func groupRequests(reqs []persistence.AdmitRequest) []*group {
 			groups[n-1].reqs = append(groups[n-1].reqs, i)
 			// Versions only rise: the newest is the one that can be fresh.
 			groups[n-1].userVersion = max(groups[n-1].userVersion, r.UserVersion)
+			groups[n-1].firstOfPeriod = groups[n-1].firstOfPeriod || r.FirstOfPeriod
 			continue
 		}
 		groups = append(groups, &group{
 			userID: r.Session.UserID, periodStart: r.Session.PeriodStart, periodEnd: r.PeriodEnd,
-			userVersion: r.UserVersion, reqs: []int{i},
+			userVersion: r.UserVersion, reqs: []int{i}, firstOfPeriod: r.FirstOfPeriod,
 		})
 	}
 	return groups

@@ -80,3 +80,67 @@ func BenchmarkAdmitBatch(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLoadUsers measures what cold user actors read before their
+// first decision, for 256 of 10 000 known users, each with usage: one by one
+// (EnsureUser then LoadUsage, two round trips per user, as each actor did
+// alone) and batched (one EnsureUsersUsage call, one round trip). ns/op is
+// per 256 users.
+func BenchmarkLoadUsers(b *testing.B) {
+	const total, n = 10000, 256
+	ctx := context.Background()
+	s, _ := benchStore(b, 0)
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	var users []domain.User
+	for first := 0; first < total; first += n {
+		loads := make([]persistence.UserLoad, 0, n)
+		for i := first; i < min(first+n, total); i++ {
+			loads = append(loads, persistence.UserLoad{ID: fmt.Sprintf("u%d", i), Now: now})
+		}
+		got, err := s.EnsureUsersUsage(ctx, loads)
+		if err != nil {
+			b.Fatal(err)
+		}
+		reqs := make([]persistence.AdmitRequest, len(got))
+		for i, l := range got {
+			users = append(users, l.User)
+			reqs[i] = admitRequest(l.User, now)
+		}
+		if _, err := s.Admit(ctx, reqs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// Spread over the table, as the users active after a restart are.
+	picked := make([]domain.User, n)
+	for i := range picked {
+		picked[i] = users[i*(total/n)]
+	}
+	b.Run("one-by-one", func(b *testing.B) {
+		for b.Loop() {
+			for _, u := range picked {
+				got, err := s.EnsureUser(ctx, u.ID, now)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c, err := s.LoadUsage(ctx, u.ID, got.Period(now).Start)
+				if err != nil || c.Sessions != 1 {
+					b.Fatalf("%+v %v", c, err)
+				}
+			}
+		}
+		b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "users/s")
+	})
+	b.Run("batched", func(b *testing.B) {
+		loads := make([]persistence.UserLoad, n)
+		for i, u := range picked {
+			loads[i] = persistence.UserLoad{ID: u.ID, Now: now}
+		}
+		for b.Loop() {
+			got, err := s.EnsureUsersUsage(ctx, loads)
+			if err != nil || got[n-1].Counters.Sessions != 1 {
+				b.Fatalf("%+v %v", got[n-1], err)
+			}
+		}
+		b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "users/s")
+	})
+}

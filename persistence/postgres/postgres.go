@@ -33,6 +33,10 @@ type Store struct {
 	// pruneBatch is how many idempotency keys one pruning statement
 	// deletes at most.
 	pruneBatch int
+	// secondPasses counts group commits that needed the second
+	// transaction of admitBulk (a usage row missing without a
+	// FirstOfPeriod hint), so that tests can tell the hint works.
+	secondPasses atomic.Int64
 }
 
 // Open connects to the database at url (postgres://…) and checks that it

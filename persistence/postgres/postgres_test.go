@@ -294,3 +294,47 @@ func waitForLockWaiters(t *testing.T, conn *pgx.Conn, want int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A period's first admission marked FirstOfPeriod creates its usage row in
+// the admission's own transaction; only an unmarked one needs admitBulk's
+// second transaction (the safety net).
+func TestFirstOfPeriodTakesOneTransaction(t *testing.T) {
+	ctx := t.Context()
+	s := openStore(t, testenv.PostgresURL(t))
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	batch := func(prefix string, hint bool) []persistence.AdmitRequest {
+		var reqs []persistence.AdmitRequest
+		for i := range 8 {
+			u, err := s.EnsureUser(ctx, fmt.Sprintf("%s%d", prefix, i), now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := admitRequest(u, now)
+			r.FirstOfPeriod = hint
+			reqs = append(reqs, r, admitRequest(u, now))
+		}
+		return reqs
+	}
+	for _, tc := range []struct {
+		prefix string
+		hint   bool
+		passes int64
+	}{{"hinted", true, 0}, {"unhinted", false, 1}} {
+		before := s.SecondPasses()
+		res, err := s.Admit(ctx, batch(tc.prefix, tc.hint))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range res {
+			if r.Outcome != persistence.Admitted || r.Counters.Sessions != int64(i%2+1) {
+				t.Fatalf("%s: request %d: %v %+v", tc.prefix, i, r.Outcome, r.Counters)
+			}
+		}
+		if got := s.SecondPasses() - before; got != tc.passes {
+			t.Fatalf("%s: %d second transactions, want %d", tc.prefix, got, tc.passes)
+		}
+	}
+}

@@ -14,9 +14,8 @@ import (
 // its first statement, so the fence below cannot interleave with another
 // writer, and a request with an Idempotency-Key that another one is
 // deciding waits for it (then replays it). A rejected request changes
-// nothing that a reader can tell apart (at most a zero usage row, which
-// reads like a missing one) but its key. Counters are zero for StaleUser,
-// UnknownUser (whose period may not even be the right one) and Replayed.
+// nothing but its key. Counters are zero for StaleUser, UnknownUser (whose
+// period may not even be the right one) and Replayed.
 func (s *Store) Admit(ctx context.Context, reqs []persistence.AdmitRequest) ([]persistence.AdmitResult, error) {
 	results := make([]persistence.AdmitResult, len(reqs))
 	if len(reqs) == 0 {
@@ -87,12 +86,18 @@ func admitOne(ctx context.Context, tx *sql.Tx, r persistence.AdmitRequest) (pers
 // and creates it; the user's fence has been checked.
 func decide(ctx context.Context, tx *sql.Tx, r persistence.AdmitRequest) (persistence.AdmitResult, error) {
 	userID, periodStart := r.Session.UserID, micros(r.Session.PeriodStart)
-	if _, err := tx.ExecContext(ctx, `
-		INSERT INTO usage (user_id, period_start, period_end, sessions, seconds, version)
-		VALUES (?, ?, ?, 0, 0, 0)
-		ON CONFLICT (user_id, period_start) DO NOTHING`,
-		userID, periodStart, micros(r.PeriodEnd)); err != nil {
-		return persistence.AdmitResult{}, err
+	// The period's first admission creates its usage row here, in the
+	// admission's transaction (FirstOfPeriod is only a hint, and writes
+	// take turns here, so the row is simply ensured every time). A limit
+	// that admits nothing (0) creates no row, as on Postgres.
+	if r.MaxSessions != 0 && r.MaxSeconds != 0 {
+		if _, err := tx.ExecContext(ctx, `
+			INSERT INTO usage (user_id, period_start, period_end, sessions, seconds, version)
+			VALUES (?, ?, ?, 0, 0, 0)
+			ON CONFLICT (user_id, period_start) DO NOTHING`,
+			userID, periodStart, micros(r.PeriodEnd)); err != nil {
+			return persistence.AdmitResult{}, err
+		}
 	}
 	var c persistence.Counters
 	err := tx.QueryRowContext(ctx, `

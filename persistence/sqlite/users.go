@@ -134,3 +134,57 @@ func (s *Store) LoadUserUsage(ctx context.Context, userID string, periodStart ti
 	u.BillingAnchor, u.CreatedAt, u.UpdatedAt = fromMicros(anchor), fromMicros(created), fromMicros(updated)
 	return u, c, nil
 }
+
+// EnsureUsersUsage provisions the loads' new users in one write transaction
+// (known users need none) and reads every user's current usage. Reads and
+// writes are in-process here, so batching saves fsyncs, not round trips.
+func (s *Store) EnsureUsersUsage(ctx context.Context, loads []persistence.UserLoad) ([]persistence.UserLoaded, error) {
+	out := make([]persistence.UserLoaded, len(loads))
+	nows := make([]time.Time, len(loads))
+	var missing []int
+	for i, l := range loads {
+		nows[i] = l.Now.UTC().Truncate(time.Microsecond)
+		u, err := s.getUser(ctx, s.read, l.ID)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			missing = append(missing, i)
+		case err != nil:
+			return nil, s.translate("ensure users usage", err)
+		default:
+			out[i].User = u
+		}
+	}
+	if len(missing) > 0 {
+		err := s.inTx(ctx, "ensure users usage", func(tx *sql.Tx) error {
+			for _, i := range missing {
+				n := micros(nows[i])
+				if _, err := tx.ExecContext(ctx, `
+					INSERT INTO users (`+userColumns+`) VALUES (?, ?, ?, 1, ?, ?)
+					ON CONFLICT (id) DO NOTHING`,
+					loads[i].ID, domain.DefaultPlan, n, n, n); err != nil {
+					return err
+				}
+				// Ours, an earlier load's of the same id, or another
+				// request's that provisioned it first.
+				u, err := s.getUser(ctx, tx, loads[i].ID)
+				if err != nil {
+					return err
+				}
+				out[i].User = u
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	for i := range out {
+		out[i].Period = out[i].User.Period(nows[i])
+		c, err := loadCounters(ctx, s.read, loads[i].ID, out[i].Period.Start)
+		if err != nil {
+			return nil, s.translate("ensure users usage", err)
+		}
+		out[i].Counters = c
+	}
+	return out, nil
+}

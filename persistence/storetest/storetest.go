@@ -35,11 +35,17 @@ func Run(t *testing.T, open func(t *testing.T) persistence.Store) {
 		{"PutUser", testPutUser},
 		{"LoadUsageEmpty", testLoadUsageEmpty},
 		{"LoadUserUsage", testLoadUserUsage},
+		{"EnsureUsersUsage", testEnsureUsersUsage},
+		{"EnsureUsersUsagePicksThePeriod", testEnsureUsersUsagePicksThePeriod},
+		{"EnsureUsersUsageMany", testEnsureUsersUsageMany},
+		{"EnsureUsersUsageConcurrently", testEnsureUsersUsageConcurrently},
 		{"Admit", testAdmit},
 		{"AdmitEmptyBatch", testAdmitEmptyBatch},
 		{"AdmitBatchCountsInOrder", testAdmitBatchCountsInOrder},
 		{"AdmitBatchResultsInRequestOrder", testAdmitBatchResultsInRequestOrder},
 		{"AdmitBatchMixesCountedAndNewPeriods", testAdmitBatchMixesCountedAndNewPeriods},
+		{"AdmitFirstOfPeriodHints", testAdmitFirstOfPeriodHints},
+		{"AdmitFirstOfPeriodConcurrently", testAdmitFirstOfPeriodConcurrently},
 		{"AdmitStaleUser", testAdmitStaleUser},
 		{"AdmitUnknownUser", testAdmitUnknownUser},
 		{"AdmitOverLimitSessions", testAdmitOverLimitSessions},
@@ -1096,6 +1102,7 @@ func everyMethod(ctx context.Context, s persistence.Store, u domain.User) map[st
 	_, errs["GetUser"] = s.GetUser(ctx, u.ID)
 	_, errs["PutUser"] = s.PutUser(ctx, persistence.UserChange{ID: u.ID, Now: t0})
 	_, errs["LoadUsage"] = s.LoadUsage(ctx, u.ID, r.Session.PeriodStart)
+	_, errs["EnsureUsersUsage"] = s.EnsureUsersUsage(ctx, []persistence.UserLoad{{ID: u.ID, Now: t0}, {ID: "newcomer2", Now: t0}})
 	_, errs["Admit"] = s.Admit(ctx, []persistence.AdmitRequest{r})
 	_, errs["Admit with a key"] = s.Admit(ctx, []persistence.AdmitRequest{keyed(request(u, "later", t0, unlimited, unlimited), "k", "h")})
 	_, errs["LookupIdempotencyKey"] = s.LookupIdempotencyKey(ctx, u.ID, "k1")
