@@ -386,6 +386,14 @@ func (b *bounded) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// One byte past the limit is enough for the handler to answer 413.
 		_, err := buf.ReadFrom(io.LimitReader(r.Body, maxBodyBytes+1))
 		r.Body = &prereadBody{Reader: bytes.NewReader(buf.Bytes()), err: err}
+		if err != nil {
+			// The body never arrived whole (read deadline, broken
+			// connection): the answer is an error that costs nothing to
+			// give (408, or 401 first without a token), and being shed
+			// instead would tell the client to retry what it never sent.
+			b.next.ServeHTTP(w, r)
+			return
+		}
 	}
 	select {
 	case b.s.slots <- struct{}{}:
