@@ -335,14 +335,6 @@ var busyBody = func() []byte {
 	return b
 }()
 
-// bounded sheds load over MaxInFlight in front of the router: the excess
-// is answered 503 with Retry-After at once rather than queued toward its
-// deadline, which under sustained overload would walk every request up to
-// it (and turn them into 504s). It runs before any work is spent on the
-// request — routing, authentication, the access log line — so that
-// shedding costs a small fraction of serving and goodput holds past
-// capacity; tally_http_shed_total counts what it refuses. Ops endpoints
-// are never shed: probes and scrapes must see an overloaded process.
 // prereadBody replays a body read ahead by bounded, then the error that
 // ended the read (a read deadline, a broken connection), so that the
 // handler answers it as if it had read the body itself.
@@ -361,6 +353,15 @@ func (p *prereadBody) Read(b []byte) (int, error) {
 
 func (p *prereadBody) Close() error { return nil }
 
+// bounded sheds load over MaxInFlight in front of the router: the excess
+// is answered 503 with Retry-After at once rather than queued toward its
+// deadline, which under sustained overload would walk every request up to
+// it (and turn them into 504s). A request's body (at most 64 KiB) is read
+// before it takes a slot; everything else — routing, authentication, the
+// access log line — comes after, so that shedding costs a fraction of
+// serving; tally_http_shed_total counts what it refuses. Ops endpoints
+// (/healthz, /readyz, /metrics, /openapi.yaml) are never shed: probes and
+// scrapes must see an overloaded process.
 type bounded struct {
 	s    *server
 	next http.Handler
