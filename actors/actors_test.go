@@ -50,7 +50,7 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 
 // Users' actors are passivated and respawned continually while requests
 // keep arriving: every request must still be answered (none dropped behind
-// a Poison), and the counts must be exact. DESIGN.md measured 10–13 lost per
+// a Poison), and the counts must be exact. docs/decisions/0003 records 10–13 lost per
 // 5 s with a naive Poison; this pattern must lose none.
 func TestPassivationLosesNoMessage(t *testing.T) {
 	store := openStore(t)

@@ -46,7 +46,7 @@ type Options struct {
 	// Writers is the number of group-commit writers (default 1). With the
 	// batch in one round trip (postgres/admit_bulk.go), one writer making
 	// bigger batches measured 15.9k admitted/s against 15.0k for two, and
-	// less Postgres CPU (256 clients over 10 000 users), as DESIGN.md's
+	// less Postgres CPU (256 clients over 10 000 users), as the first prototype's
 	// prototype found; two helped only while a batch took several round
 	// trips.
 	Writers int

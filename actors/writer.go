@@ -20,7 +20,7 @@ import (
 // one is done — no timer, so a lone request is not delayed and a busy
 // service gets big batches. Each caller is answered after COMMIT, so
 // durability is unchanged. One writer is the default: bigger batches cost
-// Postgres less per row (DESIGN.md; Options.Writers has the figures).
+// Postgres less per row (docs/decisions/0005-one-group-commit-writer.md).
 type writer struct {
 	store    persistence.Store
 	queue    chan *job

@@ -149,7 +149,7 @@ type Var struct {
 	get func(c Config) string
 }
 
-// vars is the table Load walks, in the order of SPEC §4 then the extras.
+// vars is the table Load walks, in the order of the original contract's variables (docs/contract.md), then the extras.
 var vars = []Var{
 	{
 		Name: "TALLY_HTTP_ADDR", Default: "127.0.0.1:8080",

@@ -92,7 +92,7 @@ func NewCatalog(plans ...Plan) (*Catalog, error) {
 	return c, nil
 }
 
-// DefaultCatalog is the built-in catalog of SPEC §1.
+// DefaultCatalog is the built-in catalog (docs/contract.md, "Plans and limits").
 func DefaultCatalog() *Catalog {
 	c, err := NewCatalog(
 		Plan{Name: "free", MaxSessions: 10, MaxTotalMinutes: 120, MaxFileSizeMB: 60},

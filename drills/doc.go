@@ -1,5 +1,5 @@
 // Package drills proves, with real processes and real faults, that Tally
-// keeps the invariants of SPEC §2 while its infrastructure fails under
+// keeps the invariants of docs/contract.md §2 while its infrastructure fails under
 // load: nothing acknowledged is lost, no user is ever admitted over the
 // plan's limit, a retried Idempotency-Key is counted once, an
 // infrastructure failure is a 503 (never a 500, never a 403, never a

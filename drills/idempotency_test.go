@@ -14,7 +14,7 @@ import (
 
 // Ten clients send the same create with the same Idempotency-Key at once,
 // split across two Tally instances that share one Postgres: one session is
-// created and all ten get it (SPEC §2.5, across processes). The key with
+// created and all ten get it (invariant I5 in docs/contract.md, across processes). The key with
 // another body is a 409 idempotency_conflict on either instance.
 func TestSameKeyTenTimesAcrossTwoInstances(t *testing.T) {
 	env := baseEnv()

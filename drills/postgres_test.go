@@ -122,7 +122,7 @@ func pollReady(c *drills.Client, base string, d time.Duration) []int {
 	return statuses
 }
 
-// checkOutage asserts what SPEC §2.4 and the issue ask of a Postgres
+// checkOutage asserts what invariant I4 (docs/contract.md) asks of a Postgres
 // outage, beyond the common checks: while Postgres is unreachable every
 // create is a 503 with Retry-After within the request deadline — never a
 // 403, never an admission, never a hang — and /readyz is 503; outside the

@@ -25,7 +25,7 @@
 //
 // Tally itself runs as a child process built by app.New from TALLY_*
 // variables (Postgres + Redis, as in production). The throughput phases run
-// it with GOGC=400 (measured +5–10% in DESIGN.md; the Gin child gets the
+// it with GOGC=400 (measured +5–10%, docs/decisions/0009-gc-defaults.md; the Gin child gets the
 // same setting so the ratio is not GC tuning); the memory phases run a fresh
 // child with Go's default GC (GOGC=100), as Tally ships, because with
 // GOGC=400 the heap may grow to five times what is live before a GC, and
@@ -1170,7 +1170,7 @@ func (r *runner) header() string {
 		verify = "verification off (--no-verify)"
 	}
 	fmt.Fprintf(&b, "settings: %s measured per phase after a %s warm-up; closed loop with 64 workers unless said; Tally and bare Gin run with GOGC=%s in the throughput phases "+
-		"(DESIGN.md measured +5–10%% for Tally; the Gin baseline gets the same so the ratio is not GC tuning), and the memory phases run a fresh Tally "+
+		"(measured +5–10%% for Tally, docs/decisions/0009-gc-defaults.md; the Gin baseline gets the same so the ratio is not GC tuning), and the memory phases run a fresh Tally "+
 		"with Go's default GC, as shipped; %s.\n", o.Duration, o.Warmup, childGOGC, verify)
 	b.WriteString("Ratios only: client, servers and Postgres share the machine's cores, and absolute figures move with whatever else runs on it.\n")
 	return b.String()

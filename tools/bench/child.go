@@ -114,7 +114,7 @@ func serveTally(ctx context.Context, say func(string), stderr io.Writer) error {
 
 // ginSession is the baseline's answer: a small object marshalled from a
 // struct, because gin.H (a map) costs measurably more to encode and Tally
-// does not use it either (DESIGN.md, "Speed").
+// does not use it either (docs/performance.md).
 type ginSession struct {
 	ID          string `json:"id"`
 	Title       string `json:"title"`

@@ -114,7 +114,7 @@ type Config struct {
 	Log io.Writer
 }
 
-// defaultBody is a valid NewSession (SPEC §3).
+// defaultBody is a valid NewSession (docs/contract.md, transport/openapi.yaml).
 var defaultBody = []byte(`{"title":"tally load","language":"en-US","stt_provider":"google"}`)
 
 // normalize fills in defaults and checks the fields, naming the one that is

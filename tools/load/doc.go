@@ -62,7 +62,7 @@
 // an acknowledged session was lost; more means sessions were admitted that
 // nobody was told about. Then GET /api/v1/sessions/{id} of every admitted
 // session must answer 200 (read-your-writes). A 500 anywhere during the run
-// is a violation too: SPEC §2 says a 500 is never a right answer.
+// is a violation too: a 500 is never a right answer (invariant I4, docs/contract.md).
 //
 // # JSON output
 //

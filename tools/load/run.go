@@ -312,7 +312,7 @@ func (e *engine) prepare(ctx context.Context) error {
 	return nil
 }
 
-// usageBody is the part of SPEC §3's Usage the tool reads.
+// usageBody is the part of the Usage response (transport/openapi.yaml) the tool reads.
 type usageBody struct {
 	PeriodStart string `json:"period_start"`
 	Sessions    struct {

@@ -55,7 +55,7 @@ type outcome struct {
 
 // uncertain reports whether the client cannot know if the request was
 // admitted: the connection failed after sending, or the server answered an
-// error that SPEC §3 does not promise to be a refusal (500, 502, 504). A
+// error that the contract (docs/contract.md) does not promise to be a refusal (500, 502, 504). A
 // 503 is a refusal ("never a silent admit").
 func (o outcome) uncertain() bool {
 	return o.status == 0 || (o.status >= 500 && o.status != 503)

@@ -24,7 +24,7 @@ type Verification struct {
 	Violations []string `json:"-"`
 }
 
-// verify checks SPEC §2's invariants over the API: per user, usage within
+// verify checks the invariants of docs/contract.md §2 over the API: per user, usage within
 // the limit and equal to what the run was told (nothing acknowledged lost,
 // nothing admitted unannounced); per admitted session, read-your-writes.
 func (e *engine) verify(ctx context.Context) *Verification {

@@ -94,7 +94,7 @@ func newValidator() (*Validator, error) {
 	}, nil
 }
 
-// utcTimestamp enforces SPEC §3's "timestamps are RFC 3339 strings in UTC"
+// utcTimestamp enforces the contract's "timestamps are RFC 3339 strings in UTC" (docs/contract.md)
 // on every date-time the service sends.
 type utcTimestamp struct{}
 
