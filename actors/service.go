@@ -15,7 +15,6 @@ import (
 
 	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/persistence"
-	"github.com/tally-dev/tally/transport"
 )
 
 // CounterCache receives every counter value the actors confirm with the
@@ -63,7 +62,10 @@ type Options struct {
 	PruneEvery     time.Duration
 }
 
-// Service implements transport.Accounts on top of the per-user actors.
+// Service is the accounting core behind the HTTP edge, on top of the
+// per-user actors. It satisfies the interface the edge declares for what it
+// needs (transport.Accounts); the compile-time check sits in the wiring
+// (package app), so that this package does not depend on the edge.
 type Service struct {
 	system  *actor.ActorSystem
 	shards  []*actor.PID
@@ -84,8 +86,6 @@ type Service struct {
 	swept     sync.WaitGroup
 	closeOnce sync.Once
 }
-
-var _ transport.Accounts = (*Service)(nil)
 
 // deps is what every user actor shares.
 type deps struct {

@@ -67,6 +67,10 @@ func (c connGauge) track(_ net.Conn, state http.ConnState) {
 	}
 }
 
+// The core satisfies what the HTTP edge needs; checked here, in the wiring,
+// so that neither package imports the other.
+var _ transport.Accounts = (*actors.Service)(nil)
+
 // OpenStore opens the configured store: Postgres when TALLY_DATABASE_URL
 // is set, else the embedded store in TALLY_DATA_DIR.
 func OpenStore(ctx context.Context, cfg config.Config) (persistence.Store, error) {

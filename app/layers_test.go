@@ -1,0 +1,39 @@
+package app_test
+
+import (
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// Dependencies point inward: the accounting core (actors, persistence) and
+// the rules (domain) never link the HTTP edge, and domain stays standard
+// library only. Go's own package graph is the evidence.
+func TestDependenciesPointInward(t *testing.T) {
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	// deps lists the packages outside the standard library that pkgs
+	// import, directly or not (themselves included).
+	deps := func(t *testing.T, pkgs ...string) []string {
+		t.Helper()
+		args := append([]string{"list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}"}, pkgs...)
+		cmd := exec.Command(goBin, args...)
+		cmd.Dir = ".."
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list: %v\n%s", err, out)
+		}
+		return strings.Fields(string(out))
+	}
+	for _, p := range deps(t, "./actors", "./persistence/...") {
+		if strings.Contains(p, "gin-gonic") || strings.HasSuffix(p, "/tally/transport") || strings.HasSuffix(p, "/tally/app") {
+			t.Errorf("the core depends on %s", p)
+		}
+	}
+	for _, p := range deps(t, "./domain") {
+		if p != "github.com/tally-dev/tally/domain" {
+			t.Errorf("domain depends on %s, which is not the standard library", p)
+		}
+	}
+}
