@@ -5,10 +5,12 @@ import (
 	"errors"
 	"hash/fnv"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/persistence"
 	"github.com/tally-dev/tally/persistence/sqlite"
 )
 
@@ -116,5 +118,49 @@ func TestUserHashIsFNV1a(t *testing.T) {
 		if got, want := userHash(id), h.Sum32(); got != want {
 			t.Errorf("userHash(%q) = %d, want %d", id, got, want)
 		}
+	}
+}
+
+// A refusal is answered from memory only while the store confirmed the
+// actor's counters within rejectFreshness: a plan upgrade made through
+// another process (here: straight in the shared store) is seen once that
+// window has passed, and the next create is admitted. Without the rule,
+// the actor would keep refusing a user who has paid for more.
+func TestRefusalFromMemoryExpiresAfterAChangeElsewhere(t *testing.T) {
+	store, err := sqlite.Open(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	if err := store.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var clock atomic.Int64
+	start := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	clock.Store(start.UnixNano())
+	svc, err := New(Options{Store: store, Catalog: domain.DefaultCatalog(), Shards: 2,
+		Now: func() time.Time { return time.Unix(0, clock.Load()).UTC() }, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	in := domain.NewSession{Title: "t", Language: "en", STTProvider: "google"}
+	for range 10 {
+		if _, err := svc.CreateSession(ctx, "elsewhere", in, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := svc.CreateSession(ctx, "elsewhere", in, ""); domain.ErrorCode(err) != domain.CodeSessionLimit {
+		t.Fatalf("11th on free: %v", err)
+	}
+	// Another process upgrades the user: this actor is not told.
+	if _, err := store.PutUser(ctx, persistence.UserChange{ID: "elsewhere", Plan: ptrTo("student"), Now: start}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Store(start.Add(rejectFreshness + time.Millisecond).UnixNano())
+	if _, err := svc.CreateSession(ctx, "elsewhere", in, ""); err != nil {
+		t.Fatalf("create %v after an upgrade made elsewhere: %v; the refusal from memory outlived its freshness", rejectFreshness, err)
 	}
 }
