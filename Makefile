@@ -15,7 +15,7 @@ BENCHFLAGS ?=
 OVERLOADFLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint fmt fuzz bench bench-diff bench-compare overload clean docker
+.PHONY: help build run test lint fmt fuzz bench bench-diff bench-compare overload mutants clean docker
 
 help: ## List the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -73,6 +73,13 @@ bench-compare: ## Run the side-by-side benchmark (Tally vs row-lock pgbench vs b
 # skipped, with a message, without it. Results go to bin/bench-results/.
 overload: ## Run the overload scenarios (2x/3x capacity, vegeta, restart, slow clients, poison) and print figures vs targets
 	$(GO) run ./cmd/tally-bench --suite overload $(OVERLOADFLAGS)
+
+# Each curated invariant mutation (tools/mutants) applied in a scratch copy,
+# running only the packages that should catch it; fails if any survives.
+# Minutes, not seconds: not part of `make test`. MUTANTS narrows the run.
+MUTANTS ?=
+mutants: ## Run the invariant mutations (tools/mutants) and fail if any survives
+	$(GO) run ./cmd/tally-mutants $(if $(MUTANTS),--only $(MUTANTS))
 
 # ./data is left alone: it is the embedded store, i.e. a user's data.
 clean: ## Remove build output (bin/)

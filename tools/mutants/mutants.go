@@ -1,0 +1,308 @@
+// Package mutants is how we know the tests test (`make mutants`): a
+// curated list of mutations, each breaking one invariant of
+// docs/contract.md the way a plausible bug would, each applied in a scratch
+// copy of the repository and run against the packages whose tests should
+// catch it. A mutation whose tests still pass "survived": some invariant
+// has no test that fails when it breaks. The run fails on any survivor, on
+// a mutation that no longer applies (its code moved: update the list with
+// the code) and on one that does not compile.
+//
+// It is not part of `make test` (minutes, not seconds); run it before
+// claiming a change to an invariant's code or tests is done.
+package mutants
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Mutant is one deliberate bug.
+type Mutant struct {
+	Name      string   // short, unique
+	Invariant string   // what it breaks, as docs/contract.md names it
+	File      string   // relative to the repository root
+	From, To  string   // From must occur exactly once in File
+	Packages  []string // the packages whose tests must catch it
+	Run       string   // -run regexp narrowing those tests; "" runs them all
+	// Count repeats the tests (go test -count) when what they catch is a
+	// race that one run hits only sometimes; 0 means once.
+	Count int
+}
+
+// List is the curated list. Each entry names the invariant it breaks;
+// docs/testing.md explains how to add one.
+var List = []Mutant{
+	{Name: "bulk-fence", Invariant: "I1 never over-admit: the group-commit UPDATE grants every request",
+		File: "persistence/postgres/admit_bulk.go",
+		From: "ELSE LEAST(g.n, GREATEST(g.max_sessions - us.sessions, 0)) END)", To: "ELSE g.n END)",
+		Packages: []string{"./persistence/postgres"}},
+	{Name: "keyed-fence", Invariant: "I1 never over-admit: the per-request statement counts past the limit",
+		File: "persistence/postgres/admit.go",
+		From: "WHERE (@max_sessions::bigint < 0 OR u.sessions < @max_sessions::bigint)", To: "WHERE (@max_sessions::bigint < 0 OR u.sessions <= @max_sessions::bigint)",
+		Packages: []string{"./persistence/postgres"}},
+	{Name: "embedded-fence", Invariant: "I1 never over-admit: the embedded store counts past the limit",
+		File: "persistence/sqlite/admit.go",
+		From: "AND (:max_sessions < 0 OR sessions < :max_sessions)", To: "AND (:max_sessions < 0 OR sessions <= :max_sessions)",
+		Packages: []string{"./persistence/sqlite"}},
+	{Name: "decision-off-by-one", Invariant: "I1 never over-admit: the domain decision admits one too many",
+		File: "domain/plan.go",
+		From: "return l.IsUnlimited() || used < int64(l)", To: "return l.IsUnlimited() || used <= int64(l)",
+		Packages: []string{"./domain"}},
+	{Name: "period-before-anchor", Invariant: "billing periods: a clock behind the anchor gets a phantom period with a fresh quota",
+		File: "domain/user.go",
+		From: "if now.Before(u.BillingAnchor) {", To: "if false && now.Before(u.BillingAnchor) {",
+		Packages: []string{"./domain"}},
+	{Name: "period-month-clamp", Invariant: "billing periods: the day is not clamped to the month's end",
+		File: "domain/period.go",
+		From: "if last := daysIn(ty, tm); d > last {", To: "if last := daysIn(ty, tm); false && d > last {",
+		Packages: []string{"./domain"}},
+	{Name: "passivation-buffering", Invariant: "I2 nothing acknowledged is lost: a message for a stopping actor is sent to it instead of held",
+		File: "actors/shard.go",
+		From: "s.pending[id] = append(s.pending[id], m)", To: "ctx.Send(c.pid, m)",
+		Packages: []string{"./actors"}, Run: "TestPassivation", Count: 5},
+	{Name: "answer-before-commit", Invariant: "I2 nothing acknowledged is lost: an admission whose commit failed is acknowledged",
+		File: "actors/admit.go",
+		From: "e.m.answer(a.resolveUnknown(e.m, e.req, d.err))", To: "e.m.answer(&reply{session: e.req.Session})",
+		Packages: []string{"./actors"}},
+	{Name: "replay-counts-again", Invariant: "I5 idempotency: a stored key's retry is counted again",
+		File: "persistence/postgres/admit.go",
+		From: "WHERE user_id = @user_id AND key = @key AND outcome = 'pending')", To: "WHERE user_id = @user_id AND key = @key)",
+		Packages: []string{"./persistence/postgres"}},
+	{Name: "replay-ignores-body", Invariant: "I5 idempotency: the same key with another body replays instead of 409",
+		File: "actors/admit.go",
+		From: "if rec.RequestHash != req.RequestHash {", To: "if false && rec.RequestHash != req.RequestHash {",
+		Packages: []string{"./actors"}, Run: "Idempotency"},
+	{Name: "redis-cas", Invariant: "I6 Redis is a cache: an older counter overwrites a newer one",
+		File: "persistence/rediscache/cache.go",
+		From: "if cur and tonumber(cur) >= tonumber(ARGV[b + 3]) then", To: "if false then",
+		Packages: []string{"./persistence/rediscache"}},
+	{Name: "limit-is-500", Invariant: "I4 a limit is a 403, never a 500",
+		File: "transport/errors.go",
+		From: "domain.CodeSessionLimit:        http.StatusForbidden,", To: "domain.CodeSessionLimit:        http.StatusInternalServerError,",
+		Packages: []string{"./transport"}},
+	{Name: "freshness-rule", Invariant: "a refusal from memory outlives the store's confirmation (an upgrade elsewhere is never seen)",
+		File: "actors/admit.go",
+		From: "if now.Sub(a.confirmedAt) > rejectFreshness {", To: "if false && now.Sub(a.confirmedAt) > rejectFreshness {",
+		Packages: []string{"./actors"}},
+	{Name: "verify-over-limit", Invariant: "the audit (`tally verify`) misses a session over its limit",
+		File: "tools/verify/source.go",
+		From: "count(*) FILTER (WHERE max_sessions >= 0 AND seq > max_sessions) AS over_n", To: "count(*) FILTER (WHERE max_sessions >= 0 AND seq > max_sessions + 1) AS over_n",
+		Packages: []string{"./tools/verify"}},
+	{Name: "batch-not-isolated", Invariant: "I7 no request fails because of another: one bad row fails its whole batch",
+		File: "actors/writer.go",
+		From: "if len(reqs) == 1 || !errors.Is(err, persistence.ErrRequestData) || ctx.Err() != nil {", To: "if true {",
+		Packages: []string{"./actors"}, Run: "Poison"},
+	{Name: "text-not-checked", Invariant: "I7 no request fails because of another: text no store can keep reaches the store",
+		File: "domain/text.go",
+		From: "if (c < 0x20 && c != '\\t') || c == 0x7f {", To: "if false {",
+		Packages: []string{"./domain", "./transport"}},
+	{Name: "user-unbounded", Invariant: "I7 bounded queues: one user's requests are not bounded",
+		File: "actors/gate.go",
+		From: "ok := n < g.max", To: "ok := true",
+		Packages: []string{"./actors"}, Run: "UserInFlight"},
+	{Name: "process-unbounded", Invariant: "I7 bounded queues: the in-flight bound is never enforced",
+		File: "transport/server.go",
+		From: "if opts.MaxInFlight > 0 {", To: "if false && opts.MaxInFlight > 0 {",
+		Packages: []string{"./transport"}},
+	{Name: "slow-body-holds-slot", Invariant: "I7 slowness is one's own: a slow body holds an in-flight slot",
+		File: "transport/server.go",
+		From: "if r.Body != nil && r.Body != http.NoBody && r.ContentLength <= maxBodyBytes {", To: "if false {",
+		Packages: []string{"./app"}, Run: "SlowClients"},
+}
+
+// Result is what one mutant's run found.
+type Result struct {
+	Mutant  Mutant
+	Killed  bool
+	Err     error // the mutant could not be run (does not apply, does not compile)
+	Elapsed time.Duration
+	Output  string // the tests' output, kept for survivors and errors
+}
+
+// Options configures a run.
+type Options struct {
+	Root string    // repository root (default ".")
+	Only []string  // mutant names; empty runs all
+	Out  io.Writer // progress lines
+	Go   string    // the go command (default "go")
+}
+
+// Run copies the repository's tracked files to a scratch directory once and
+// runs each mutant there: apply, build, test, restore. It returns every
+// result, and an error when any mutant survived or could not be run.
+func Run(ctx context.Context, o Options) ([]Result, error) {
+	if o.Root == "" {
+		o.Root = "."
+	}
+	if o.Go == "" {
+		o.Go = "go"
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	list, err := selectMutants(List, o.Only)
+	if err != nil {
+		return nil, err
+	}
+	scratch, err := os.MkdirTemp("", "tally-mutants-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(scratch)
+	if err := copyTracked(ctx, o.Root, scratch); err != nil {
+		return nil, fmt.Errorf("copy the repository: %w", err)
+	}
+	var results []Result
+	bad := 0
+	for i, m := range list {
+		fmt.Fprintf(o.Out, "[%d/%d] %s (%s) ... ", i+1, len(list), m.Name, strings.Join(m.Packages, " "))
+		r := runOne(ctx, o.Go, scratch, m)
+		switch {
+		case r.Err != nil:
+			bad++
+			fmt.Fprintf(o.Out, "ERROR %v\n", r.Err)
+		case r.Killed:
+			fmt.Fprintf(o.Out, "killed (%s)\n", r.Elapsed.Round(time.Second))
+		default:
+			bad++
+			fmt.Fprintf(o.Out, "SURVIVED (%s): %s\n", r.Elapsed.Round(time.Second), m.Invariant)
+		}
+		results = append(results, r)
+		if ctx.Err() != nil {
+			return results, ctx.Err()
+		}
+	}
+	if bad > 0 {
+		return results, fmt.Errorf("%d of %d mutants survived or could not run", bad, len(list))
+	}
+	return results, nil
+}
+
+func selectMutants(all []Mutant, only []string) ([]Mutant, error) {
+	if len(only) == 0 {
+		return all, nil
+	}
+	byName := make(map[string]Mutant, len(all))
+	for _, m := range all {
+		byName[m.Name] = m
+	}
+	var out []Mutant
+	for _, n := range only {
+		m, ok := byName[n]
+		if !ok {
+			return nil, fmt.Errorf("no mutant named %q", n)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// Apply returns src with m applied, or an error when From does not occur
+// exactly once (the list is stale).
+func Apply(src string, m Mutant) (string, error) {
+	switch n := strings.Count(src, m.From); n {
+	case 1:
+		return strings.Replace(src, m.From, m.To, 1), nil
+	case 0:
+		return "", fmt.Errorf("%s: %q not found in %s (the code moved: update the mutant)", m.Name, m.From, m.File)
+	default:
+		return "", fmt.Errorf("%s: %q occurs %d times in %s (make From unique)", m.Name, m.From, n, m.File)
+	}
+}
+
+func runOne(ctx context.Context, goCmd, dir string, m Mutant) Result {
+	start := time.Now()
+	r := Result{Mutant: m}
+	path := filepath.Join(dir, m.File)
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		r.Err = err
+		return r
+	}
+	mutated, err := Apply(string(orig), m)
+	if err != nil {
+		r.Err = err
+		return r
+	}
+	if err := os.WriteFile(path, []byte(mutated), 0o644); err != nil {
+		r.Err = err
+		return r
+	}
+	defer func() { _ = os.WriteFile(path, orig, 0o644) }()
+
+	// A mutant that does not compile proves nothing: vet the packages
+	// (tests included) first.
+	if out, err := goRun(ctx, goCmd, dir, append([]string{"vet"}, m.Packages...)...); err != nil {
+		r.Err = fmt.Errorf("does not compile: %v", err)
+		r.Output = out
+		return r
+	}
+	args := []string{"test", fmt.Sprintf("-count=%d", max(m.Count, 1)), "-failfast"}
+	if m.Run != "" {
+		args = append(args, "-run", m.Run)
+	}
+	out, err := goRun(ctx, goCmd, dir, append(args, m.Packages...)...)
+	r.Elapsed = time.Since(start)
+	r.Output = out
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exit):
+		r.Killed = true
+	default:
+		r.Err = err
+	}
+	return r
+}
+
+func goRun(ctx context.Context, goCmd, dir string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, goCmd, args...)
+	cmd.Dir = dir
+	// Services are required: a test that skips for want of Postgres would
+	// let its mutant survive for the wrong reason.
+	cmd.Env = append(os.Environ(), "TALLY_TEST_REQUIRE_SERVICES=1")
+	var b bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &b, &b
+	err := cmd.Run()
+	return b.String(), err
+}
+
+// copyTracked copies the files git tracks under root into dst.
+func copyTracked(ctx context.Context, root, dst string) error {
+	cmd := exec.CommandContext(ctx, "git", "ls-files", "-z")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("git ls-files: %w", err)
+	}
+	for _, f := range strings.Split(strings.TrimRight(string(out), "\x00"), "\x00") {
+		if f == "" {
+			continue
+		}
+		src := filepath.Join(root, f)
+		info, err := os.Lstat(src)
+		if err != nil || !info.Mode().IsRegular() {
+			continue // deleted in the working tree, or a link
+		}
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, f)
+		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(target, b, info.Mode().Perm()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
