@@ -166,9 +166,6 @@ func New(o Options) (*Service, error) {
 	s.dispatcher = newPooledDispatcher(64, 300)
 	// One Props for every user: a user's actor learns its id from its first
 	// message, which saves a Props and a closure per live user.
-	// The default ring-buffer mailbox: the lock-free one saves ~200 bytes
-	// per live user but allocates per message (measured ~20% slower on
-	// BenchmarkActorRoundTrip).
 	// User actors get the lock-free mailbox: an idle one holds a stub node
 	// instead of a ring buffer, ~200 B less per live actor
 	// (BenchmarkActorMemory 1 242 → 1 042 B), with round trips and hot-user

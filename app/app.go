@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -77,21 +76,7 @@ func OpenStore(ctx context.Context, cfg config.Config) (persistence.Store, error
 	if cfg.Embedded() {
 		return sqlite.Open(ctx, cfg.DataDir)
 	}
-	return postgres.Open(ctx, withPoolSize(cfg.DatabaseURL, cfg.DatabaseMaxConns))
-}
-
-// withPoolSize sets pgxpool's pool_max_conns unless the URL already does.
-func withPoolSize(dsn string, n int) string {
-	u, err := url.Parse(dsn)
-	if err != nil || n <= 0 {
-		return dsn
-	}
-	q := u.Query()
-	if q.Get("pool_max_conns") == "" {
-		q.Set("pool_max_conns", fmt.Sprint(n))
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
+	return postgres.Open(ctx, cfg.DatabaseURL, postgres.MaxConns(cfg.DatabaseMaxConns))
 }
 
 // New opens the stores, applies migrations and starts the actors. The

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/jackc/puddle/v2"
 
 	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/internal/testenv"
 	"github.com/tally-dev/tally/persistence"
 )
 
@@ -99,5 +101,31 @@ func TestLockOrder(t *testing.T) {
 	want := []int{3, 1, 4, 0, 2, 5}
 	if !slices.Equal(got, want) {
 		t.Fatalf("lockOrder = %v, want %v", got, want)
+	}
+}
+
+// TALLY_DATABASE_MAX_CONNS sizes the pool, unless the URL's own
+// pool_max_conns says otherwise.
+func TestMaxConns(t *testing.T) {
+	url := testenv.PostgresURL(t)
+	s, err := Open(context.Background(), url, MaxConns(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := s.pool.Config().MaxConns; got != 3 {
+		t.Errorf("MaxConns(3): pool of %d", got)
+	}
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	s2, err := Open(context.Background(), url+sep+"pool_max_conns=5", MaxConns(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if got := s2.pool.Config().MaxConns; got != 5 {
+		t.Errorf("pool_max_conns=5 in the URL with MaxConns(3): pool of %d", got)
 	}
 }

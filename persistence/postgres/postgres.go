@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -42,10 +43,13 @@ type Store struct {
 // Open connects to the database at url (postgres://…) and checks that it
 // answers. It does not migrate; call Migrate. An unreachable server is a
 // CodeUnavailable *domain.Error; a malformed URL is a plain error.
-func Open(ctx context.Context, url string) (*Store, error) {
+func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: parse database URL: %w", err)
+	}
+	for _, o := range opts {
+		o(url, cfg)
 	}
 	// Group commits run as implicit transactions (a pipeline ending in one
 	// Sync, admit_bulk.go), which take the session's default isolation, and
@@ -63,6 +67,19 @@ func Open(ctx context.Context, url string) (*Store, error) {
 		return nil, translate("connect", err)
 	}
 	return &Store{pool: pool, pruneBatch: defaultPruneBatch}, nil
+}
+
+// Option adjusts the pool's configuration in Open.
+type Option func(url string, cfg *pgxpool.Config)
+
+// MaxConns sizes the connection pool, unless the URL sets pool_max_conns
+// itself (an operator's explicit setting wins over the service's default).
+func MaxConns(n int) Option {
+	return func(url string, cfg *pgxpool.Config) {
+		if n > 0 && !strings.Contains(url, "pool_max_conns=") {
+			cfg.MaxConns = int32(n)
+		}
+	}
 }
 
 // Ping checks that the database answers a query.
