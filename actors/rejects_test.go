@@ -127,14 +127,7 @@ func TestUserHashIsFNV1a(t *testing.T) {
 // window has passed, and the next create is admitted. Without the rule,
 // the actor would keep refusing a user who has paid for more.
 func TestRefusalFromMemoryExpiresAfterAChangeElsewhere(t *testing.T) {
-	store, err := sqlite.Open(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
-	if err := store.Migrate(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	store := openSQLite(t)
 	var clock atomic.Int64
 	start := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
 	clock.Store(start.UnixNano())

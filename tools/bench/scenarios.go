@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -802,24 +800,7 @@ func (r *runner) scenarioRows() []Row {
 
 // countsLine renders {"200": 5, "503": 7} as "200: 5, 503: 7" ("none"
 // when empty), numeric keys in numeric order.
-func countsLine[N int | int64](m map[string]N) string {
-	if len(m) == 0 {
-		return "none"
-	}
-	keys := slices.SortedFunc(maps.Keys(m), func(a, b string) int {
-		x, errA := strconv.Atoi(a)
-		y, errB := strconv.Atoi(b)
-		if errA == nil && errB == nil {
-			return x - y
-		}
-		return strings.Compare(a, b)
-	})
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s: %d", k, m[k])
-	}
-	return strings.Join(parts, ", ")
-}
+func countsLine[N int | int64](m map[string]N) string { return load.CountsText(m, "none") }
 
 func answersLine(m map[string]int) string { return countsLine(m) }
 

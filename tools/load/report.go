@@ -32,11 +32,11 @@ func (r *Result) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "  admitted  %10d  %10.1f/s\n", r.Admitted, r.AdmittedPerS)
 	fmt.Fprintf(&b, "  rejected  %10d  %10.1f/s\n", r.Rejected, r.RejectedPerS)
 	fmt.Fprintf(&b, "  errors    %10d  %10.1f/s\n", r.Errors, r.ErrorsPerS)
-	fmt.Fprintf(&b, "  statuses  %s\n", countsText(r.Statuses, "none"))
+	fmt.Fprintf(&b, "  statuses  %s\n", CountsText(r.Statuses, "none"))
 	if r.Errors > 0 {
-		fmt.Fprintf(&b, "  errors by status  %s\n", countsText(r.ErrorsByStatus, "none"))
+		fmt.Fprintf(&b, "  errors by status  %s\n", CountsText(r.ErrorsByStatus, "none"))
 		if len(r.TransportErrors) > 0 {
-			fmt.Fprintf(&b, "  transport errors  %s\n", countsText(r.TransportErrors, "none"))
+			fmt.Fprintf(&b, "  transport errors  %s\n", CountsText(r.TransportErrors, "none"))
 			for _, k := range slices.Sorted(maps.Keys(r.TransportErrorSamples)) {
 				fmt.Fprintf(&b, "    e.g. %s: %s\n", k, r.TransportErrorSamples[k])
 			}
@@ -106,9 +106,9 @@ func (r *Result) describeRun() string {
 	return fmt.Sprintf("%s, %s (%s-N) on plan %q, against %s%s", load, who, r.UserPrefix, r.Plan, r.URL, r.Path)
 }
 
-// countsText renders {"403": 5, "200": 10} as "200: 10, 403: 5", numeric
-// keys in numeric order.
-func countsText(m map[string]int64, empty string) string {
+// CountsText renders {"403": 5, "200": 10} as "200: 10, 403: 5", numeric
+// keys in numeric order, and an empty map as empty.
+func CountsText[N int | int64](m map[string]N, empty string) string {
 	if len(m) == 0 {
 		return empty
 	}
