@@ -700,6 +700,16 @@ func (r *runner) tallyEnv(idle time.Duration, gogc string) []string {
 
 // mainTally starts the main Tally child on first use.
 func (r *runner) mainTally(ctx context.Context, p *Phase) (*child, error) {
+	return r.sharedTally(ctx, p, func() []string {
+		r.logf("starting Tally (app.New + Serve in a child process, GOGC=%s, idle timeout %s)", childGOGC, mainIdle)
+		return r.tallyEnv(mainIdle, childGOGC)
+	})
+}
+
+// sharedTally returns the run's Tally child, starting it on first use with
+// the environment env gives; a child that has exited is an error naming
+// the end of its log.
+func (r *runner) sharedTally(ctx context.Context, p *Phase, env func() []string) (*child, error) {
 	logPath := filepath.Join(r.outDir, r.stem+"-tally.log")
 	p.LogFiles = append(p.LogFiles, logPath)
 	if r.tally != nil {
@@ -708,8 +718,7 @@ func (r *runner) mainTally(ctx context.Context, p *Phase) (*child, error) {
 		}
 		return r.tally, nil
 	}
-	r.logf("starting Tally (app.New + Serve in a child process, GOGC=%s, idle timeout %s)", childGOGC, mainIdle)
-	c, err := startChild(ctx, r.exe, cmdServeTally, r.tallyEnv(mainIdle, childGOGC), logPath)
+	c, err := startChild(ctx, r.exe, cmdServeTally, env(), logPath)
 	if err != nil {
 		return nil, err
 	}

@@ -131,21 +131,24 @@ func (r *runner) suiteEnv(extra ...string) []string {
 // suiteTally starts the suite's main Tally child on first use: as shipped
 // (Go's default GC; RSS is one of the figures), with suiteEnv.
 func (r *runner) suiteTally(ctx context.Context, p *Phase) (*child, error) {
-	logPath := filepath.Join(r.outDir, r.stem+"-tally.log")
-	p.LogFiles = append(p.LogFiles, logPath)
-	if r.tally != nil {
-		if !r.tally.alive() {
-			return nil, fmt.Errorf("the Tally child has exited (%v); its log (%s) ends:\n%s", r.tally.waitErr, logPath, fileTail(logPath, 15))
-		}
-		return r.tally, nil
-	}
-	c, err := startChild(ctx, r.exe, cmdServeTally, r.suiteEnv(), logPath)
-	if err != nil {
-		return nil, err
-	}
-	r.tally = c
-	r.logf("Tally serving on %s (pid %d), log %s", c.addr, c.pid(), logPath)
-	return c, nil
+	return r.sharedTally(ctx, p, func() []string { return r.suiteEnv() })
+}
+
+// loadOutcome is what a load run in the background ended with.
+type loadOutcome struct {
+	res *load.Result
+	err error
+}
+
+// startLoad runs cfg in the background, for scenarios that act on Tally
+// while the load goes on; the channel receives its outcome once.
+func startLoad(ctx context.Context, cfg load.Config) <-chan loadOutcome {
+	done := make(chan loadOutcome, 1)
+	go func() {
+		res, err := load.Run(ctx, cfg)
+		done <- loadOutcome{res, err}
+	}()
+	return done
 }
 
 // suiteLoad is an open-loop load over the suite's users at rate.
@@ -273,16 +276,8 @@ func (r *runner) overloadOnce(ctx context.Context, p *Phase, c *child, factor, c
 	r.logf("overload: %s, up to %d connections, then %.0f/s for %s", label, over.Concurrency, normal, r.opts.Tail)
 
 	sampler := startRSSSampler(c.pid(), sampleEvery)
-	type outcome struct {
-		res *load.Result
-		err error
-	}
-	done := make(chan outcome, 1)
 	start := time.Now()
-	go func() {
-		res, err := load.Run(ctx, over)
-		done <- outcome{res, err}
-	}()
+	done := startLoad(ctx, over)
 	// The tail is a second load that starts when the overload's schedule
 	// ends, while the overload's last requests may still be in flight: the
 	// server sees the offered rate drop at once, as it would in life.
@@ -384,15 +379,7 @@ func (r *runner) phaseColdstart(ctx context.Context, p *Phase) error {
 	cfg := r.suiteLoad(a.url(), prefix, cold.Rate, steady+2*time.Minute)
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	type outcome struct {
-		res *load.Result
-		err error
-	}
-	done := make(chan outcome, 1)
-	go func() {
-		res, err := load.Run(lctx, cfg)
-		done <- outcome{res, err}
-	}()
+	done := startLoad(lctx, cfg)
 	var sigterm, exited, ready time.Time
 	restart := func() error {
 		select {
@@ -541,15 +528,7 @@ func (r *runner) phasePoison(ctx context.Context, p *Phase) error {
 		UserPrefix: "poisoner-" + tag, Duration: time.Minute, Concurrency: 4, NoVerify: true, Body: []byte(poisonBody)}
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	type outcome struct {
-		res *load.Result
-		err error
-	}
-	done := make(chan outcome, 1)
-	go func() {
-		res, err := load.Run(pctx, poisoner)
-		done <- outcome{res, err}
-	}()
+	done := startLoad(pctx, poisoner)
 	// The poisoner provisions its one user and starts; the innocents
 	// start a moment later so that every batch they are in can have a
 	// poisoned create in it too.
