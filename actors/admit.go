@@ -52,11 +52,13 @@ type waiter struct {
 	retries int
 }
 
-// admitDone is the writer's answer for one in-flight admission.
+// admitDone is the writer's result for one in-flight admission; answered
+// says the writer has answered the caller already (direct).
 type admitDone struct {
-	id  uint64
-	res persistence.AdmitResult
-	err error
+	id       uint64
+	res      persistence.AdmitResult
+	err      error
+	answered bool
 }
 
 // passivate asks an idle user actor to stop once nothing is in flight.
@@ -155,10 +157,57 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 	a.reserved++
 	self, root := actx.Self(), actx.ActorSystem().Root
 	// The job points at the in-flight entry's request (never changed once
-	// submitted) rather than carrying a second copy of it.
-	a.deps.writer.submit(userHash(a.id), &job{req: &e.req, deadline: m.deadline, answerBy: workDeadline(m.deadline), deliver: func(res persistence.AdmitResult, err error) {
-		root.Send(self, &admitDone{id: id, res: res, err: err})
+	// submitted) rather than carrying a second copy of it. The writer
+	// answers the caller itself when the result needs nothing the actor
+	// holds (direct), after telling the actor, so that the caller's next
+	// request finds the actor's state already updated behind admitDone.
+	a.deps.writer.submit(userHash(a.id), &job{req: &e.req, answerBy: workDeadline(m.deadline), deliver: func(res persistence.AdmitResult, err error) {
+		r := direct(e, res, err)
+		root.Send(self, &admitDone{id: id, res: res, err: err, answered: r != nil})
+		if r != nil {
+			m.answer(r)
+		}
 	}})
+}
+
+// direct is the answer to an admission that the writer gives without the
+// actor, or nil when the actor must answer: the common outcomes (admitted,
+// refused by the store's fence, not attempted) need only what the request
+// carries. A replay, a changed user and an unknown outcome need the actor
+// (and the store).
+func direct(e *inflight, res persistence.AdmitResult, err error) *reply {
+	switch {
+	case err != nil:
+		if neverStored(err) {
+			return &reply{err: err}
+		}
+		return nil
+	case res.Outcome == persistence.Admitted:
+		return &reply{session: e.req.Session}
+	case res.Outcome == persistence.OverLimit:
+		return &reply{err: refusal(e.req, e.plan, res.Counters)}
+	}
+	return nil
+}
+
+// neverStored reports whether an admission's error says that nothing was
+// written for it: it never reached the store (shed, not started, out of
+// time), or the store refused its own data (its batch was run again
+// without it). The actor's state needs no repair after these.
+func neverStored(err error) bool {
+	return domain.ErrorCode(err) == domain.CodeTimeout || errors.Is(err, errOverloaded) ||
+		errors.Is(err, errNotStarted) || errors.Is(err, persistence.ErrRequestData)
+}
+
+// refusal is the 403 for an admission the store's fence refused: the
+// domain's account of which limit the store's counters reached. A fence
+// that refuses what its own counters allow is a bug, answered 500.
+func refusal(req persistence.AdmitRequest, plan domain.Plan, c persistence.Counters) error {
+	period := domain.Period{Start: req.Session.PeriodStart, End: req.PeriodEnd}
+	if err := domain.Admit(plan, c.Usage, period); err != nil {
+		return err
+	}
+	return fmt.Errorf("store fenced off an admission that its own counters allow (user %s, usage %+v)", req.Session.UserID, c)
 }
 
 // onAdmitDone answers the caller of a committed (or failed) admission,
@@ -183,13 +232,21 @@ func (a *userActor) onAdmitDone(actx actor.Context, d *admitDone) {
 }
 
 func (a *userActor) settle(actx actor.Context, e *inflight, d *admitDone) {
+	if d.answered {
+		// Only the actor's copy of the counters is left to update.
+		switch d.res.Outcome {
+		case persistence.Admitted, persistence.OverLimit:
+			a.adopt(e.req.Session.PeriodStart, d.res.Counters)
+		}
+		return
+	}
 	if d.err != nil {
 		e.m.answer(a.resolveUnknown(e.m, e.req, d.err))
 		return
 	}
 	wc := workCtx{deadline: workDeadline(e.m.deadline)}
 	defer wc.done()
-	r, retry := a.outcome(&wc, e.req, e.plan, d.res)
+	r, retry := a.outcome(&wc, e.req, d.res)
 	if !retry {
 		e.m.answer(r)
 		return
@@ -233,20 +290,11 @@ func (a *userActor) stopIfPassivating(actx actor.Context) {
 	}
 }
 
-// outcome turns the store's decision into the reply; retry is true when the
-// user changed under the decision and it must be made again.
-func (a *userActor) outcome(wc *workCtx, req persistence.AdmitRequest, plan domain.Plan, r persistence.AdmitResult) (_ *reply, retry bool) {
-	period := domain.Period{Start: req.Session.PeriodStart, End: req.PeriodEnd}
+// outcome turns a result the writer did not answer (direct) into the
+// reply; retry is true when the user changed under the decision and it
+// must be made again.
+func (a *userActor) outcome(wc *workCtx, req persistence.AdmitRequest, r persistence.AdmitResult) (_ *reply, retry bool) {
 	switch r.Outcome {
-	case persistence.Admitted:
-		a.adopt(req.Session.PeriodStart, r.Counters)
-		return &reply{session: req.Session}, false
-	case persistence.OverLimit:
-		a.adopt(req.Session.PeriodStart, r.Counters)
-		if err := domain.Admit(plan, r.Counters.Usage, period); err != nil {
-			return &reply{err: err}, false
-		}
-		return &reply{err: fmt.Errorf("store fenced off an admission that its own counters allow (user %s, usage %+v)", a.id, r.Counters)}, false
 	case persistence.Replayed:
 		if r.Record == nil {
 			return &reply{err: fmt.Errorf("store replayed key %q without a record", req.IdempotencyKey)}, false
@@ -302,17 +350,11 @@ func (a *userActor) replay(ctx context.Context, req persistence.AdmitRequest, re
 // decided afresh or replayed, whichever is true. The counters are reloaded
 // before the next decision.
 func (a *userActor) resolveUnknown(m *createSession, req persistence.AdmitRequest, cause error) *reply {
-	if domain.ErrorCode(cause) == domain.CodeTimeout || errors.Is(cause, errOverloaded) || errors.Is(cause, errNotStarted) {
-		return &reply{err: cause} // never reached the store
-	}
-	if errors.Is(cause, persistence.ErrRequestData) {
-		// The store refused this request's own data (its batch was run
-		// again without it): nothing was committed for it, and nothing the
-		// actor holds changed.
+	if neverStored(cause) {
 		return &reply{err: cause}
 	}
 	a.forget()
-	ctx, cancel := context.WithDeadline(context.Background(), m.deadline.Add(-resolveMargin))
+	ctx, cancel := context.WithDeadline(context.Background(), resolveDeadline(m.deadline))
 	defer cancel()
 	var (
 		found *reply

@@ -40,8 +40,9 @@ type Options struct {
 	Shards int
 	// Now is the clock; nil uses time.Now.
 	Now func() time.Time
-	// DefaultTimeout bounds a request whose context has no deadline.
-	DefaultTimeout time.Duration
+	// RequestTimeout bounds every request (budget.go): the caller's
+	// context may end it sooner, never later.
+	RequestTimeout time.Duration
 	// Writers is the number of group-commit writers (default 1). With the
 	// batch in one round trip (postgres/admit_bulk.go), one writer making
 	// bigger batches measured 15.9k admitted/s against 15.0k for two, and
@@ -69,6 +70,7 @@ type Options struct {
 type Service struct {
 	system  *actor.ActorSystem
 	shards  []*actor.PID
+	routes  routes
 	deps    *deps
 	store   persistence.Store
 	timeout time.Duration
@@ -122,8 +124,8 @@ func New(o Options) (*Service, error) {
 	if o.Shards <= 0 {
 		o.Shards = 64
 	}
-	if o.DefaultTimeout <= 0 {
-		o.DefaultTimeout = 5 * time.Second
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = 5 * time.Second
 	}
 	if o.Writers <= 0 {
 		o.Writers = 1
@@ -141,7 +143,7 @@ func New(o Options) (*Service, error) {
 	if clock == nil {
 		clock = time.Now
 	}
-	s := &Service{store: o.Store, timeout: o.DefaultTimeout, stopSweep: make(chan struct{})}
+	s := &Service{store: o.Store, timeout: o.RequestTimeout, stopSweep: make(chan struct{})}
 	if o.MaxUserInFlight > 0 {
 		s.gate = newUserGate(o.MaxUserInFlight)
 	}
@@ -173,7 +175,7 @@ func New(o Options) (*Service, error) {
 	// --hot).
 	userProps := actor.PropsFromProducer(func() actor.Actor { return &userActor{deps: s.deps} },
 		actor.WithDispatcher(s.dispatcher), actor.WithMailbox(actor.UnboundedLockfree()))
-	props := actor.PropsFromProducer(newShard(userProps, o.IdleTimeout, &s.live), actor.WithDispatcher(s.dispatcher))
+	props := actor.PropsFromProducer(newShard(userProps, o.IdleTimeout, &s.live, &s.routes), actor.WithDispatcher(s.dispatcher))
 	for i := 0; i < o.Shards; i++ {
 		pid, err := s.system.Root.SpawnNamed(props, fmt.Sprintf("shard-%d", i))
 		if err != nil {
@@ -272,13 +274,6 @@ func userHash(userID string) uint32 {
 	return h
 }
 
-func (s *Service) deadline(ctx context.Context) time.Time {
-	if d, ok := ctx.Deadline(); ok {
-		return d
-	}
-	return time.Now().Add(s.timeout)
-}
-
 // storeTroubleWindow is how long after a store failure a request that the
 // actors did not answer in time is blamed on the store (503) rather than on
 // the actor (504).
@@ -299,7 +294,7 @@ func (s *Service) ask(ctx context.Context, m userMessage, deadline time.Time) *r
 		return &reply{err: errUserBusy}
 	}
 	defer s.gate.leave(id, h)
-	s.system.Root.Send(s.shards[h%uint32(len(s.shards))], m)
+	s.send(id, h, m)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
@@ -319,6 +314,17 @@ func (s *Service) ask(ctx context.Context, m userMessage, deadline time.Time) *r
 	case <-ctx.Done():
 		return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded", Err: ctx.Err()}}
 	}
+}
+
+// send hands m to the user's live actor through its route, or to the
+// user's shard when there is no open route (route.go).
+func (s *Service) send(id string, h uint32, m userMessage) {
+	if r := s.routes.get(id); r != nil && r.enter() {
+		s.system.Root.Send(r.pid, m)
+		r.leave()
+		return
+	}
+	s.system.Root.Send(s.shards[h%uint32(len(s.shards))], m)
 }
 
 // CreateSession admits and durably records a session.

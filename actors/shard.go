@@ -7,16 +7,19 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 )
 
-// shard owns the user actors whose ids hash to it. It is the only sender of
-// requests to its children (the group-commit writer only answers admissions
-// a child is waiting for), which is what makes passivation lossless: after
-// it asks a child to passivate it sends that child nothing more, the child
-// stops only once it owes no answer, and the shard buffers the user's
-// messages until the child's Terminated arrives, then respawns and replays.
+// shard owns the user actors whose ids hash to it: it spawns them, routes
+// the first messages of a cold user, and passivates idle ones. Requests to
+// a live actor go straight to it through its route (route.go); the shard
+// seals the route before it asks the child to passivate, so nothing reaches
+// the child after that but through the shard, which buffers the user's
+// messages until the child's Terminated arrives, then respawns and
+// replays. The child stops only once it owes no answer: passivation loses
+// nothing.
 type shard struct {
 	userProps *actor.Props
 	idle      time.Duration
 	live      *atomic.Int64 // user actors alive across all shards (a metric)
+	routes    *routes
 
 	children map[string]*child        // user id → its actor
 	byPID    map[string]string        // child PID id → user id
@@ -26,6 +29,7 @@ type shard struct {
 
 type child struct {
 	pid      *actor.PID
+	route    *route
 	lastUsed time.Time
 	stopping bool
 	queued   bool // in idleIDs
@@ -39,12 +43,13 @@ type child struct {
 // with any realistic rate of users going idle without a stall.
 const passivateBatch = 4
 
-func newShard(userProps *actor.Props, idle time.Duration, live *atomic.Int64) actor.Producer {
+func newShard(userProps *actor.Props, idle time.Duration, live *atomic.Int64, rs *routes) actor.Producer {
 	return func() actor.Actor {
 		return &shard{
 			userProps: userProps,
 			idle:      idle,
 			live:      live,
+			routes:    rs,
 			children:  make(map[string]*child),
 			byPID:     make(map[string]string),
 			pending:   make(map[string][]userMessage),
@@ -60,6 +65,9 @@ func (s *shard) Receive(ctx actor.Context) {
 		switch {
 		case c == nil:
 			c = s.spawn(ctx, id)
+			ctx.Send(c.pid, m)
+			s.open(id, c)
+			return
 		case c.stopping:
 			s.pending[id] = append(s.pending[id], m)
 			return
@@ -70,6 +78,10 @@ func (s *shard) Receive(ctx actor.Context) {
 	case *sweep:
 		if m.scan {
 			for id, c := range s.children {
+				if c.route.touched.Load() {
+					c.route.touched.Store(false)
+					c.lastUsed = m.now
+				}
 				if !c.stopping && !c.queued && m.now.Sub(c.lastUsed) >= s.idle {
 					c.queued = true
 					s.idleIDs = append(s.idleIDs, id)
@@ -84,6 +96,9 @@ func (s *shard) Receive(ctx actor.Context) {
 			return
 		}
 		delete(s.byPID, m.Who.Id)
+		if c := s.children[id]; c != nil {
+			s.routes.remove(id, c.route)
+		}
 		delete(s.children, id)
 		s.live.Add(-1)
 		held := s.pending[id]
@@ -92,10 +107,10 @@ func (s *shard) Receive(ctx actor.Context) {
 			return
 		}
 		c := s.spawn(ctx, id)
-		c.lastUsed = time.Now()
 		for _, m := range held {
 			ctx.Send(c.pid, m)
 		}
+		s.open(id, c)
 	}
 }
 
@@ -112,13 +127,22 @@ func (s *shard) passivateSome(ctx actor.Context, now time.Time) {
 			continue
 		}
 		c.queued = false
-		if now.Sub(c.lastUsed) < s.idle {
+		if c.route.touched.Load() || now.Sub(c.lastUsed) < s.idle {
 			continue // used again since the scan
 		}
-		// passivate is a user message: everything already forwarded is
-		// processed first, and the child stops itself once it owes no
-		// answer (no admission in flight); later messages are held in
-		// s.pending until its Terminated.
+		if !c.route.seal() {
+			continue // a request is being sent to it right now
+		}
+		if c.route.touched.Load() {
+			c.route.unseal() // used between the check and the seal
+			continue
+		}
+		// Sealed: from now on requests come through this shard, which
+		// holds them in s.pending until the child's Terminated. passivate
+		// is a user message: everything sent before the seal is processed
+		// first, and the child stops itself once it owes no answer (no
+		// admission in flight).
+		s.routes.remove(id, c.route)
 		c.stopping = true
 		ctx.Send(c.pid, &passivate{})
 		n++
@@ -132,9 +156,13 @@ func (s *shard) spawn(ctx actor.Context, userID string) *child {
 	// Children get generated names: a respawned actor must not collide with
 	// the name of one that is still finishing its stop.
 	pid := ctx.Spawn(s.userProps)
-	c := &child{pid: pid}
+	c := &child{pid: pid, route: &route{pid: pid}, lastUsed: time.Now()}
 	s.children[userID] = c
 	s.byPID[pid.Id] = userID
 	s.live.Add(1)
 	return c
 }
+
+// open publishes the child's route, once the messages the shard had for it
+// are in its mailbox.
+func (s *shard) open(userID string, c *child) { s.routes.add(userID, c.route) }

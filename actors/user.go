@@ -12,19 +12,6 @@ import (
 	"github.com/tally-dev/tally/persistence"
 )
 
-// The actor stops its own store work a little before the caller stops
-// waiting, so that a store that hangs yields a 503 the caller still receives
-// rather than a 504; resolveMargin is what the lookup of an unknown outcome
-// leaves for the reply to travel back.
-const (
-	maxWorkMargin = 100 * time.Millisecond
-	resolveMargin = 5 * time.Millisecond
-)
-
-func workDeadline(d time.Time) time.Time {
-	return d.Add(-min(maxWorkMargin, time.Until(d)/5))
-}
-
 // maxFenceRetries bounds how often one admission is re-decided after the
 // store's fence reports that the user's plan or anchor changed under it.
 const maxFenceRetries = 3

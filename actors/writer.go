@@ -37,14 +37,17 @@ type writer struct {
 	// transaction), for the queue-depth gauge; shed counts refused jobs.
 	waiting atomic.Int64
 	shed    atomic.Int64
+	// commitAvg is the moving average of a transaction's duration
+	// (nanoseconds).
+	commitAvg atomic.Int64
 }
 
 // job is one admission waiting for its commit. deliver is called exactly
-// once, from the writer's goroutine.
+// once, from the writer's goroutine (or the submitter's, when the queue is
+// full).
 type job struct {
 	req      *persistence.AdmitRequest
-	deadline time.Time // when the caller stops waiting
-	answerBy time.Time // when the writer answers at the latest (deadline less a margin for the reply)
+	answerBy time.Time // when the writer answers at the latest: workDeadline of the request's
 	deliver  func(persistence.AdmitResult, error)
 }
 
@@ -55,8 +58,6 @@ var errOverloaded = domain.Shed("the admission queue is full")
 const (
 	defaultWriterQueue = 16384
 	writerMaxBatch     = 512
-	// maxBatchWait bounds one transaction even when its callers allow more.
-	maxBatchWait = 10 * time.Second
 )
 
 // writers are the group-commit writers; a user's admissions always go to
@@ -141,91 +142,74 @@ func (w *writer) close() {
 	w.stopped.Wait()
 }
 
-// run is the writer's loop. At most one transaction is in flight; while it
-// runs, new jobs queue up for the next one. Every job is answered by its
-// own deadline, whatever the store does: a job still waiting when its
-// deadline comes is answered "not started" (nothing was written), and one
-// whose transaction is still running is answered "outcome unknown" (the
-// actor then looks the outcome up). So a store that hangs yields 503s
-// within each request's deadline, never a 504 for the callers that joined a
-// batch early, and never a queue of callers that gave up long ago.
+// run is the writer's loop: it takes whatever has queued up (up to
+// maxBatch), commits it in one transaction on this goroutine, answers each
+// job, and starts over; while a transaction runs, the next batch queues up
+// in the channel. Running the transaction here rather than on a goroutine
+// of its own keeps an admission's path to three hand-offs (request → user
+// actor → writer → request; README, "How a create flows").
+//
+// Every job is answered before its caller stops waiting, whatever the
+// store does. A job that cannot expect a commit to finish in the time it
+// has left is answered "not started" (nothing was written) instead of
+// joining the batch; the transaction is given until the earliest answer
+// deadline among the rest, so a store that hangs yields 503s (the outcome
+// of a commit cut short is looked up by the actors) within each request's
+// deadline.
 func (w *writer) run() {
 	defer w.stopped.Done()
-	var (
-		pending  []*job // queued for the next transaction
-		inflight []*job // in the running transaction; nil once answered
-		done     chan batchResult
-		timer    = time.NewTimer(time.Hour)
-	)
-	defer timer.Stop()
-	// expire answers every job whose answer deadline has come.
-	expire := func(now time.Time) {
-		for i, j := range inflight {
-			if j != nil && !j.answerBy.After(now) {
-				j.deliver(persistence.AdmitResult{}, domain.Unavailable("database", errCommitPending))
-				inflight[i] = nil
-			}
-		}
-		kept := pending[:0]
-		for _, j := range pending {
-			if !j.answerBy.After(now) {
-				j.deliver(persistence.AdmitResult{}, domain.Unavailable("database", errNotStarted))
-				continue
-			}
-			kept = append(kept, j)
-		}
-		clear(pending[len(kept):])
-		pending = kept
-	}
+	var batch []*job
 	for {
-		w.waiting.Store(int64(len(pending) + len(inflight)))
-		if done == nil && len(pending) > 0 {
-			expire(time.Now()) // never start what nobody waits for
-		}
-		if done == nil && len(pending) > 0 {
-			n := min(len(pending), w.maxBatch)
-			inflight, done = w.start(pending[:n])
-			pending = append(pending[:0:0], pending[n:]...)
-		}
-		resetTimer(timer, earliest(pending, inflight))
 		select {
 		case j := <-w.queue:
-			pending = append(pending, j)
-			// Take whatever else is queued now, so one wake-up fills a batch.
-		fill:
-			for len(pending) < w.maxBatch {
-				select {
-				case j := <-w.queue:
-					pending = append(pending, j)
-				default:
-					break fill
-				}
-			}
-		case r := <-done:
-			r.answer(inflight)
-			inflight, done = nil, nil
-		case <-timer.C:
-			expire(time.Now())
+			batch = append(batch[:0], j)
 		case <-w.stop:
-			if done != nil {
-				r := <-done // let the running transaction finish and answer it
-				r.answer(inflight)
-			}
-			for _, j := range pending {
-				j.deliver(persistence.AdmitResult{}, domain.Unavailable("accounting", errors.New("shutting down")))
-			}
 			w.failQueued()
 			return
 		}
+		// Take whatever else is queued now, so one wake-up fills a batch.
+	fill:
+		for len(batch) < w.maxBatch {
+			select {
+			case j := <-w.queue:
+				batch = append(batch, j)
+			default:
+				break fill
+			}
+		}
+		batch = w.startable(batch, time.Now())
+		if len(batch) == 0 {
+			continue
+		}
+		w.waiting.Store(int64(len(batch)))
+		w.commitBatch(batch)
+		w.waiting.Store(0)
+		clear(batch) // let the answered jobs go
 	}
 }
 
-// errCommitPending answers a caller whose transaction had not finished by
-// its deadline: the commit may still happen, so its outcome is looked up.
-var errCommitPending = errors.New("the commit did not finish within the request deadline")
+// startable answers, "not started", the jobs of batch whose answer
+// deadline leaves less than the recent commit time (twice its moving
+// average, at least minCommitBudget), and returns the others.
+func (w *writer) startable(batch []*job, now time.Time) []*job {
+	need := max(minCommitBudget, 2*time.Duration(w.commitAvg.Load()))
+	kept := batch[:0]
+	for _, j := range batch {
+		if j.answerBy.Sub(now) < need {
+			j.deliver(persistence.AdmitResult{}, domain.Unavailable("database", errNotStarted))
+			continue
+		}
+		kept = append(kept, j)
+	}
+	clear(batch[len(kept):])
+	return kept
+}
+
+// minCommitBudget is the least time left for which a job joins a batch.
+const minCommitBudget = 2 * time.Millisecond
 
 // errNotStarted answers a caller whose admission was still queued behind a
-// slow transaction at its deadline: nothing was written.
+// slow transaction too close to its deadline: nothing was written.
 var errNotStarted = errors.New("the admission was not started within the request deadline (the database is slow or unreachable)")
 
 // batchResult is one batch's outcome, request by request: errs[i] (nil
@@ -235,72 +219,34 @@ type batchResult struct {
 	errs []error
 }
 
-// answer delivers each job its own result; jobs answered at their deadline
-// already are nil.
-func (r batchResult) answer(jobs []*job) {
-	for i, j := range jobs {
-		switch {
-		case j == nil:
-		case r.errs != nil && r.errs[i] != nil:
-			j.deliver(persistence.AdmitResult{}, r.errs[i])
-		default:
-			j.deliver(r.res[i], nil)
-		}
-	}
-}
-
-// start runs one transaction for batch in its own goroutine. The
-// transaction may run until the latest caller's deadline (capped), so that
-// a slow commit for patient callers is not cut short by an impatient one;
-// each caller is answered by its own deadline by run.
-func (w *writer) start(batch []*job) ([]*job, chan batchResult) {
-	jobs := make([]*job, len(batch))
-	copy(jobs, batch)
+// commitBatch runs one transaction for batch, until the earliest of its
+// jobs' answer deadlines (capped at maxBatchWait), and answers each job.
+func (w *writer) commitBatch(batch []*job) {
 	now := time.Now()
-	var deadline time.Time
-	reqs := make([]persistence.AdmitRequest, len(jobs))
-	for i, j := range jobs {
+	deadline := now.Add(maxBatchWait)
+	reqs := make([]persistence.AdmitRequest, len(batch))
+	for i, j := range batch {
 		reqs[i] = *j.req
-		if j.answerBy.After(deadline) {
+		if j.answerBy.Before(deadline) {
 			deadline = j.answerBy
 		}
 	}
-	if limit := now.Add(maxBatchWait); deadline.After(limit) {
-		deadline = limit
-	}
-	done := make(chan batchResult, 1)
-	go func() {
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
-		defer cancel()
-		r := w.admitApart(ctx, reqs)
-		w.batchSize.Observe(float64(len(reqs)))
-		w.commit.Observe(time.Since(now).Seconds())
-		done <- r
-	}()
-	return jobs, done
-}
-
-// earliest is the first answer deadline among the jobs still owed one.
-func earliest(pending, inflight []*job) time.Time {
-	var t time.Time
-	for _, list := range [][]*job{pending, inflight} {
-		for _, j := range list {
-			if j == nil {
-				continue
-			}
-			if t.IsZero() || j.answerBy.Before(t) {
-				t = j.answerBy
-			}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	r := w.admitApart(ctx, reqs)
+	cancel()
+	took := time.Since(now)
+	w.batchSize.Observe(float64(len(reqs)))
+	w.commit.Observe(took.Seconds())
+	// A moving average (1/8 weight) of the commit time, for startable.
+	avg := w.commitAvg.Load()
+	w.commitAvg.Store(avg + (int64(took)-avg)/8)
+	for i, j := range batch {
+		if r.errs != nil && r.errs[i] != nil {
+			j.deliver(persistence.AdmitResult{}, r.errs[i])
+		} else {
+			j.deliver(r.res[i], nil)
 		}
 	}
-	return t
-}
-
-func resetTimer(t *time.Timer, at time.Time) {
-	if at.IsZero() {
-		at = time.Now().Add(time.Hour)
-	}
-	t.Reset(max(time.Until(at), 0))
 }
 
 // admitApart runs reqs as one transaction and, when the store refuses the
