@@ -78,10 +78,11 @@ admitted_key AS (
     WHERE user_id = @user_id AND key = @key AND outcome = 'pending'
 )`)
 
-// countersSQL reads the usage row after admitSQL. It is a statement of its
-// own because, in READ COMMITTED, it then sees the latest committed row
-// (which this transaction has locked if it exists), where a read inside
-// admitSQL would see that statement's older snapshot.
+// countersSQL reads one usage row (loadCounters), and the row after
+// admitSQL. There it is a statement of its own because, in READ COMMITTED,
+// it then sees the latest committed row (which this transaction has locked
+// if it exists), where a read inside admitSQL would see that statement's
+// older snapshot.
 const countersSQL = `SELECT sessions, seconds, version FROM usage WHERE user_id = $1 AND period_start = $2`
 
 // claimKeySQL claims an Idempotency-Key for this transaction, after the
@@ -133,16 +134,16 @@ rejected AS (
       -- Only the request that claimed the key settles it, not a stale
       -- one with the same key in the batch.
       AND EXISTS (SELECT FROM users WHERE id = @user_id AND version = @user_version::bigint)
-    RETURNING ` + keyColumns + `
+    RETURNING ` + persistence.KeyColumns + `
 ),
 rec AS (
-    SELECT ` + keyColumns + ` FROM rejected
+    SELECT ` + persistence.KeyColumns + ` FROM rejected
     UNION ALL
     -- This statement's snapshot predates the update above: the stored row
     -- counts only when nothing was settled now. A row still pending is
     -- the claim of another request in this batch, not yet decided: this
     -- request, which the fence refused, has none.
-    SELECT ` + keyColumns + ` FROM idempotency_keys
+    SELECT ` + persistence.KeyColumns + ` FROM idempotency_keys
     WHERE user_id = @user_id AND key = @key AND outcome <> 'pending'
       AND NOT EXISTS (SELECT FROM rejected)
 )
