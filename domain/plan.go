@@ -2,6 +2,7 @@ package domain
 
 import (
 	"fmt"
+	"math"
 	"sort"
 )
 
@@ -14,9 +15,24 @@ type Limit int64
 // IsUnlimited reports whether the limit never rejects.
 func (l Limit) IsUnlimited() bool { return l < 0 }
 
-// Allows reports whether used+1 stays within the limit for a counted
-// resource (sessions): admitted while used < limit.
-func (l Limit) Allows(used int64) bool { return l.IsUnlimited() || used < int64(l) }
+// Ceiling is the usage at which the limit stops admitting: one more is
+// admitted while used < Ceiling(). It is the limit itself, or
+// math.MaxInt64 when unlimited, which no usage reaches. This is the one
+// place the rule is written (docs/contract.md, "Plans and limits"): Allows
+// is defined by it, and the stores do not repeat it in SQL, they compare
+// the usage they hold with the ceilings computed here.
+func (l Limit) Ceiling() int64 {
+	if l.IsUnlimited() {
+		return math.MaxInt64
+	}
+	return int64(l)
+}
+
+// Allows reports whether one more may be admitted when used have been:
+// admitted while used < Ceiling(). For sessions that is used+1 within the
+// limit; for seconds, usage still below the limit (a session's length is
+// not known when it is admitted).
+func (l Limit) Allows(used int64) bool { return used < l.Ceiling() }
 
 // Remaining is what is left under the limit, or nil when unlimited.
 func (l Limit) Remaining(used int64) *int64 {

@@ -10,6 +10,8 @@ package persistence
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/tally-dev/tally/domain"
@@ -216,4 +218,40 @@ type Store interface {
 	// FailSession marks the session failed (no usage recorded). Failing a
 	// failed session is a no-op; a completed one is a CodeConflict *domain.Error.
 	FailSession(ctx context.Context, id string, now time.Time) (domain.Session, error)
+}
+
+// The stored outcomes of an idempotency key (the outcome column of
+// idempotency_keys). Postgres also stores 'pending' for a claim that its
+// transaction settles before COMMIT, which no reader outside it ever sees.
+const (
+	KeyAdmitted = "admitted"
+	KeyRejected = "rejected"
+)
+
+// SetOutcome sets r.Admitted from a stored outcome. Any other outcome is an
+// error: a row that is not settled must never be seen outside the
+// transaction that claimed it.
+func (r *IdempotencyRecord) SetOutcome(outcome string) error {
+	switch outcome {
+	case KeyAdmitted:
+		r.Admitted = true
+	case KeyRejected:
+		r.Admitted = false
+	default:
+		return fmt.Errorf("idempotency key %q of user %s has outcome %q", r.Key, r.UserID, outcome)
+	}
+	return nil
+}
+
+// ScanCounters scans a usage row's sessions, seconds and version with scan
+// (a driver's row Scan). A missing row, which the driver reports as noRows,
+// is zero counters at version 0: nothing was recorded in that period yet,
+// which is what both stores must answer (Store.LoadUsage).
+func ScanCounters(scan func(dest ...any) error, noRows error) (Counters, error) {
+	var c Counters
+	err := scan(&c.Sessions, &c.Seconds, &c.Version)
+	if errors.Is(err, noRows) {
+		return Counters{}, nil
+	}
+	return c, err
 }

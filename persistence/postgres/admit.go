@@ -23,7 +23,9 @@ import (
 //     ones increment it. ON CONFLICT evaluates the limits against the latest
 //     committed row and locks it, whatever this statement's snapshot saw:
 //     that is what makes the limits exact across transactions. A limit that
-//     admits nothing (0) creates no row.
+//     admits nothing (0) creates no row. The limits arrive as the ceilings
+//     domain.Limit.Ceiling computes (used < ceiling admits; a new row's
+//     usage is 0), so the rule and its unlimited case live in domain alone.
 //   - created: the session row, only if it was counted.
 //
 // gate adds a condition to counting and more adds CTEs: the keyed variant
@@ -39,13 +41,13 @@ counted AS (
     SELECT @user_id::text, @period_start::timestamptz, @period_end::timestamptz, 1, 0, 1
     FROM fence
     WHERE fence.version = @user_version::bigint` + gate + `
-      AND (@max_sessions::bigint < 0 OR @max_sessions::bigint > 0)
-      AND (@max_seconds::bigint < 0 OR @max_seconds::bigint > 0)
+      AND 0 < @session_ceiling::bigint
+      AND 0 < @seconds_ceiling::bigint
     ON CONFLICT (user_id, period_start) DO UPDATE
         SET sessions = u.sessions + 1,
             version  = u.version + 1
-        WHERE (@max_sessions::bigint < 0 OR u.sessions < @max_sessions::bigint)
-          AND (@max_seconds::bigint < 0 OR u.seconds < @max_seconds::bigint)
+        WHERE u.sessions < @session_ceiling::bigint
+          AND u.seconds < @seconds_ceiling::bigint
     RETURNING u.sessions AS seq
 ),
 created AS (
@@ -78,10 +80,11 @@ admitted_key AS (
     WHERE user_id = @user_id AND key = @key AND outcome = 'pending'
 )`)
 
-// countersSQL reads the usage row after admitSQL. It is a statement of its
-// own because, in READ COMMITTED, it then sees the latest committed row
-// (which this transaction has locked if it exists), where a read inside
-// admitSQL would see that statement's older snapshot.
+// countersSQL reads one usage row (loadCounters), and the row after
+// admitSQL. There it is a statement of its own because, in READ COMMITTED,
+// it then sees the latest committed row (which this transaction has locked
+// if it exists), where a read inside admitSQL would see that statement's
+// older snapshot.
 const countersSQL = `SELECT sessions, seconds, version FROM usage WHERE user_id = $1 AND period_start = $2`
 
 // claimKeySQL claims an Idempotency-Key for this transaction, after the
@@ -133,16 +136,16 @@ rejected AS (
       -- Only the request that claimed the key settles it, not a stale
       -- one with the same key in the batch.
       AND EXISTS (SELECT FROM users WHERE id = @user_id AND version = @user_version::bigint)
-    RETURNING ` + keyColumns + `
+    RETURNING ` + persistence.KeyColumns + `
 ),
 rec AS (
-    SELECT ` + keyColumns + ` FROM rejected
+    SELECT ` + persistence.KeyColumns + ` FROM rejected
     UNION ALL
     -- This statement's snapshot predates the update above: the stored row
     -- counts only when nothing was settled now. A row still pending is
     -- the claim of another request in this batch, not yet decided: this
     -- request, which the fence refused, has none.
-    SELECT ` + keyColumns + ` FROM idempotency_keys
+    SELECT ` + persistence.KeyColumns + ` FROM idempotency_keys
     WHERE user_id = @user_id AND key = @key AND outcome <> 'pending'
       AND NOT EXISTS (SELECT FROM rejected)
 )
@@ -319,15 +322,21 @@ func admitArgs(r persistence.AdmitRequest) pgx.NamedArgs {
 		"period_start": ts(r.Session.PeriodStart),
 		"period_end":   ts(r.PeriodEnd),
 		"plan_name":    r.PlanName,
-		"max_sessions": int64(r.MaxSessions),
-		"max_seconds":  int64(r.MaxSeconds),
-		"id":           r.Session.ID,
-		"title":        r.Session.Title,
-		"language":     r.Session.Language,
-		"stt_provider": r.Session.STTProvider,
-		"created_at":   ts(r.Session.CreatedAt),
-		"key":          r.IdempotencyKey,
-		"request_hash": r.RequestHash,
+		// The limits as the request carries them (-1 unlimited), which
+		// are recorded: with the session (tools/verify/source.go audits
+		// seq against max_sessions) and with a keyed rejection (to
+		// rebuild its 403). The fence compares the ceilings instead.
+		"max_sessions":    int64(r.MaxSessions),
+		"max_seconds":     int64(r.MaxSeconds),
+		"session_ceiling": r.MaxSessions.Ceiling(),
+		"seconds_ceiling": r.MaxSeconds.Ceiling(),
+		"id":              r.Session.ID,
+		"title":           r.Session.Title,
+		"language":        r.Session.Language,
+		"stt_provider":    r.Session.STTProvider,
+		"created_at":      ts(r.Session.CreatedAt),
+		"key":             r.IdempotencyKey,
+		"request_hash":    r.RequestHash,
 	}
 }
 

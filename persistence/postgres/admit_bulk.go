@@ -94,15 +94,18 @@ ON CONFLICT (user_id, period_start) DO NOTHING`
 
 // bulkAdmitSQL counts and inserts a batch's sessions. grant is each
 // group's admitted count: none once the seconds are used up, else as many of
-// its n requests as stay within max_sessions (-1: unlimited). The version
+// its n requests as stay within the sessions limit. The limits arrive as
+// the ceilings domain.Limit.Ceiling computes (admitted while used <
+// ceiling), so the SQL has no case for unlimited; max_sessions, the limit
+// as the requests carry it, is only recorded with each session. The version
 // rises by one per admitted session, as if each had been counted on its
 // own. The users' versions are read by a correlated subquery rather than a
 // join, so that the plan is an index lookup per group whatever the
 // statistics say (a join was planned as a scan of all users).
 const bulkAdmitSQL = `
 WITH g AS (
-  SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
-    WITH ORDINALITY AS g(user_id, period_start, user_version, n, max_sessions, max_seconds, gi)
+  SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+    WITH ORDINALITY AS g(user_id, period_start, user_version, n, max_sessions, session_ceiling, seconds_ceiling, gi)
 ), counted AS (
   UPDATE usage us
   SET sessions = us.sessions + ` + grantSQL + `,
@@ -117,7 +120,7 @@ WITH g AS (
                         period_start, seq, max_sessions, created_at, updated_at)
   SELECT s.id, c.user_id, s.title, s.language, s.stt_provider, 'created', NULL,
          c.period_start, c.sessions - c.last_grant + s.k, c.max_sessions, s.created_at, s.created_at
-  FROM unnest($7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[])
+  FROM unnest($8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[])
        AS s(gi, k, id, title, language, stt_provider, created_at)
   JOIN counted c ON c.gi = s.gi
   WHERE s.k <= c.last_grant
@@ -126,11 +129,13 @@ SELECT gi, sessions, seconds, version, last_grant FROM counted`
 
 // grantSQL is a group's grant, computed from the row being updated (SET
 // expressions all see the row as it was, so it is written out once per
-// column that uses it).
-const grantSQL = `(CASE
-      WHEN g.max_seconds >= 0 AND us.seconds >= g.max_seconds THEN 0
-      WHEN g.max_sessions < 0 THEN g.n
-      ELSE LEAST(g.n, GREATEST(g.max_sessions - us.sessions, 0)) END)`
+// column that uses it): while the seconds are below their ceiling, the
+// k-th request is admitted while sessions + k - 1 < session_ceiling, which
+// is as many as the ceiling leaves room for. An unlimited ceiling
+// (math.MaxInt64) minus the sessions cannot overflow.
+const grantSQL = `(CASE WHEN us.seconds < g.seconds_ceiling
+      THEN LEAST(g.n, GREATEST(g.session_ceiling - us.sessions, 0))
+      ELSE 0 END)`
 
 // group is the requests of one (user, period) in a batch.
 type group struct {
@@ -182,12 +187,15 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 	// The columns of the groups (ga) and of the sessions (sa), sized once.
 	ng, nr := len(groups), len(reqs)
 	ga := struct {
-		users                    []string
-		starts, ends             []time.Time
-		versions, n, maxS, maxSc []int64
+		users             []string
+		starts, ends      []time.Time
+		versions, n, maxS []int64
+		ceilS, ceilSc     []int64 // domain.Limit.Ceiling of the sessions and seconds limits
+		admitsAny         []bool  // the limits admit a first session: only then is a row created
 	}{
 		users: make([]string, 0, ng), starts: make([]time.Time, 0, ng), ends: make([]time.Time, 0, ng),
-		versions: make([]int64, 0, ng), n: make([]int64, 0, ng), maxS: make([]int64, 0, ng), maxSc: make([]int64, 0, ng),
+		versions: make([]int64, 0, ng), n: make([]int64, 0, ng), maxS: make([]int64, 0, ng),
+		ceilS: make([]int64, 0, ng), ceilSc: make([]int64, 0, ng), admitsAny: make([]bool, 0, ng),
 	}
 	sa := struct {
 		gi, k                             []int64
@@ -224,8 +232,11 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 		ga.ends = append(ga.ends, ts(g.periodEnd))
 		ga.versions = append(ga.versions, g.userVersion)
 		ga.n = append(ga.n, n)
-		ga.maxS = append(ga.maxS, int64(reqs[first].MaxSessions))
-		ga.maxSc = append(ga.maxSc, int64(reqs[first].MaxSeconds))
+		limS, limSc := reqs[first].MaxSessions, reqs[first].MaxSeconds
+		ga.maxS = append(ga.maxS, int64(limS))
+		ga.ceilS = append(ga.ceilS, limS.Ceiling())
+		ga.ceilSc = append(ga.ceilSc, limSc.Ceiling())
+		ga.admitsAny = append(ga.admitsAny, limS.Allows(0) && limSc.Allows(0))
 	}
 
 	batch := &pgx.Batch{}
@@ -236,7 +247,7 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 		starts, ends []time.Time
 	}
 	for gi, g := range groups {
-		if (ensureAll || g.firstOfPeriod) && ga.maxS[gi] != 0 && ga.maxSc[gi] != 0 {
+		if (ensureAll || g.firstOfPeriod) && ga.admitsAny[gi] {
 			e.users = append(e.users, g.userID)
 			e.versions = append(e.versions, g.userVersion)
 			e.starts = append(e.starts, ga.starts[gi])
@@ -247,7 +258,7 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 	if ensure {
 		batch.Queue(bulkEnsureUsageSQL, e.users, e.versions, e.starts, e.ends)
 	}
-	batch.Queue(bulkAdmitSQL, ga.users, ga.starts, ga.versions, ga.n, ga.maxS, ga.maxSc,
+	batch.Queue(bulkAdmitSQL, ga.users, ga.starts, ga.versions, ga.n, ga.maxS, ga.ceilS, ga.ceilSc,
 		sa.gi, sa.k, sa.ids, sa.titles, sa.languages, sa.providers, sa.created)
 
 	// No BEGIN: the pipeline ends in one Sync, so Postgres runs it as one
@@ -272,7 +283,7 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 	for gi, g := range groups {
 		v, known := versions[g.userID]
 		c, ok := done[int64(gi+1)]
-		if known && v == g.userVersion && !ok && ga.maxS[gi] != 0 && ga.maxSc[gi] != 0 {
+		if known && v == g.userVersion && !ok && ga.admitsAny[gi] {
 			missing = append(missing, g) // no usage row yet: decided by the next pass
 			continue
 		}

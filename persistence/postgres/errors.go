@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -12,54 +11,41 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/puddle/v2"
 
-	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/persistence"
 )
 
 // errClosed is the cause reported by a store used after Close.
 var errClosed = errors.New("postgres store is closed")
 
-// translate maps a driver error to the domain's vocabulary at this edge:
-// infrastructure failures become CodeUnavailable (503, retry later), a
-// duplicate key becomes CodeConflict, and anything else stays an error
-// wrapped with the operation's name (a 500: it is a bug). Errors that are
-// already *domain.Error pass through.
-func translate(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var de *domain.Error
-	if errors.As(err, &de) {
-		return err
-	}
-	if unavailable(err) {
-		return domain.Unavailable("database", fmt.Errorf("postgres: %s: %w", op, err))
-	}
+// driverErrors tells pgx's errors apart for persistence.DriverErrors.
+var driverErrors = persistence.DriverErrors{Name: "postgres", Unavailable: unavailable, RowFault: rowFault}
+
+// translate maps a driver error to the domain's vocabulary at this edge
+// (persistence.DriverErrors.Translate).
+func translate(op string, err error) error { return driverErrors.Translate(op, err) }
+
+// rowFault says which server errors are about the rows of the statement,
+// not the server: classes 22 (data exception) and 23 (integrity constraint
+// violation).
+func rowFault(err error) (persistence.RowFault, bool) {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		// Classes 22 (data exception) and 23 (integrity constraint
-		// violation) are about the rows of the statement, not the server:
-		// marked, so that a batch can be retried apart and fail only the
-		// request at fault.
-		rowErr := fmt.Errorf("postgres: %s: %w: %w", op, persistence.ErrRequestData, err)
-		switch code := pgErr.Code; {
-		case code == "23505": // unique_violation
-			msg := "the record already exists"
-			if pgErr.ConstraintName == "sessions_pkey" {
-				msg = "a session with this id already exists"
-			}
-			return &domain.Error{Code: domain.CodeConflict, Message: msg, Err: rowErr}
-		case clientDataCodes[code]:
-			// The client sent what the database cannot keep. Request
-			// validation refuses such values first; this is the backstop.
-			return &domain.Error{Code: domain.CodeValidation, Message: "invalid request",
-				Fields: []domain.FieldError{{Field: "body", Message: "contains a value the database cannot store (" + pgErr.Message + ")"}},
-				Err:    rowErr}
-		case strings.HasPrefix(code, "22"), strings.HasPrefix(code, "23"):
-			return rowErr // a bug of ours about one row: 500 for that row alone
-		}
+	if !errors.As(err, &pgErr) {
+		return persistence.RowFault{}, false
 	}
-	return fmt.Errorf("postgres: %s: %w", op, err)
+	switch code := pgErr.Code; {
+	case code == "23505": // unique_violation
+		msg := "the record already exists"
+		if pgErr.ConstraintName == "sessions_pkey" {
+			msg = "a session with this id already exists"
+		}
+		return persistence.RowFault{Conflict: msg}, true
+	case clientDataCodes[code]:
+		// The client sent what the database cannot keep.
+		return persistence.RowFault{Invalid: pgErr.Message}, true
+	case strings.HasPrefix(code, "22"), strings.HasPrefix(code, "23"):
+		return persistence.RowFault{}, true // a bug of ours about one row
+	}
+	return persistence.RowFault{}, false
 }
 
 // clientDataCodes are the data exceptions that only a client's value can

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -10,9 +9,6 @@ import (
 	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/persistence"
 )
-
-const keyColumns = `user_id, key, request_hash, outcome, session_id, plan_name,
-	max_sessions, max_seconds, usage_sessions, usage_seconds, period_start, period_end, created_at`
 
 // keyRow is one idempotency_keys row as scanned: every column but the key
 // may be NULL (settleKeySQL's outer join; a record's unused fields).
@@ -64,12 +60,8 @@ func (k *keyRow) record() (*persistence.IdempotencyRecord, error) {
 		PeriodEnd:   tm(k.periodEnd),
 		CreatedAt:   tm(k.createdAt),
 	}
-	switch str(k.outcome) {
-	case "admitted":
-		r.Admitted = true
-	case "rejected":
-	default:
-		return nil, fmt.Errorf("idempotency key %q of user %s has outcome %q", r.Key, r.UserID, str(k.outcome))
+	if err := r.SetOutcome(str(k.outcome)); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
@@ -97,7 +89,7 @@ func scanSettled(row pgx.Row) (persistence.Counters, *persistence.IdempotencyRec
 // always settled.
 func (s *Store) LookupIdempotencyKey(ctx context.Context, userID, key string) (persistence.IdempotencyRecord, error) {
 	var k keyRow
-	err := s.pool.QueryRow(ctx, `SELECT `+keyColumns+` FROM idempotency_keys WHERE user_id = $1 AND key = $2`,
+	err := s.pool.QueryRow(ctx, `SELECT `+persistence.KeyColumns+` FROM idempotency_keys WHERE user_id = $1 AND key = $2`,
 		userID, key).Scan(k.dest()...)
 	if err != nil {
 		return persistence.IdempotencyRecord{}, translate("lookup idempotency key", notFound(err))

@@ -25,9 +25,15 @@ import (
 
 var _ persistence.Store = (*Store)(nil)
 
+// sessionStatus is embedded in Store under an unexported name: it provides
+// MarkUploading, CompleteSession and FailSession (persistence/sessions.go)
+// without exporting a field.
+type sessionStatus = persistence.SessionStatus
+
 // Store is persistence.Store on a pgx connection pool.
 type Store struct {
-	pool *pgxpool.Pool
+	sessionStatus // on inSessionTx (sessions.go)
+	pool          *pgxpool.Pool
 	// closed makes Migrate, which dials its own connection, fail like the
 	// pool-backed methods once the store is closed.
 	closed atomic.Bool
@@ -66,7 +72,9 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 		pool.Close()
 		return nil, translate("connect", err)
 	}
-	return &Store{pool: pool, pruneBatch: defaultPruneBatch}, nil
+	s := &Store{pool: pool, pruneBatch: defaultPruneBatch}
+	s.sessionStatus.InTx = s.inSessionTx
+	return s, nil
 }
 
 // Option adjusts the pool's configuration in Open.

@@ -12,8 +12,6 @@ import (
 	"github.com/tally-dev/tally/persistence"
 )
 
-const userColumns = `id, plan, billing_anchor, version, created_at, updated_at`
-
 func scanUser(row pgx.Row) (domain.User, error) {
 	var u domain.User
 	if err := row.Scan(&u.ID, &u.Plan, &u.BillingAnchor, &u.Version, &u.CreatedAt, &u.UpdatedAt); err != nil {
@@ -33,10 +31,10 @@ func (s *Store) EnsureUser(ctx context.Context, id string, now time.Time) (domai
 	}
 	now = ts(now)
 	u, err = scanUser(s.pool.QueryRow(ctx, `
-		INSERT INTO users (`+userColumns+`)
+		INSERT INTO users (`+persistence.UserColumns+`)
 		VALUES ($1, $2, $3, 1, $3, $3)
 		ON CONFLICT (id) DO NOTHING
-		RETURNING `+userColumns,
+		RETURNING `+persistence.UserColumns,
 		id, domain.DefaultPlan, now))
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Another request provisioned it between our read and insert;
@@ -53,7 +51,7 @@ func (s *Store) GetUser(ctx context.Context, id string) (domain.User, error) {
 }
 
 func (s *Store) getUser(ctx context.Context, id string) (domain.User, error) {
-	return scanUser(s.pool.QueryRow(ctx, `SELECT `+userColumns+` FROM users WHERE id = $1`, id))
+	return scanUser(s.pool.QueryRow(ctx, `SELECT `+persistence.UserColumns+` FROM users WHERE id = $1`, id))
 }
 
 // PutUser creates the user or changes its plan and/or anchor, bumping its
@@ -68,14 +66,14 @@ func (s *Store) PutUser(ctx context.Context, c persistence.UserChange) (domain.U
 		anchor = &a
 	}
 	u, err := scanUser(s.pool.QueryRow(ctx, `
-		INSERT INTO users AS u (`+userColumns+`)
+		INSERT INTO users AS u (`+persistence.UserColumns+`)
 		VALUES ($1, COALESCE($2::text, $4), COALESCE($3::timestamptz, $5::timestamptz), 1, $5, $5)
 		ON CONFLICT (id) DO UPDATE SET
 		    plan           = COALESCE($2::text, u.plan),
 		    billing_anchor = COALESCE($3::timestamptz, u.billing_anchor),
 		    version        = u.version + 1,
 		    updated_at     = $5
-		RETURNING `+userColumns,
+		RETURNING `+persistence.UserColumns,
 		c.ID, c.Plan, anchor, domain.DefaultPlan, now))
 	return u, translate("put user", err)
 }
@@ -89,15 +87,7 @@ func (s *Store) LoadUsage(ctx context.Context, userID string, periodStart time.T
 
 // loadCounters reads one usage row; a missing row is zero counters.
 func loadCounters(ctx context.Context, q querier, userID string, periodStart time.Time) (persistence.Counters, error) {
-	var c persistence.Counters
-	err := q.QueryRow(ctx, `
-		SELECT sessions, seconds, version FROM usage
-		WHERE user_id = $1 AND period_start = $2`,
-		userID, periodStart).Scan(&c.Sessions, &c.Seconds, &c.Version)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return persistence.Counters{}, nil
-	}
-	return c, err
+	return persistence.ScanCounters(q.QueryRow(ctx, countersSQL, userID, periodStart).Scan, pgx.ErrNoRows)
 }
 
 // LoadUserUsage reads the user and one period's usage in one statement.
@@ -130,7 +120,7 @@ func (s *Store) LoadUserUsage(ctx context.Context, userID string, periodStart ti
 // (COLLATE "C") keeps two loads that provision the same new users from
 // waiting on each other crosswise.
 const ensureUsersSQL = `
-INSERT INTO users (` + userColumns + `)
+INSERT INTO users (` + persistence.UserColumns + `)
 SELECT g.id, $3::text, g.now, 1, g.now, g.now
 FROM unnest($1::text[], $2::timestamptz[]) AS g(id, now)
 WHERE (SELECT true FROM users u WHERE u.id = g.id) IS NULL
@@ -154,7 +144,7 @@ const loadUsersUsageSQL = `
 SELECT g.i, u.id, u.plan, u.billing_anchor, u.version, u.created_at, u.updated_at,
        us.period_start, us.sessions, us.seconds, us.version
 FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS g(id, now, i)
-CROSS JOIN LATERAL (SELECT ` + userColumns + ` FROM users WHERE users.id = g.id OFFSET 0) u
+CROSS JOIN LATERAL (SELECT ` + persistence.UserColumns + ` FROM users WHERE users.id = g.id OFFSET 0) u
 LEFT JOIN LATERAL (
     SELECT period_start, sessions, seconds, version FROM usage
     WHERE usage.user_id = g.id

@@ -89,8 +89,8 @@ func decide(ctx context.Context, tx *sql.Tx, r persistence.AdmitRequest) (persis
 	// The period's first admission creates its usage row here, in the
 	// admission's transaction (FirstOfPeriod is only a hint, and writes
 	// take turns here, so the row is simply ensured every time). A limit
-	// that admits nothing (0) creates no row, as on Postgres.
-	if r.MaxSessions != 0 && r.MaxSeconds != 0 {
+	// that admits nothing at zero usage (0) creates no row, as on Postgres.
+	if r.MaxSessions.Allows(0) && r.MaxSeconds.Allows(0) {
 		if _, err := tx.ExecContext(ctx, `
 			INSERT INTO usage (user_id, period_start, period_end, sessions, seconds, version)
 			VALUES (?, ?, ?, 0, 0, 0)
@@ -99,15 +99,18 @@ func decide(ctx context.Context, tx *sql.Tx, r persistence.AdmitRequest) (persis
 			return persistence.AdmitResult{}, err
 		}
 	}
+	// The limits arrive as the ceilings domain.Limit.Ceiling computes
+	// (admitted while used < ceiling), so the rule and its unlimited case
+	// are written in domain alone.
 	var c persistence.Counters
 	err := tx.QueryRowContext(ctx, `
 		UPDATE usage SET sessions = sessions + 1, version = version + 1
 		WHERE user_id = :user_id AND period_start = :period_start
-		  AND (:max_sessions < 0 OR sessions < :max_sessions)
-		  AND (:max_seconds < 0 OR seconds < :max_seconds)
+		  AND sessions < :session_ceiling
+		  AND seconds < :seconds_ceiling
 		RETURNING sessions, seconds, version`,
 		sql.Named("user_id", userID), sql.Named("period_start", periodStart),
-		sql.Named("max_sessions", int64(r.MaxSessions)), sql.Named("max_seconds", int64(r.MaxSeconds)),
+		sql.Named("session_ceiling", r.MaxSessions.Ceiling()), sql.Named("seconds_ceiling", r.MaxSeconds.Ceiling()),
 	).Scan(&c.Sessions, &c.Seconds, &c.Version)
 	if errors.Is(err, sql.ErrNoRows) {
 		c, err := loadCounters(ctx, tx, userID, r.Session.PeriodStart)

@@ -28,33 +28,26 @@ func (s *Store) translate(op string, err error) error {
 	return translate(op, err)
 }
 
-// translate maps a driver error to the domain's vocabulary at this edge:
-// a locked or failing database becomes CodeUnavailable (503, retry later),
-// a duplicate key becomes CodeConflict, and anything else stays an error
-// wrapped with the operation's name (a 500: it is a bug). Errors that are
-// already *domain.Error pass through.
-func translate(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var de *domain.Error
-	if errors.As(err, &de) {
-		return err
-	}
-	if unavailable(err) {
-		return domain.Unavailable("database", fmt.Errorf("sqlite: %s: %w", op, err))
-	}
+// driverErrors tells the driver's errors apart for
+// persistence.DriverErrors.
+var driverErrors = persistence.DriverErrors{Name: "sqlite", Unavailable: unavailable, RowFault: rowFault}
+
+// translate maps a driver error to the domain's vocabulary at this edge
+// (persistence.DriverErrors.Translate): a locked or failing database
+// becomes CodeUnavailable, a duplicate key CodeConflict.
+func translate(op string, err error) error { return driverErrors.Translate(op, err) }
+
+// rowFault says which errors are about the rows of the statement: a
+// constraint one row violates, as Postgres's class 23.
+func rowFault(err error) (persistence.RowFault, bool) {
 	var se *msqlite.Error
-	if errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_CONSTRAINT {
-		// A constraint one row violates, as Postgres's class 23: marked so
-		// that a batch can be retried apart (persistence.ErrRequestData).
-		rowErr := fmt.Errorf("sqlite: %s: %w: %w", op, persistence.ErrRequestData, err)
-		if se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE {
-			return &domain.Error{Code: domain.CodeConflict, Message: "the record already exists", Err: rowErr}
-		}
-		return rowErr
+	if !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_CONSTRAINT {
+		return persistence.RowFault{}, false
 	}
-	return fmt.Errorf("sqlite: %s: %w", op, err)
+	if se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE {
+		return persistence.RowFault{Conflict: "the record already exists"}, true
+	}
+	return persistence.RowFault{}, true
 }
 
 // unavailable reports whether err means the database could not serve the

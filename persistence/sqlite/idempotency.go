@@ -4,15 +4,11 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/persistence"
 )
-
-const keyColumns = `user_id, key, request_hash, outcome, session_id, plan_name,
-	max_sessions, max_seconds, usage_sessions, usage_seconds, period_start, period_end, created_at`
 
 // lookupKey reads a stored key, or sql.ErrNoRows.
 func lookupKey(ctx context.Context, q querier, userID, key string) (persistence.IdempotencyRecord, error) {
@@ -24,18 +20,14 @@ func lookupKey(ctx context.Context, q querier, userID, key string) (persistence.
 		periodStart, periodEnd                  sql.NullInt64
 		created                                 int64
 	)
-	err := q.QueryRowContext(ctx, `SELECT `+keyColumns+` FROM idempotency_keys WHERE user_id = ? AND key = ?`,
+	err := q.QueryRowContext(ctx, `SELECT `+persistence.KeyColumns+` FROM idempotency_keys WHERE user_id = ? AND key = ?`,
 		userID, key).Scan(&r.UserID, &r.Key, &r.RequestHash, &outcome, &sessionID, &planName,
 		&maxSessions, &maxSeconds, &usedS, &usedSec, &periodStart, &periodEnd, &created)
 	if err != nil {
 		return persistence.IdempotencyRecord{}, err
 	}
-	switch outcome {
-	case "admitted":
-		r.Admitted = true
-	case "rejected":
-	default:
-		return persistence.IdempotencyRecord{}, fmt.Errorf("idempotency key %q of user %s has outcome %q", key, userID, outcome)
+	if err := r.SetOutcome(outcome); err != nil {
+		return persistence.IdempotencyRecord{}, err
 	}
 	r.SessionID, r.PlanName = sessionID.String, planName.String
 	r.MaxSessions, r.MaxSeconds = domain.Limit(maxSessions.Int64), domain.Limit(maxSeconds.Int64)
@@ -54,18 +46,18 @@ func lookupKey(ctx context.Context, q querier, userID, key string) (persistence.
 // key is not stored yet, in the same write transaction.
 func storeKey(ctx context.Context, tx *sql.Tx, r persistence.IdempotencyRecord) error {
 	var (
-		outcome                                               = "rejected"
+		outcome                                               = persistence.KeyRejected
 		sessionID, planName                                   any
 		maxSessions, maxSeconds, usedS, usedSec, pStart, pEnd any
 	)
 	if r.Admitted {
-		outcome, sessionID = "admitted", r.SessionID
+		outcome, sessionID = persistence.KeyAdmitted, r.SessionID
 	} else {
 		planName, maxSessions, maxSeconds = r.PlanName, int64(r.MaxSessions), int64(r.MaxSeconds)
 		usedS, usedSec = r.Usage.Sessions, r.Usage.Seconds
 		pStart, pEnd = micros(r.PeriodStart), micros(r.PeriodEnd)
 	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO idempotency_keys (`+keyColumns+`)
+	_, err := tx.ExecContext(ctx, `INSERT INTO idempotency_keys (`+persistence.KeyColumns+`)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		r.UserID, r.Key, r.RequestHash, outcome, sessionID, planName,
 		maxSessions, maxSeconds, usedS, usedSec, pStart, pEnd, micros(r.CreatedAt))

@@ -10,9 +10,6 @@ import (
 	"github.com/tally-dev/tally/persistence"
 )
 
-const sessionColumns = `id, user_id, title, language, stt_provider, status,
-	duration_seconds, period_start, created_at, updated_at`
-
 func scanSession(row scanner) (domain.Session, error) {
 	var (
 		s                             domain.Session
@@ -31,7 +28,7 @@ func scanSession(row scanner) (domain.Session, error) {
 
 // GetSession returns a session by id, or domain.ErrNotFound.
 func (s *Store) GetSession(ctx context.Context, id string) (domain.Session, error) {
-	sess, err := scanSession(s.read.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = ?`, id))
+	sess, err := scanSession(s.read.QueryRowContext(ctx, `SELECT `+persistence.SessionColumns+` FROM sessions WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return domain.Session{}, domain.ErrNotFound
 	}
@@ -53,13 +50,13 @@ func (s *Store) ListSessions(ctx context.Context, userID string, limit int, afte
 	)
 	if after == nil {
 		rows, err = s.read.QueryContext(ctx, `
-			SELECT `+sessionColumns+` FROM sessions
+			SELECT `+persistence.SessionColumns+` FROM sessions
 			WHERE user_id = ?
 			ORDER BY created_at DESC, id DESC
 			LIMIT ?`, userID, limit)
 	} else {
 		rows, err = s.read.QueryContext(ctx, `
-			SELECT `+sessionColumns+` FROM sessions
+			SELECT `+persistence.SessionColumns+` FROM sessions
 			WHERE user_id = ? AND (created_at, id) < (?, ?)
 			ORDER BY created_at DESC, id DESC
 			LIMIT ?`, userID, micros(after.CreatedAt), after.ID, limit)
@@ -81,113 +78,60 @@ func (s *Store) ListSessions(ctx context.Context, userID string, limit int, afte
 	return out, nil
 }
 
-// readSession reads a session inside a write transaction, whose lock keeps
+// sessionTx is persistence.SessionTx on a write transaction: the
+// statements of a status change, whose rules persistence.SessionStatus
+// holds.
+type sessionTx struct{ tx *sql.Tx }
+
+// inSessionTx is the SessionStatus's InTx: fn runs in one write
+// transaction.
+func (s *Store) inSessionTx(ctx context.Context, op string, fn func(persistence.SessionTx) error) error {
+	return s.inTx(ctx, op, func(tx *sql.Tx) error { return fn(sessionTx{tx}) })
+}
+
+// LockSession reads a session inside a write transaction, whose lock keeps
 // it from changing until the transaction ends.
-func readSession(ctx context.Context, tx *sql.Tx, id string) (domain.Session, error) {
-	sess, err := scanSession(tx.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = ?`, id))
+func (t sessionTx) LockSession(ctx context.Context, id string) (domain.Session, error) {
+	sess, err := scanSession(t.tx.QueryRowContext(ctx, `SELECT `+persistence.SessionColumns+` FROM sessions WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return domain.Session{}, domain.ErrNotFound
 	}
 	return sess, err
 }
 
-// setStatus moves a session to status and returns the new row.
-func setStatus(ctx context.Context, tx *sql.Tx, id string, status domain.Status, duration *int64, now time.Time) (domain.Session, error) {
+// SetStatus moves a session to status and returns the new row.
+func (t sessionTx) SetStatus(ctx context.Context, id string, status domain.Status, duration *int64, now time.Time) (domain.Session, error) {
 	var d any // NULL unless completed
 	if duration != nil {
 		d = *duration
 	}
-	return scanSession(tx.QueryRowContext(ctx, `
+	return scanSession(t.tx.QueryRowContext(ctx, `
 		UPDATE sessions
 		SET status = ?, duration_seconds = ?, updated_at = ?
 		WHERE id = ?
-		RETURNING `+sessionColumns,
+		RETURNING `+persistence.SessionColumns,
 		string(status), d, micros(now), id))
 }
 
-// MarkUploading moves a created session to uploading. It is a no-op on an
-// uploading session and a CodeConflict error on a finished one.
-func (s *Store) MarkUploading(ctx context.Context, id string, now time.Time) (domain.Session, error) {
-	var sess domain.Session
-	err := s.inTx(ctx, "mark uploading", func(tx *sql.Tx) error {
-		var err error
-		if sess, err = readSession(ctx, tx, id); err != nil {
-			return err
-		}
-		if noop, err := sess.Transition(domain.StatusUploading, 0); noop || err != nil {
-			return err
-		}
-		sess, err = setStatus(ctx, tx, id, domain.StatusUploading, nil, now)
-		return err
-	})
-	if err != nil {
-		return domain.Session{}, err
-	}
-	return sess, nil
+// LoadCounters reads the period's usage row inside the transaction.
+func (t sessionTx) LoadCounters(ctx context.Context, userID string, periodStart time.Time) (persistence.Counters, error) {
+	return loadCounters(ctx, t.tx, userID, periodStart)
 }
 
-// CompleteSession records the duration and adds it to the usage of the
-// period the session was admitted in, in one transaction. Completing again
-// with the same duration returns the session and the current counters
-// unchanged, so that a retried completion is harmless.
-func (s *Store) CompleteSession(ctx context.Context, id string, seconds int64, now time.Time) (domain.Session, persistence.Counters, error) {
-	var (
-		sess domain.Session
-		c    persistence.Counters
-	)
-	err := s.inTx(ctx, "complete session", func(tx *sql.Tx) error {
-		var err error
-		if sess, err = readSession(ctx, tx, id); err != nil {
-			return err
-		}
-		noop, err := sess.Transition(domain.StatusCompleted, seconds)
-		switch {
-		case err != nil:
-			return err
-		case noop:
-			c, err = loadCounters(ctx, tx, sess.UserID, sess.PeriodStart)
-			return err
-		}
-		if sess, err = setStatus(ctx, tx, id, domain.StatusCompleted, &seconds, now); err != nil {
-			return err
-		}
-		// The row exists: the admission created it with the session. Were
-		// it deleted by hand, the seconds still count; its end is then a
-		// month after its start, the usual period length.
-		return tx.QueryRowContext(ctx, `
-			INSERT INTO usage (user_id, period_start, period_end, sessions, seconds, version)
-			VALUES (?, ?, ?, 0, ?, 1)
-			ON CONFLICT (user_id, period_start) DO UPDATE
-			    SET seconds = seconds + excluded.seconds,
-			        version = version + 1
-			RETURNING sessions, seconds, version`,
-			sess.UserID, micros(sess.PeriodStart), micros(domain.AddMonths(sess.PeriodStart, 1)), seconds,
-		).Scan(&c.Sessions, &c.Seconds, &c.Version)
-	})
-	if err != nil {
-		return domain.Session{}, persistence.Counters{}, err
-	}
-	return sess, c, nil
-}
-
-// FailSession marks a created or uploading session failed; its admission
-// stays counted and no seconds are recorded. Failing a failed session is a
-// no-op; a completed one is a CodeConflict error.
-func (s *Store) FailSession(ctx context.Context, id string, now time.Time) (domain.Session, error) {
-	var sess domain.Session
-	err := s.inTx(ctx, "fail session", func(tx *sql.Tx) error {
-		var err error
-		if sess, err = readSession(ctx, tx, id); err != nil {
-			return err
-		}
-		if noop, err := sess.Transition(domain.StatusFailed, 0); noop || err != nil {
-			return err
-		}
-		sess, err = setStatus(ctx, tx, id, domain.StatusFailed, nil, now)
-		return err
-	})
-	if err != nil {
-		return domain.Session{}, err
-	}
-	return sess, nil
+// AddSeconds counts a completed session's seconds. The row exists: the
+// admission created it with the session. Were it deleted by hand, the
+// seconds still count; its end is then a month after its start, the usual
+// period length.
+func (t sessionTx) AddSeconds(ctx context.Context, userID string, periodStart time.Time, seconds int64) (persistence.Counters, error) {
+	var c persistence.Counters
+	err := t.tx.QueryRowContext(ctx, `
+		INSERT INTO usage (user_id, period_start, period_end, sessions, seconds, version)
+		VALUES (?, ?, ?, 0, ?, 1)
+		ON CONFLICT (user_id, period_start) DO UPDATE
+		    SET seconds = seconds + excluded.seconds,
+		        version = version + 1
+		RETURNING sessions, seconds, version`,
+		userID, micros(periodStart), micros(domain.AddMonths(periodStart, 1)), seconds,
+	).Scan(&c.Sessions, &c.Seconds, &c.Version)
+	return c, err
 }

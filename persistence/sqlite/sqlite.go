@@ -34,8 +34,14 @@ const FileName = "tally.db"
 // failing with SQLITE_BUSY, which the store reports as CodeUnavailable.
 const busyTimeout = 5 * time.Second
 
+// sessionStatus is embedded in Store under an unexported name: it provides
+// MarkUploading, CompleteSession and FailSession (persistence/sessions.go)
+// without exporting a field.
+type sessionStatus = persistence.SessionStatus
+
 // Store is persistence.Store on a SQLite file.
 type Store struct {
+	sessionStatus // on inSessionTx (sessions.go)
 	// write has exactly one connection, whose transactions begin with
 	// BEGIN IMMEDIATE (the DSN's _txlock): this process's writes queue for
 	// it, and another process's writes wait on the file lock.
@@ -93,7 +99,9 @@ func open(ctx context.Context, dataDir string, busy time.Duration) (*Store, erro
 	}
 	read.SetMaxOpenConns(4)
 	read.SetMaxIdleConns(4)
-	return &Store{write: write, read: read}, nil
+	s := &Store{write: write, read: read}
+	s.sessionStatus.InTx = s.inSessionTx
+	return s, nil
 }
 
 // Ping checks that the database file can be read.

@@ -10,8 +10,6 @@ import (
 	"github.com/tally-dev/tally/persistence"
 )
 
-const userColumns = `id, plan, billing_anchor, version, created_at, updated_at`
-
 func scanUser(row scanner) (domain.User, error) {
 	var (
 		u                        domain.User
@@ -35,7 +33,7 @@ func (s *Store) EnsureUser(ctx context.Context, id string, now time.Time) (domai
 	err = s.inTx(ctx, "ensure user", func(tx *sql.Tx) error {
 		n := micros(now)
 		if _, err := tx.ExecContext(ctx, `
-			INSERT INTO users (`+userColumns+`) VALUES (?, ?, ?, 1, ?, ?)
+			INSERT INTO users (`+persistence.UserColumns+`) VALUES (?, ?, ?, 1, ?, ?)
 			ON CONFLICT (id) DO NOTHING`,
 			id, domain.DefaultPlan, n, n, n); err != nil {
 			return err
@@ -57,7 +55,7 @@ func (s *Store) GetUser(ctx context.Context, id string) (domain.User, error) {
 }
 
 func (s *Store) getUser(ctx context.Context, q querier, id string) (domain.User, error) {
-	return scanUser(q.QueryRowContext(ctx, `SELECT `+userColumns+` FROM users WHERE id = ?`, id))
+	return scanUser(q.QueryRowContext(ctx, `SELECT `+persistence.UserColumns+` FROM users WHERE id = ?`, id))
 }
 
 // PutUser creates the user or changes its plan and/or anchor, bumping its
@@ -76,14 +74,14 @@ func (s *Store) PutUser(ctx context.Context, c persistence.UserChange) (domain.U
 	err := s.inTx(ctx, "put user", func(tx *sql.Tx) error {
 		var err error
 		u, err = scanUser(tx.QueryRowContext(ctx, `
-			INSERT INTO users (`+userColumns+`)
+			INSERT INTO users (`+persistence.UserColumns+`)
 			VALUES (:id, COALESCE(:plan, :default_plan), COALESCE(:anchor, :now), 1, :now, :now)
 			ON CONFLICT (id) DO UPDATE SET
 			    plan           = COALESCE(:plan, plan),
 			    billing_anchor = COALESCE(:anchor, billing_anchor),
 			    version        = version + 1,
 			    updated_at     = :now
-			RETURNING `+userColumns,
+			RETURNING `+persistence.UserColumns,
 			sql.Named("id", c.ID), sql.Named("plan", plan), sql.Named("anchor", anchor),
 			sql.Named("default_plan", domain.DefaultPlan), sql.Named("now", micros(c.Now))))
 		return err
@@ -100,15 +98,10 @@ func (s *Store) LoadUsage(ctx context.Context, userID string, periodStart time.T
 
 // loadCounters reads one usage row; a missing row is zero counters.
 func loadCounters(ctx context.Context, q querier, userID string, periodStart time.Time) (persistence.Counters, error) {
-	var c persistence.Counters
-	err := q.QueryRowContext(ctx, `
+	return persistence.ScanCounters(q.QueryRowContext(ctx, `
 		SELECT sessions, seconds, version FROM usage
 		WHERE user_id = ? AND period_start = ?`,
-		userID, micros(periodStart)).Scan(&c.Sessions, &c.Seconds, &c.Version)
-	if errors.Is(err, sql.ErrNoRows) {
-		return persistence.Counters{}, nil
-	}
-	return c, err
+		userID, micros(periodStart)).Scan, sql.ErrNoRows)
 }
 
 // LoadUserUsage reads the user and one period's usage in one statement.
@@ -159,7 +152,7 @@ func (s *Store) EnsureUsersUsage(ctx context.Context, loads []persistence.UserLo
 			for _, i := range missing {
 				n := micros(nows[i])
 				if _, err := tx.ExecContext(ctx, `
-					INSERT INTO users (`+userColumns+`) VALUES (?, ?, ?, 1, ?, ?)
+					INSERT INTO users (`+persistence.UserColumns+`) VALUES (?, ?, ?, 1, ?, ?)
 					ON CONFLICT (id) DO NOTHING`,
 					loads[i].ID, domain.DefaultPlan, n, n, n); err != nil {
 					return err

@@ -52,6 +52,7 @@ func Run(t *testing.T, open func(t *testing.T) persistence.Store) {
 		{"AdmitOverLimitSeconds", testAdmitOverLimitSeconds},
 		{"AdmitZeroLimits", testAdmitZeroLimits},
 		{"AdmitUnlimited", testAdmitUnlimited},
+		{"AdmitLimitTable", testAdmitLimitTable},
 		{"AdmitPeriodsAreSeparate", testAdmitPeriodsAreSeparate},
 		{"AdmitDuplicateSessionID", testAdmitDuplicateSessionID},
 		{"AdmitConcurrently", testAdmitConcurrently},
