@@ -1356,8 +1356,8 @@ func (r *runner) writeSections(w io.Writer, markdown bool) error {
 		}
 	}
 	if len(r.latLevels) > 0 {
-		title(fmt.Sprintf("p99 by load: admitted creates, open loop at a fraction of the max durable %s/s (%d enterprise users), %s per rate",
-			groupDigits(r.maxAdmitted()), manyUsers, r.opts.Duration))
+		title(fmt.Sprintf("p99 by load: admitted creates, open loop at a fraction of the max durable %s/s (%s enterprise users), %s per rate",
+			groupDigits(r.maxAdmitted()), groupDigits(manyUsers), r.opts.Duration))
 		head, cells := latencyCells(r.latLevels)
 		if err := writeCells(w, head, cells, markdown); err != nil {
 			return err
