@@ -207,7 +207,7 @@ Flags:
 	fs.StringVar(&o.RedisAddr, "redis-addr", "127.0.0.1:6379", "Redis host:port (keys go under a private prefix)")
 	fs.StringVar(&o.Out, "out", filepath.Join("bin", "bench-results"), "directory for the JSON and Markdown results and the servers' logs")
 	fs.IntVar(&o.Rounds, "rounds", defaultRounds, "alternating rounds (baseline, then Tally) of each compared figure: row-lock vs many users and vs the hot user, bare Gin vs over-limit, --base-ref vs the working tree's CPU per create; each side's median is compared (--quick: 2)")
-	fs.StringVar(&o.BaseRef, "base-ref", "", "a git ref: build its ./cmd/tally and the working tree's, run each as `tally serve` under the same closed-loop creates, and compare their CPU per admitted create (the cpu phase, run only with this flag)")
+	fs.StringVar(&o.BaseRef, "base-ref", "", "a git `ref`: build its ./cmd/tally and the working tree's, run each as \"tally serve\" under the same closed-loop creates, and compare their CPU per admitted create (the cpu phase, run only with this flag)")
 	levels := fs.String("latency-levels", "10,25,50,75,90", "the latency phase's open-loop rates, in % of the max durable admitted/s (the 50% row is checked against p99 ≤ 10 ms)")
 	fs.BoolVar(&o.NoVerify, "no-verify", false, "skip tools/load's invariant checks after each Tally phase (faster; they read every admitted session back)")
 	only := fs.String("only", "", "comma-separated phases of the suite to run (compare: "+strings.Join(phaseNames, ",")+"; overload: "+strings.Join(overloadPhases, ",")+"); default all")
