@@ -33,13 +33,30 @@
 // the servers share the machine's cores, as they would in the figures the
 // targets were set from.
 //
+// Every figure compared with a baseline is measured in rounds (--rounds,
+// default 3, 2 with --quick), the baseline and Tally in turn within each
+// round, and compared by the ratio of the two sides' medians; the table
+// shows the medians and a note under it each round's figures and ratio
+// (rounds.go). The baseline's phase measures round 1, and the Tally phase
+// compared with it measures each later round's baseline just before its
+// own (a baseline phase run without its Tally phase measures every round
+// itself). Every measurement starts right after a Postgres checkpoint.
+//
 // Phases, in order: row-lock (pgbench, many users then one hot user), Gin,
-// then Tally: many users (64 and 256 workers; group commit gains from
-// concurrency, so the better one is "max durable admitted/s"), one hot
-// user, over-limit rejections (users filled to their limit first; three
-// rounds alternating with the bare Gin child, compared by their medians), p99 at
-// half the max (open loop, so stalls are not hidden by coordinated
-// omission), memory per active user (VmRSS before and after touching users
+// then Tally: many users (64 and 256 workers each round; group commit
+// gains from concurrency, so a round's better one is its "durable
+// admitted/s", and their median the "max durable admitted/s"), against the
+// row-lock many-users tps (target ≥ 4×); one hot user, against the
+// row-lock hot user (≥ 12×); over-limit rejections (users filled to their
+// limit first), against bare Gin's answers (≥ 0.8×); p99 by load: open
+// loop (a constant arrival rate, so stalls are not hidden by coordinated
+// omission) at 10, 25, 50, 75 and 90% of the max durable admitted/s
+// (--latency-levels), each rate's offered and achieved rate, p50, p90, p99
+// and max in a table of its own, the 50% row checked against p99 ≤ 10 ms
+// (latency.go); with --base-ref REF, CPU per admitted create of `tally
+// serve` built from the working tree against the same built from REF,
+// alternating rounds under the many phase's load (new/base ≤ 0.7×,
+// cpu.go); memory per active user (VmRSS before and after touching users
 // never seen, actors still live), and RSS while touching a million users
 // with a short idle timeout (in a separate Tally child, so its VmHWM is
 // that phase's peak alone).
@@ -73,7 +90,7 @@ import (
 
 // The phases of the default suite ("compare"), in the order they run;
 // --only takes these names (or the overload suite's, scenarios.go).
-var phaseNames = []string{"rowlock", "gin", "many", "hot", "overlimit", "latency", "memory", "million"}
+var phaseNames = []string{"rowlock", "gin", "many", "hot", "overlimit", "latency", "cpu", "memory", "million"}
 
 // suites are the phase lists --suite chooses between: the side-by-side
 // comparison, and the overload scenarios (scenarios.go).
@@ -109,6 +126,15 @@ type Options struct {
 	NoVerify     bool
 	Only         []string
 	Command      string
+	// Rounds is how many alternating rounds each compared figure is
+	// measured in (rounds.go).
+	Rounds int
+	// BaseRef is the git ref whose ./cmd/tally the cpu phase compares the
+	// working tree's with ("": no cpu phase).
+	BaseRef string
+	// LatencyLevels are the fractions of the max durable admitted/s the
+	// latency phase offers, open loop, in order.
+	LatencyLevels []float64
 
 	// The overload suite (scenarios.go).
 	Suite            string
@@ -155,9 +181,12 @@ transaction (tools/bench/rowlock.sql through pgbench) and against bare Gin
 decoding the same body with no accounting, and prints the ratios with the
 targets. Uses the machine's PostgreSQL (two fresh databases) and Redis (a
 private key prefix), and removes them at the end, even on error or Ctrl-C.
-Results go to --out as JSON and Markdown. A default run takes 15-25
-minutes on a 2-core machine, more than half of it the million-users phase
-(--skip-million); --quick --skip-million takes about 2.
+Each compared figure is the ratio of the medians of --rounds alternating
+rounds (baseline, then Tally). --base-ref REF adds the cpu phase: CPU per
+admitted create of the working tree's ./cmd/tally against REF's.
+Results go to --out as JSON and Markdown. A default run takes 20-30
+minutes on a 2-core machine, about half of it the million-users phase
+(--skip-million); --quick --skip-million takes about 4.
 
 --suite overload runs the overload scenarios instead (capacity, 2x and 3x
 capacity with the recovery after, a vegeta cross-check, a restart under
@@ -177,6 +206,9 @@ Flags:
 	fs.StringVar(&o.PostgresURL, "postgres-url", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable", "PostgreSQL URL of a role that may CREATE DATABASE")
 	fs.StringVar(&o.RedisAddr, "redis-addr", "127.0.0.1:6379", "Redis host:port (keys go under a private prefix)")
 	fs.StringVar(&o.Out, "out", filepath.Join("bin", "bench-results"), "directory for the JSON and Markdown results and the servers' logs")
+	fs.IntVar(&o.Rounds, "rounds", defaultRounds, "alternating rounds (baseline, then Tally) of each compared figure: row-lock vs many users and vs the hot user, bare Gin vs over-limit, --base-ref vs the working tree's CPU per create; each side's median is compared (--quick: 2)")
+	fs.StringVar(&o.BaseRef, "base-ref", "", "a git `ref`: build its ./cmd/tally and the working tree's, run each as \"tally serve\" under the same closed-loop creates, and compare their CPU per admitted create (the cpu phase, run only with this flag)")
+	levels := fs.String("latency-levels", "10,25,50,75,90", "the latency phase's open-loop rates, in % of the max durable admitted/s (the 50% row is checked against p99 ≤ 10 ms)")
 	fs.BoolVar(&o.NoVerify, "no-verify", false, "skip tools/load's invariant checks after each Tally phase (faster; they read every admitted session back)")
 	only := fs.String("only", "", "comma-separated phases of the suite to run (compare: "+strings.Join(phaseNames, ",")+"; overload: "+strings.Join(overloadPhases, ",")+"); default all")
 	fs.StringVar(&o.Suite, "suite", "compare", "compare: Tally against the row-lock and bare-Gin baselines; overload: the overload, restart, slow-client and poison scenarios (make overload)")
@@ -188,7 +220,8 @@ Flags:
 	fs.IntVar(&o.SlowConns, "slow-conns", 1000, "overload suite: stalled connections in the slowclients scenario (half with a valid token)")
 	fs.DurationVar(&o.ReadTimeout, "read-timeout", 2*time.Second, "overload suite: TALLY_HTTP_READ_TIMEOUT of the slowclients scenario's Tally")
 	fs.StringVar(&o.Vegeta, "vegeta", "vegeta", "overload suite: the vegeta binary (a path, or a name looked up on PATH and in $GOPATH/bin); the cross-check is skipped, visibly, without it")
-	if err := fs.Parse(args); err != nil {
+	err := fs.Parse(args)
+	if err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
@@ -212,6 +245,15 @@ Flags:
 		if !set["memory-users"] {
 			o.MemoryUsers = 20000
 		}
+		if !set["rounds"] {
+			o.Rounds = quickRounds
+		}
+	}
+	if o.Rounds < 1 {
+		return o, fmt.Errorf("--rounds must be at least 1, got %d", o.Rounds)
+	}
+	if o.LatencyLevels, err = parseLevels(*levels); err != nil {
+		return o, err
 	}
 	if o.Duration < time.Second {
 		return o, fmt.Errorf("--duration must be at least 1s, got %s", o.Duration)
@@ -241,7 +283,23 @@ Flags:
 			o.Only = append(o.Only, p)
 		}
 	}
+	if o.BaseRef == "" && slices.Contains(o.Only, "cpu") {
+		return o, errors.New("--only cpu: the cpu phase needs --base-ref REF (the git ref to compare the working tree with)")
+	}
 	return o, nil
+}
+
+// parseLevels reads --latency-levels: percentages in (0, 100], ascending.
+func parseLevels(s string) ([]float64, error) {
+	var out []float64
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(f), "%")), 64)
+		if err != nil || v <= 0 || v > 100 || (len(out) > 0 && v/100 <= out[len(out)-1]) {
+			return nil, fmt.Errorf("--latency-levels: want ascending percentages in (0, 100], got %q", s)
+		}
+		out = append(out, v/100)
+	}
+	return out, nil
 }
 
 // commandLine is how this run was started, for the report: `go run`
@@ -270,8 +328,12 @@ type Report struct {
 	Machine    Machine   `json:"machine"`
 	Settings   Settings  `json:"settings"`
 	Figures    []Row     `json:"figures"`
-	Phases     []*Phase  `json:"phases"`
-	Notes      []string  `json:"notes"`
+	// LatencyByLoad is the latency phase's table: one open-loop rate a row.
+	LatencyByLoad []LoadLevel `json:"latency_by_load,omitempty"`
+	// CPU is the cpu phase's rounds (--base-ref).
+	CPU    *CPUResult `json:"cpu,omitempty"`
+	Phases []*Phase   `json:"phases"`
+	Notes  []string   `json:"notes"`
 }
 
 // Settings are the knobs of the run.
@@ -283,6 +345,10 @@ type Settings struct {
 	MemoryUsers  int      `json:"memory_users"`
 	MillionUsers int      `json:"million_users"`
 	Phases       []string `json:"phases"`
+	// Rounds of each compared figure (rounds.go).
+	Rounds        int       `json:"rounds"`
+	BaseRef       string    `json:"base_ref,omitempty"`
+	LatencyLevels []float64 `json:"latency_levels"`
 }
 
 // Phase is what one phase did and measured, with the raw load results.
@@ -351,16 +417,20 @@ type runner struct {
 	report         Report
 	failed         []string
 
-	rowMany, rowHot   *PgbenchResult
-	gin               *load.Result   // the median of ginRuns
-	ginRuns, overRuns []*load.Result // the over-limit comparison, round by round
-	many              map[int]*load.Result
-	hot, over, lat    *load.Result
-	latRate           float64
-	mem               *MemoryResult
-	million           *MillionResult
-	memUsersPerS      float64
-	millionRequested  bool
+	// The compared figures, round by round (rounds.go): the row-lock
+	// baseline (rowBench is kept for the rounds measured between
+	// Tally's), Tally's many users (each round's runs by workers), the hot
+	// user, and the over-limit comparison with bare Gin.
+	rowBench                   *rowlockBench
+	rowManyRuns, rowHotRuns    []PgbenchResult
+	manyRuns                   []map[int]*load.Result
+	hotRuns, ginRuns, overRuns []*load.Result
+	latLevels                  []LoadLevel
+	cpu                        *CPUResult
+	mem                        *MemoryResult
+	million                    *MillionResult
+	memUsersPerS               float64
+	millionRequested           bool
 
 	// The overload suite (scenarios.go).
 	capacity    float64
@@ -380,8 +450,7 @@ func newRunner(o Options, stdout, stderr io.Writer) (*runner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find this program to start the servers from: %w", err)
 	}
-	r := &runner{opts: o, stdout: stdout, stderr: stderr, exe: exe, many: map[int]*load.Result{},
-		secret: randomSecret(), admin: randomSecret()}
+	r := &runner{opts: o, stdout: stdout, stderr: stderr, exe: exe, secret: randomSecret(), admin: randomSecret()}
 	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		r.progress = stderr
 	}
@@ -394,7 +463,7 @@ func (r *runner) logf(format string, args ...any) {
 
 // want reports whether a phase is selected (--only, --skip-million).
 func (r *runner) want(name string) bool {
-	if name == "million" && r.opts.SkipMillion {
+	if name == "million" && r.opts.SkipMillion || name == "cpu" && r.opts.BaseRef == "" {
 		return false
 	}
 	if len(r.opts.Only) == 0 {
@@ -426,7 +495,8 @@ func (r *runner) run(ctx context.Context) (err error) {
 		}
 	}
 	r.report.Settings = Settings{DurationS: o.Duration.Seconds(), WarmupS: o.Warmup.Seconds(), Verify: !o.NoVerify,
-		GOGC: childGOGC, MemoryUsers: o.MemoryUsers, MillionUsers: o.MillionUsers, Phases: phases}
+		GOGC: childGOGC, MemoryUsers: o.MemoryUsers, MillionUsers: o.MillionUsers, Phases: phases,
+		Rounds: o.Rounds, BaseRef: o.BaseRef, LatencyLevels: o.LatencyLevels}
 	r.millionRequested = r.want("million")
 
 	r.logf("tally-bench: %s", o.Command)
@@ -455,12 +525,21 @@ func (r *runner) run(ctx context.Context) (err error) {
 		r.st.close()
 	}()
 
-	r.phase(ctx, "rowlock", "the row-lock transaction through pgbench, 64 clients: 100 000 users, then one hot user", r.phaseRowlock)
-	r.phase(ctx, "gin", "bare Gin decoding the same body, no accounting, closed loop 64 workers", r.phaseGin)
-	r.phase(ctx, "many", fmt.Sprintf("Tally, %d users on enterprise, closed loop 64 and 256 workers", manyUsers), r.phaseMany)
-	r.phase(ctx, "hot", "Tally, one hot user on enterprise, closed loop 64 workers", r.phaseHot)
-	r.phase(ctx, "overlimit", fmt.Sprintf("Tally, %d users on free filled to their %d sessions, then rejections, 64 workers", overUsers, freeLimit), r.phaseOverLimit)
-	r.phase(ctx, "latency", fmt.Sprintf("Tally, open loop at half the max durable admitted/s, %d fresh enterprise users", manyUsers), r.phaseLatency)
+	r.phase(ctx, "rowlock", "the row-lock transaction through pgbench, 64 clients: 100 000 users, then one hot user (round 1; the Tally phases measure the later rounds between their own)", r.phaseRowlock)
+	r.phase(ctx, "gin", "bare Gin decoding the same body, no accounting, closed loop 64 workers (round 1; the over-limit phase measures the later rounds)", r.phaseGin)
+	r.phase(ctx, "many", fmt.Sprintf("Tally, %d users on enterprise, closed loop 64 and 256 workers, %d rounds alternating with the row-lock many-users baseline", manyUsers, o.Rounds), r.phaseMany)
+	r.phase(ctx, "hot", fmt.Sprintf("Tally, one hot user on enterprise, closed loop 64 workers, %d rounds alternating with the row-lock hot user", o.Rounds), r.phaseHot)
+	r.phase(ctx, "overlimit", fmt.Sprintf("Tally, %d users on free filled to their %d sessions, then rejections, 64 workers, %d rounds alternating with bare Gin", overUsers, freeLimit, o.Rounds), r.phaseOverLimit)
+	r.phase(ctx, "latency", fmt.Sprintf("Tally, open loop at %s of the max durable admitted/s, %d enterprise users touched once before", levelsText(o.LatencyLevels), manyUsers), r.phaseLatency)
+	if r.tally != nil && r.want("cpu") {
+		// The cpu phase runs two Tallies of its own: the main one would
+		// only take CPU and memory from them.
+		if e := r.tally.stop(); e != nil {
+			r.note("the main Tally child did not stop cleanly: %v", e)
+		}
+		r.tally = nil
+	}
+	r.phase(ctx, "cpu", fmt.Sprintf("CPU per admitted create of `tally serve` built from %s and from the working tree, %d alternating rounds of closed-loop creates (%d enterprise users, %d workers)", o.BaseRef, o.Rounds, manyUsers, highWorkers), r.phaseCPU)
 	r.phase(ctx, "memory", fmt.Sprintf("Tally's VmRSS around touching %d new users, actors live (idle timeout %s)", o.MemoryUsers, mainIdle), r.phaseMemory)
 	if r.tally != nil {
 		if e := r.tally.stop(); e != nil {
@@ -493,6 +572,8 @@ func (r *runner) run(ctx context.Context) (err error) {
 		r.report.Figures = r.scenarioRows()
 	} else {
 		r.report.Figures = r.rows()
+		r.report.LatencyByLoad = r.latLevels
+		r.report.CPU = r.cpu
 	}
 	if werr := r.write(); werr != nil {
 		return werr
@@ -521,20 +602,34 @@ func (r *runner) estimate(phases []string) time.Duration {
 		verify = 3 * d
 	}
 	var t time.Duration
+	rounds := time.Duration(r.opts.Rounds)
 	for _, p := range phases {
 		switch p {
 		case "rowlock":
-			t += 2*d + 10*time.Second
+			t += time.Duration(r.baselineRounds("many"))*(d+2*time.Second) + time.Duration(r.baselineRounds("hot"))*(d+2*time.Second) + 6*time.Second
 		case "gin":
-			t += d + w + 5*time.Second
+			t += time.Duration(r.baselineRounds("overlimit")) * (d + w + 5*time.Second)
 		case "many":
-			t += 2*(d+w+5*time.Second) + 2*verify + 15*time.Second
+			t += rounds * (2*(d+w+5*time.Second) + 2*verify + 15*time.Second)
+			if r.want("rowlock") {
+				t += (rounds - 1) * (d + 2*time.Second)
+			}
 		case "hot":
-			t += d + w + verify
+			t += rounds * (d + w + verify)
+			if r.want("rowlock") {
+				t += (rounds - 1) * (d + 2*time.Second)
+			}
 		case "overlimit":
-			t += d + w + 15*time.Second
+			t += rounds*(d+w) + 15*time.Second
+			if r.want("gin") {
+				t += (rounds - 1) * (d + w + 5*time.Second)
+			}
 		case "latency":
-			t += d + w + 5*time.Second + verify/2
+			t += 10*time.Second + time.Duration(len(r.opts.LatencyLevels))*(d+w+time.Second)
+		case "cpu":
+			// Two builds (seconds with a warm build cache), then per round
+			// and binary: 10 000 users provisioned and touched, the window.
+			t += 60*time.Second + 2*rounds*(d+w+10*time.Second)
 		case "memory":
 			t += time.Duration(float64(r.opts.MemoryUsers)/firstSightRate*float64(time.Second)) + 10*time.Second
 		case "million":
@@ -604,20 +699,43 @@ func (r *runner) phaseRowlock(ctx context.Context, p *Phase) error {
 	if err := b.prepare(ctx); err != nil {
 		return err
 	}
-	for _, v := range []struct {
-		uids int
-		dst  **PgbenchResult
-	}{{rowlockUsers, &r.rowMany}, {1, &r.rowHot}} {
-		res, err := b.run(ctx, r.opts.Duration, v.uids)
-		if err != nil {
+	r.rowBench = b
+	for i := range r.baselineRounds("many") {
+		if i > 0 {
+			r.settle(ctx, "rowlock")
+		}
+		if err := r.runRowlock(ctx, p, rowlockUsers, i+1); err != nil {
 			return err
 		}
-		p.Pgbench = append(p.Pgbench, res)
-		*v.dst = &res
-		r.logf("row-lock, uid_max=%d: %.0f tps (latency avg %.2f ms, %d failed)", v.uids, res.TPS, res.LatencyAvgMs, res.Failed)
-		if res.Failed > 0 {
-			r.note("pgbench uid_max=%d: %d failed transactions", v.uids, res.Failed)
+	}
+	for i := range r.baselineRounds("hot") {
+		r.settle(ctx, "rowlock")
+		if err := r.runRowlock(ctx, p, 1, i+1); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// runRowlock measures one round of the row-lock baseline over uids users
+// (rowlockUsers, or 1: the hot user) and keeps it.
+func (r *runner) runRowlock(ctx context.Context, p *Phase, uids, round int) error {
+	if r.rowBench == nil {
+		return errors.New("the row-lock baseline is not prepared")
+	}
+	res, err := r.rowBench.run(ctx, r.opts.Duration, uids)
+	if err != nil {
+		return err
+	}
+	p.Pgbench = append(p.Pgbench, res)
+	if uids == 1 {
+		r.rowHotRuns = append(r.rowHotRuns, res)
+	} else {
+		r.rowManyRuns = append(r.rowManyRuns, res)
+	}
+	r.logf("row-lock, uid_max=%d, round %d: %.0f tps (latency avg %.2f ms, %d failed)", uids, round, res.TPS, res.LatencyAvgMs, res.Failed)
+	if res.Failed > 0 {
+		r.note("pgbench uid_max=%d, round %d: %d failed transactions", uids, round, res.Failed)
 	}
 	return nil
 }
@@ -632,47 +750,29 @@ func (r *runner) phaseGin(ctx context.Context, p *Phase) error {
 	// Kept running: the over-limit phase measures it again between its own
 	// rounds (runGin), and the runner stops it at the end.
 	r.ginChild = c
-	res, err := r.runGin(ctx, p)
-	if err != nil {
-		return err
+	for i := range r.baselineRounds("overlimit") {
+		if err := r.runGin(ctx, p, i+1); err != nil {
+			return err
+		}
 	}
-	r.gin = res
 	return nil
 }
 
 // runGin measures the bare Gin child once more and keeps the result.
-func (r *runner) runGin(ctx context.Context, p *Phase) (*load.Result, error) {
+func (r *runner) runGin(ctx context.Context, p *Phase, round int) error {
 	if r.ginChild == nil || !r.ginChild.alive() {
-		return nil, errors.New("the bare Gin child is not running")
+		return errors.New("the bare Gin child is not running")
 	}
 	cfg := r.loadConfig(r.ginChild.url())
 	cfg.Users = overUsers // the same request mix as the over-limit phase
 	cfg.NoProvision, cfg.NoVerify = true, true
-	res, err := r.runLoad(ctx, p, "bare Gin", cfg)
+	res, err := r.runLoad(ctx, p, fmt.Sprintf("bare Gin, round %d", round), cfg)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	r.ginRuns = append(r.ginRuns, res)
-	r.logf("bare Gin: %.0f answers/s (200s: %.0f/s)", res.RequestsPerS, res.AdmittedPerS)
-	return res, nil
-}
-
-// overRounds is how many times the over-limit phase measures Tally and the
-// bare Gin child in turn. Both move with whatever else the shared machine
-// does (the Gin ceiling moved 50–66k/s within one day); alternating them
-// and comparing medians keeps one noisy measurement from deciding the
-// ratio.
-const overRounds = 3
-
-// median is the result with the median value of f (the lower middle one
-// for an even count).
-func median(rs []*load.Result, f func(*load.Result) float64) *load.Result {
-	if len(rs) == 0 {
-		return nil
-	}
-	sorted := slices.Clone(rs)
-	slices.SortFunc(sorted, func(a, b *load.Result) int { return cmp.Compare(f(a), f(b)) })
-	return sorted[(len(sorted)-1)/2]
+	r.logf("bare Gin, round %d: %.0f answers/s (200s: %.0f/s)", round, res.RequestsPerS, res.AdmittedPerS)
+	return nil
 }
 
 // ---- Tally ----
@@ -681,11 +781,17 @@ func median(rs []*load.Result, f func(*load.Result) float64) *load.Result {
 // Redis and prefix, fresh secrets, warn-level logs (no access log line per
 // request), and gogc as GOGC ("": Go's default).
 func (r *runner) tallyEnv(idle time.Duration, gogc string) []string {
+	return r.tallyEnvOn(r.st.tallyDB, r.st.redisPrefix, idle, gogc)
+}
+
+// tallyEnvOn is tallyEnv on another of the run's databases and Redis
+// prefixes (the cpu phase's binaries each have their own).
+func (r *runner) tallyEnvOn(db, redisPrefix string, idle time.Duration, gogc string) []string {
 	env := []string{
 		"TALLY_HTTP_ADDR=127.0.0.1:0",
-		"TALLY_DATABASE_URL=" + r.st.dbURL(r.st.tallyDB),
+		"TALLY_DATABASE_URL=" + r.st.dbURL(db),
 		"TALLY_REDIS_URL=redis://" + r.st.redisAddr + "/0",
-		"TALLY_REDIS_KEY_PREFIX=" + r.st.redisPrefix,
+		"TALLY_REDIS_KEY_PREFIX=" + redisPrefix,
 		"TALLY_JWT_SECRET=" + r.secret,
 		"TALLY_ADMIN_TOKEN=" + r.admin,
 		"TALLY_LOG_LEVEL=warn",
@@ -767,28 +873,39 @@ func (r *runner) phaseMany(ctx context.Context, p *Phase) error {
 	if err != nil {
 		return err
 	}
-	for _, w := range []int{baseWorkers, highWorkers} {
-		cfg := r.loadConfig(c.url())
-		cfg.Users, cfg.Plan, cfg.Concurrency = manyUsers, "enterprise", w
-		res, err := r.runLoad(ctx, p, fmt.Sprintf("many users, %d workers", w), cfg)
-		if err != nil {
-			return err
+	base := func(round int) error { return r.runRowlock(ctx, p, rowlockUsers, round) }
+	return r.alternate(ctx, "many", r.rowBench != nil, base, func(round int) error {
+		runs := map[int]*load.Result{}
+		for _, w := range []int{baseWorkers, highWorkers} {
+			cfg := r.loadConfig(c.url())
+			cfg.Users, cfg.Plan, cfg.Concurrency = manyUsers, "enterprise", w
+			res, err := r.runLoad(ctx, p, fmt.Sprintf("many users, %d workers, round %d", w, round), cfg)
+			if err != nil {
+				return err
+			}
+			runs[w] = res
+			r.logf("many users, %d workers, round %d: %.0f admitted/s, p99 %.2f ms", w, round, res.AdmittedPerS, res.LatencyAdmitted.P99Ms)
 		}
-		r.many[w] = res
-		r.logf("many users, %d workers: %.0f admitted/s, p99 %.2f ms", w, res.AdmittedPerS, res.LatencyAdmitted.P99Ms)
-	}
-	return nil
+		r.manyRuns = append(r.manyRuns, runs)
+		return nil
+	})
 }
 
-// maxAdmitted is the best durable admitted/s of the many-users runs.
-func (r *runner) maxAdmitted() (float64, int) {
-	best, workers := 0.0, 0
-	for w, res := range r.many {
-		if res.AdmittedPerS > best {
-			best, workers = res.AdmittedPerS, w
-		}
+// bestOfRound is a many-users round's durable admitted/s: the better of
+// its worker counts (group commit gains from concurrency).
+func bestOfRound(runs map[int]*load.Result) float64 {
+	best := 0.0
+	for _, res := range runs {
+		best = max(best, res.AdmittedPerS)
 	}
-	return best, workers
+	return best
+}
+
+// maxAdmitted is the max durable admitted/s: the median over the rounds
+// of each round's best (0 when the many phase did not run).
+func (r *runner) maxAdmitted() float64 {
+	m, _ := medianOf(each(r.manyRuns, bestOfRound))
+	return m
 }
 
 func (r *runner) phaseHot(ctx context.Context, p *Phase) error {
@@ -796,15 +913,18 @@ func (r *runner) phaseHot(ctx context.Context, p *Phase) error {
 	if err != nil {
 		return err
 	}
-	cfg := r.loadConfig(c.url())
-	cfg.Hot, cfg.Plan = true, "enterprise"
-	res, err := r.runLoad(ctx, p, "one hot user, 64 workers", cfg)
-	if err != nil {
-		return err
-	}
-	r.hot = res
-	r.logf("hot user: %.0f admitted/s, p99 %.2f ms", res.AdmittedPerS, res.LatencyAdmitted.P99Ms)
-	return nil
+	base := func(round int) error { return r.runRowlock(ctx, p, 1, round) }
+	return r.alternate(ctx, "hot", r.rowBench != nil, base, func(round int) error {
+		cfg := r.loadConfig(c.url())
+		cfg.Hot, cfg.Plan = true, "enterprise"
+		res, err := r.runLoad(ctx, p, fmt.Sprintf("one hot user, 64 workers, round %d", round), cfg)
+		if err != nil {
+			return err
+		}
+		r.hotRuns = append(r.hotRuns, res)
+		r.logf("hot user, round %d: %.0f admitted/s, p99 %.2f ms", round, res.AdmittedPerS, res.LatencyAdmitted.P99Ms)
+		return nil
+	})
 }
 
 func (r *runner) phaseOverLimit(ctx context.Context, p *Phase) error {
@@ -838,7 +958,8 @@ func (r *runner) phaseOverLimit(ctx context.Context, p *Phase) error {
 	cfg := r.loadConfig(c.url())
 	cfg.Users, cfg.Plan, cfg.UserPrefix, cfg.NoProvision = overUsers, "free", prefix, true
 	withGin := r.ginChild != nil && r.ginChild.alive()
-	for round := 1; round <= overRounds; round++ {
+	base := func(round int) error { return r.runGin(ctx, p, round) }
+	err = r.alternate(ctx, "overlimit", withGin, base, func(round int) error {
 		res, err := r.runLoad(ctx, p, fmt.Sprintf("over-limit, 64 workers, round %d", round), cfg)
 		if err != nil {
 			return err
@@ -848,49 +969,13 @@ func (r *runner) phaseOverLimit(ctx context.Context, p *Phase) error {
 			r.note("over-limit: %d create(s) were admitted for users that were full", res.Admitted)
 		}
 		r.logf("over-limit round %d: %.0f rejected/s, p99 %.2f ms", round, res.RejectedPerS, res.LatencyRejected.P99Ms)
-		if withGin && round < overRounds {
-			// The gin phase measured Gin before round 1; measure it again
-			// between rounds, so that each Tally round has a Gin run
-			// next to it.
-			if _, err := r.runGin(ctx, p); err != nil {
-				return err
-			}
-		}
-	}
-	r.over = median(r.overRuns, func(x *load.Result) float64 { return x.RejectedPerS })
-	if len(r.ginRuns) > 0 {
-		r.gin = median(r.ginRuns, func(x *load.Result) float64 { return x.AdmittedPerS })
-	}
-	r.logf("over-limit: median %.0f rejected/s over %d rounds", r.over.RejectedPerS, len(r.overRuns))
-	return nil
-}
-
-func (r *runner) phaseLatency(ctx context.Context, p *Phase) error {
-	best, _ := r.maxAdmitted()
-	if best <= 0 {
-		return errors.New("needs the max durable admitted/s of the many-users phase (run it too: --only many,latency)")
-	}
-	c, err := r.mainTally(ctx, p)
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	r.latRate = float64(int(best / 2))
-	cfg := r.loadConfig(c.url())
-	cfg.Users, cfg.Plan, cfg.Rate = manyUsers, "enterprise", r.latRate
-	// The cap on requests in flight is generous so that a short stall
-	// queues requests (and shows in their latency) rather than being
-	// refused by the client.
-	cfg.Concurrency = highWorkers
-	res, err := r.runLoad(ctx, p, fmt.Sprintf("open loop at %.0f/s", r.latRate), cfg)
-	if err != nil {
-		return err
-	}
-	r.lat = res
-	r.logf("open loop at %.0f/s: admitted p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms; %d late, %d unsent",
-		r.latRate, res.LatencyAdmitted.P50Ms, res.LatencyAdmitted.P99Ms, res.LatencyAdmitted.P999Ms, res.Late, res.Unsent)
-	if res.Late > 0 || res.Unsent > 0 {
-		r.note("open loop at %.0f/s: %d request(s) left more than %gms late and %d were never sent (client or server short of CPU); their wait is in the latency", r.latRate, res.Late, res.LateAfterMs, res.Unsent)
-	}
+	m, _ := medianOf(each(r.overRuns, func(x *load.Result) float64 { return x.RejectedPerS }))
+	r.logf("over-limit: median %.0f rejected/s over %d rounds", m, len(r.overRuns))
 	return nil
 }
 
@@ -1082,49 +1167,56 @@ func (r *runner) phaseMillion(ctx context.Context, p *Phase) error {
 
 func (r *runner) rows() []Row {
 	var rows []Row
-	pg := func(p *PgbenchResult) *float64 {
-		if p == nil {
-			return nil
-		}
-		return ptr(p.TPS)
+	tps := func(xs []PgbenchResult) []float64 { return each(xs, func(x PgbenchResult) float64 { return x.TPS }) }
+	rate := func(xs []*load.Result, f func(*load.Result) float64) []float64 { return each(xs, f) }
+	admitted := func(x *load.Result) float64 { return x.AdmittedPerS }
+	// compared is a row whose Tally and baseline are the medians of their
+	// rounds (rounds.go).
+	compared := func(row Row, tally, base []float64) Row {
+		row.TallyRounds, row.BaselineRounds = tally, base
+		row.Tally, row.Baseline = medianPtr(tally), medianPtr(base)
+		return row
 	}
-	var best *float64
-	if b, w := r.maxAdmitted(); w > 0 {
-		best = ptr(b)
-	}
-	rows = append(rows, Row{Key: "admitted_many_max", Figure: fmt.Sprintf("durable admitted creates/s, %s users (max of 64/256 workers)", groupDigits(manyUsers)),
-		Unit: "/s", Tally: best, Baseline: pg(r.rowMany), BaselineName: "row-lock tps, 100k users", Target: atLeastRatio(4)})
+	rowMany := tps(r.rowManyRuns)
+	rows = append(rows, compared(Row{Key: "admitted_many_max", Figure: fmt.Sprintf("durable admitted creates/s, %s users (best of 64/256 workers)", groupDigits(manyUsers)),
+		Unit: "/s", BaselineName: "row-lock tps, 100k users", Target: atLeastRatio(4)}, each(r.manyRuns, bestOfRound), rowMany))
 	for _, w := range []int{baseWorkers, highWorkers} {
-		var v *float64
-		if res := r.many[w]; res != nil {
-			v = ptr(res.AdmittedPerS)
+		var xs []float64
+		for _, runs := range r.manyRuns {
+			if res := runs[w]; res != nil {
+				xs = append(xs, res.AdmittedPerS)
+			}
 		}
-		rows = append(rows, Row{Key: fmt.Sprintf("admitted_many_%d", w), Figure: fmt.Sprintf("  … with %d workers", w),
-			Unit: "/s", Tally: v, Baseline: pg(r.rowMany), BaselineName: "row-lock tps"})
+		row := compared(Row{Key: fmt.Sprintf("admitted_many_%d", w), Figure: fmt.Sprintf("  … with %d workers", w),
+			Unit: "/s", BaselineName: "row-lock tps"}, xs, rowMany)
+		row.TallyRounds, row.BaselineRounds = nil, nil // the rounds are in the row above
+		rows = append(rows, row)
 	}
-	rows = append(rows, Row{Key: "admitted_hot", Figure: "one hot user, 64 clients: admitted/s", Unit: "/s",
-		Tally: resultRate(r.hot, func(x *load.Result) float64 { return x.AdmittedPerS }), Baseline: pg(r.rowHot),
-		BaselineName: "row-lock tps, 1 user", Target: atLeastRatio(12)})
-	rows = append(rows, Row{Key: "rejected_overlimit", Figure: fmt.Sprintf("over-limit rejections/s (%s full users on free)", groupDigits(overUsers)), Unit: "/s",
-		Tally:    resultRate(r.over, func(x *load.Result) float64 { return x.RejectedPerS }),
-		Baseline: resultRate(r.gin, func(x *load.Result) float64 { return x.AdmittedPerS }), BaselineName: "bare Gin, no accounting",
-		Target: atLeastRatio(0.8), Note: r.overNote()})
+	rows = append(rows, compared(Row{Key: "admitted_hot", Figure: "one hot user, 64 clients: admitted/s", Unit: "/s",
+		BaselineName: "row-lock tps, 1 user", Target: atLeastRatio(12)}, rate(r.hotRuns, admitted), tps(r.rowHotRuns)))
+	rows = append(rows, compared(Row{Key: "rejected_overlimit", Figure: fmt.Sprintf("over-limit rejections/s (%s full users on free)", groupDigits(overUsers)), Unit: "/s",
+		BaselineName: "bare Gin, no accounting", Target: atLeastRatio(0.8)},
+		rate(r.overRuns, func(x *load.Result) float64 { return x.RejectedPerS }), rate(r.ginRuns, admitted)))
 
 	latFig := "p99 of admitted creates at half the max (open loop)"
-	if r.latRate > 0 {
-		latFig = fmt.Sprintf("p99 of admitted creates at half the max (%s/s, open loop)", groupDigits(r.latRate))
+	half := r.halfMax()
+	if half != nil {
+		latFig = fmt.Sprintf("p99 of admitted creates at half the max (%s/s, open loop)", groupDigits(half.OfferedPerS))
 	}
-	lat := func(f func(load.Latency) float64) *float64 {
-		if r.lat == nil || r.lat.LatencyAdmitted.Count == 0 {
+	lat := func(f func(*LoadLevel) float64) *float64 {
+		if half == nil {
 			return nil
 		}
-		return ptr(f(r.lat.LatencyAdmitted))
+		return ptr(f(half))
 	}
 	rows = append(rows,
-		Row{Key: "p99_half_max", Figure: latFig, Unit: "ms", Tally: lat(func(l load.Latency) float64 { return l.P99Ms }), Target: atMost(10, "ms")},
-		Row{Key: "p50_half_max", Figure: "  … p50", Unit: "ms", Tally: lat(func(l load.Latency) float64 { return l.P50Ms })},
-		Row{Key: "p999_half_max", Figure: "  … p99.9", Unit: "ms", Tally: lat(func(l load.Latency) float64 { return l.P999Ms })},
+		Row{Key: "p99_half_max", Figure: latFig, Unit: "ms", Tally: lat(func(l *LoadLevel) float64 { return l.P99Ms }), Target: atMost(p99TargetMs, "ms")},
+		Row{Key: "p50_half_max", Figure: "  … p50", Unit: "ms", Tally: lat(func(l *LoadLevel) float64 { return l.P50Ms })},
+		Row{Key: "p999_half_max", Figure: "  … p99.9", Unit: "ms", Tally: lat(func(l *LoadLevel) float64 { return l.P999Ms })},
 	)
+	if r.opts.BaseRef != "" {
+		rows = append(rows, r.cpuRow(compared))
+	}
 
 	memRow := Row{Key: "rss_per_user", Figure: fmt.Sprintf("RSS growth per active user (%s new users, actors live)", groupDigits(float64(r.opts.MemoryUsers))),
 		Unit: "KB", Target: atMost(2, "KB")}
@@ -1152,15 +1244,11 @@ func (r *runner) rows() []Row {
 	rows = append(rows, mil)
 	for i := range rows {
 		rows[i].evaluate()
+		if n := roundsNote(rows[i]); n != "" {
+			rows[i].Note = strings.TrimPrefix(rows[i].Note+"; "+n, "; ")
+		}
 	}
 	return rows
-}
-
-func resultRate(res *load.Result, f func(*load.Result) float64) *float64 {
-	if res == nil {
-		return nil
-	}
-	return ptr(f(res))
 }
 
 // ---- output ----
@@ -1180,7 +1268,7 @@ func (r *runner) header() string {
 	}
 	fmt.Fprintf(&b, "settings: %s measured per phase after a %s warm-up; closed loop with 64 workers unless said; Tally and bare Gin run with GOGC=%s in the throughput phases "+
 		"(measured +5–10%% for Tally, docs/decisions/0009-gc-defaults.md; the Gin baseline gets the same so the ratio is not GC tuning), and the memory phases run a fresh Tally "+
-		"with Go's default GC, as shipped; %s.\n", o.Duration, o.Warmup, childGOGC, verify)
+		"with Go's default GC, as shipped; %s; each compared figure is the ratio of the medians of %d alternating rounds.\n", o.Duration, o.Warmup, childGOGC, verify, o.Rounds)
 	b.WriteString("Ratios only: client, servers and Postgres share the machine's cores, and absolute figures move with whatever else runs on it.\n")
 	return b.String()
 }
@@ -1195,6 +1283,9 @@ func (r *runner) write() error {
 		writeTable, writeMD, title = WriteScenarioTable, WriteScenarioMarkdown, "Tally overload scenarios"
 	}
 	if err := writeTable(&text, r.report.Figures); err != nil {
+		return err
+	}
+	if err := r.writeSections(&text, false); err != nil {
 		return err
 	}
 	if len(r.report.Notes) > 0 || len(r.failed) > 0 {
@@ -1242,6 +1333,9 @@ func (r *runner) write() error {
 	if err := writeMD(&md, r.report.Figures); err != nil {
 		return err
 	}
+	if err := r.writeSections(&md, true); err != nil {
+		return err
+	}
 	if len(r.report.Notes) > 0 {
 		md.WriteString("\n## Notes\n\n")
 		for _, n := range r.report.Notes {
@@ -1251,21 +1345,32 @@ func (r *runner) write() error {
 	return os.WriteFile(mdPath, []byte(md.String()), 0o644)
 }
 
-// overNote lists the over-limit rounds behind the medians.
-func (r *runner) overNote() string {
-	if len(r.overRuns) < 2 {
-		return ""
+// writeSections writes the tables below the main one: p99 by load, and
+// the cpu phase's rounds, each when measured.
+func (r *runner) writeSections(w io.Writer, markdown bool) error {
+	title := func(s string) {
+		if markdown {
+			fmt.Fprintf(w, "\n## %s\n\n", s)
+		} else {
+			fmt.Fprintf(w, "\n%s:\n", s)
+		}
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "medians of %d alternating rounds; Tally rejected/s", len(r.overRuns))
-	for _, x := range r.overRuns {
-		fmt.Fprintf(&b, " %.0f", x.RejectedPerS)
+	if len(r.latLevels) > 0 {
+		title(fmt.Sprintf("p99 by load: admitted creates, open loop at a fraction of the max durable %s/s (%s enterprise users), %s per rate",
+			groupDigits(r.maxAdmitted()), groupDigits(manyUsers), r.opts.Duration))
+		head, cells := latencyCells(r.latLevels)
+		if err := writeCells(w, head, cells, markdown); err != nil {
+			return err
+		}
 	}
-	b.WriteString(", bare Gin answers/s")
-	for _, x := range r.ginRuns {
-		fmt.Fprintf(&b, " %.0f", x.AdmittedPerS)
+	if r.cpu != nil && len(r.cpu.Rounds) > 0 {
+		title(fmt.Sprintf("CPU per admitted create, round by round: `tally serve` from %s (base) and from the working tree (new)", r.cpu.BaseDesc))
+		head, cells := cpuCells(r.cpu.Rounds)
+		if err := writeCells(w, head, cells, markdown); err != nil {
+			return err
+		}
 	}
-	return b.String()
+	return nil
 }
 
 // roundEstimate rounds a guess of the run's length to what it is worth:

@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/tally-dev/tally/tools/load"
 )
 
 // TestMain lets the end-to-end test re-execute this test binary as the
@@ -321,7 +319,18 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || len(o.Only) != 2 || o.Only[1] != "latency" {
 		t.Errorf("--only: %+v, %v", o.Only, err)
 	}
-	for _, bad := range [][]string{{"--only", "rowlock,nope"}, {"--duration", "10ms"}, {"--million-users", "0"}, {"extra"}} {
+	if o.Rounds != 3 || len(o.LatencyLevels) != 5 || o.LatencyLevels[2] != 0.5 || o.BaseRef != "" {
+		t.Errorf("defaults: rounds %d, levels %v, base ref %q", o.Rounds, o.LatencyLevels, o.BaseRef)
+	}
+	if o, _ = parseFlags([]string{"--quick"}, io.Discard); o.Rounds != quickRounds {
+		t.Errorf("--quick: %d rounds, want %d", o.Rounds, quickRounds)
+	}
+	o, err = parseFlags([]string{"--quick", "--rounds", "5", "--base-ref", "68189be", "--only", "many,cpu", "--latency-levels", "20%, 50,95"}, io.Discard)
+	if err != nil || o.Rounds != 5 || o.BaseRef != "68189be" || len(o.LatencyLevels) != 3 || o.LatencyLevels[2] != 0.95 {
+		t.Errorf("--rounds/--base-ref/--latency-levels: %+v, %v", o, err)
+	}
+	for _, bad := range [][]string{{"--only", "rowlock,nope"}, {"--duration", "10ms"}, {"--million-users", "0"}, {"extra"},
+		{"--rounds", "0"}, {"--only", "cpu"}, {"--latency-levels", "50,25"}, {"--latency-levels", "0"}, {"--latency-levels", "120"}} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("%q: accepted", bad)
 		}
@@ -336,6 +345,14 @@ func TestWantPhases(t *testing.T) {
 	r = &runner{opts: Options{Only: []string{"million"}}}
 	if r.want("many") || !r.want("million") {
 		t.Error("--only million must run million only")
+	}
+	r = &runner{opts: Options{}}
+	if r.want("cpu") {
+		t.Error("the cpu phase must run only with --base-ref")
+	}
+	r = &runner{opts: Options{BaseRef: "HEAD~1"}}
+	if !r.want("cpu") || !r.want("many") {
+		t.Error("--base-ref must add the cpu phase to the others")
 	}
 }
 
@@ -390,9 +407,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 func TestWriteResults(t *testing.T) {
 	var stdout bytes.Buffer
 	r := &runner{opts: Options{Duration: 5 * time.Second, Warmup: time.Second, MemoryUsers: 20000, MillionUsers: 50000},
-		stdout: &stdout, stderr: io.Discard, outDir: t.TempDir(), stem: "bench-test", many: map[int]*load.Result{}}
+		stdout: &stdout, stderr: io.Discard, outDir: t.TempDir(), stem: "bench-test"}
 	r.report = Report{StartedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Command: "go run ./cmd/tally-bench --quick", Notes: []string{}}
-	r.rowMany = &PgbenchResult{TPS: 2000}
+	r.rowManyRuns = []PgbenchResult{{TPS: 2000}}
 	r.millionRequested = true
 	r.million = &MillionResult{Users: 50000, Touched: 50000, MaxRSSKB: 300 << 10}
 	r.failed = []string{"gin: boom"}

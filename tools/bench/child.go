@@ -13,8 +13,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -205,6 +207,50 @@ type child struct {
 // configuration under test). It returns once the child says where it
 // listens. The child's stderr goes to logPath.
 func startChild(ctx context.Context, exe, name string, env []string, logPath string) (*child, error) {
+	return launch(ctx, name, exec.Command(exe, name), env, logPath, "")
+}
+
+// startServe runs `bin serve`, a tally binary (the cpu phase builds them),
+// with env as startChild does, on a free loopback port; it returns once
+// /readyz answers 200 (the binary says nothing on stdout).
+func startServe(ctx context.Context, bin string, env []string, logPath string) (*child, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	env = append(slices.Clone(env), "TALLY_HTTP_ADDR="+addr) // the last of a duplicated variable wins
+	return launch(ctx, filepath.Base(bin)+" serve", exec.Command(bin, "serve"), env, logPath, addr)
+}
+
+// pollReady sends addr on addrc once http://addr/readyz answers 200, and
+// gives up when stop is closed.
+func pollReady(addr string, addrc chan<- string, stop <-chan struct{}) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		resp, err := client.Get("http://" + addr + "/readyz")
+		if err != nil {
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			addrc <- addr
+			return
+		}
+	}
+}
+
+// launch starts cmd with env and waits until it serves: until it prints
+// "listening ADDR" (knownAddr empty), or until knownAddr is ready.
+func launch(ctx context.Context, name string, cmd *exec.Cmd, env []string, logPath, knownAddr string) (*child, error) {
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -214,7 +260,6 @@ func startChild(ctx context.Context, exe, name string, env []string, logPath str
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, name)
 	cmd.Env = append(filterEnv(os.Environ()), env...)
 	cmd.Stdout = pw
 	cmd.Stderr = logf
@@ -247,6 +292,11 @@ func startChild(ctx context.Context, exe, name string, env []string, logPath str
 		c.waitErr = cmd.Wait()
 		close(c.exited)
 	}()
+	if knownAddr != "" {
+		stopPoll := make(chan struct{})
+		defer close(stopPoll)
+		go pollReady(knownAddr, addrc, stopPoll)
+	}
 	t := time.NewTimer(2 * time.Minute) // migrations on a busy machine
 	defer t.Stop()
 	select {

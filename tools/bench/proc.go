@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -173,4 +174,48 @@ func cpuModel(r io.Reader) string {
 		}
 	}
 	return ""
+}
+
+// userHZ is the unit of /proc/<pid>/stat's times: USER_HZ, which the
+// kernel fixes at 100 for what it exports to user space, whatever its
+// internal tick.
+const userHZ = 100
+
+// parseProcStatCPU reads utime + stime (fields 14 and 15) out of a
+// /proc/<pid>/stat line: the CPU the whole process (all its threads) has
+// used, in user and kernel mode. The command name (field 2, in
+// parentheses) may hold spaces and parentheses itself, so the fields are
+// counted from the last ')'.
+func parseProcStatCPU(b []byte) (time.Duration, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("no ')' after the command name")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state): utime, field 14, is f[11]; stime f[12].
+	if len(f) < 13 {
+		return 0, fmt.Errorf("%d fields after the command name, want at least 13", len(f))
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("unexpected CPU time %q", s)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / userHZ, nil
+}
+
+// readProcCPU is the CPU time a live process has used so far.
+func readProcCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	d, err := parseProcStatCPU(b)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return d, nil
 }

@@ -168,12 +168,13 @@ func (r *runner) needCapacity() (float64, error) {
 	return 0, errors.New("needs the capacity: run the capacity phase too (--only capacity,…) or give --capacity N")
 }
 
-// provision puts the suite's users on enterprise (and makes their actors
-// live) with one create each.
-func (r *runner) provision(ctx context.Context, p *Phase, url, prefix string) error {
-	cfg := load.Config{URL: url, Secret: r.secret, AdminToken: r.admin, Users: suiteUsers, Plan: "enterprise",
-		UserPrefix: prefix, Requests: suiteUsers, Concurrency: baseWorkers, NoVerify: true, Log: r.stderr}
-	_, err := r.runLoad(ctx, p, "provision "+strconv.Itoa(suiteUsers)+" enterprise users", cfg)
+// provision puts users users under prefix on enterprise (and makes their
+// actors live) with one create each: the suite's users, the latency
+// phase's.
+func (r *runner) provision(ctx context.Context, p *Phase, url, prefix string, users int) error {
+	cfg := load.Config{URL: url, Secret: r.secret, AdminToken: r.admin, Users: users, Plan: "enterprise",
+		UserPrefix: prefix, Requests: int64(users), Concurrency: baseWorkers, NoVerify: true, Log: r.stderr}
+	_, err := r.runLoad(ctx, p, "provision "+strconv.Itoa(users)+" enterprise users", cfg)
 	return err
 }
 
@@ -185,7 +186,7 @@ func (r *runner) phaseCapacity(ctx context.Context, p *Phase) error {
 		return err
 	}
 	r.suitePrefix = "ovl-" + randomHex(4)
-	if err := r.provision(ctx, p, c.url(), r.suitePrefix); err != nil {
+	if err := r.provision(ctx, p, c.url(), r.suitePrefix, suiteUsers); err != nil {
 		return err
 	}
 	sampler := startRSSSampler(c.pid(), sampleEvery)
@@ -366,7 +367,7 @@ func (r *runner) phaseColdstart(ctx context.Context, p *Phase) error {
 		}
 	}()
 	prefix := "cold-" + randomHex(4)
-	if err := r.provision(ctx, p, a.url(), prefix); err != nil {
+	if err := r.provision(ctx, p, a.url(), prefix, suiteUsers); err != nil {
 		return err
 	}
 	cold := &ColdRun{Rate: float64(int(capacity * normalShare))}
@@ -466,7 +467,7 @@ func (r *runner) phaseSlowclients(ctx context.Context, p *Phase) error {
 		}
 	}()
 	prefix := "slow-" + randomHex(4)
-	if err := r.provision(ctx, p, c.url(), prefix); err != nil {
+	if err := r.provision(ctx, p, c.url(), prefix, suiteUsers); err != nil {
 		return err
 	}
 	run := &SlowRun{Rate: float64(int(capacity * normalShare)), ReadTimeout: rt.String()}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -36,6 +37,7 @@ func randomSecret() string {
 // the machine's shared services is touched outside them, and close
 // removes them all.
 type stores struct {
+	tag         string // in every name below: tally_bench_<tag>…
 	adminURL    string
 	rowlockDB   string
 	tallyDB     string
@@ -51,6 +53,7 @@ type stores struct {
 func createStores(ctx context.Context, adminURL, redisAddr string, log func(string, ...any)) (*stores, error) {
 	tag := randomHex(4)
 	s := &stores{
+		tag:         tag,
 		adminURL:    adminURL,
 		rowlockDB:   "tally_bench_" + tag + "_rowlock",
 		tallyDB:     "tally_bench_" + tag + "_tally",
@@ -66,11 +69,10 @@ func createStores(ctx context.Context, adminURL, redisAddr string, log func(stri
 	}
 	defer conn.Close(context.Background())
 	for _, db := range []string{s.rowlockDB, s.tallyDB} {
-		if _, err := conn.Exec(cctx, "CREATE DATABASE "+db); err != nil {
+		if err := s.createDB(cctx, conn, db); err != nil {
 			s.close()
-			return nil, fmt.Errorf("create database %s: %w", db, err)
+			return nil, err
 		}
-		s.created = append(s.created, db)
 	}
 	rc := redis.NewClient(&redis.Options{Addr: redisAddr})
 	defer rc.Close()
@@ -80,6 +82,53 @@ func createStores(ctx context.Context, adminURL, redisAddr string, log func(stri
 	}
 	log("setup: databases %s and %s, Redis key prefix %q on %s", s.rowlockDB, s.tallyDB, s.redisPrefix, redisAddr)
 	return s, nil
+}
+
+// createDB creates a database of the run, which close drops.
+func (s *stores) createDB(ctx context.Context, conn *pgx.Conn, db string) error {
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+db); err != nil {
+		return fmt.Errorf("create database %s: %w", db, err)
+	}
+	s.created = append(s.created, db)
+	return nil
+}
+
+// extraDB creates one more database of the run (the cpu phase gives each
+// binary its own); close drops it with the others, or dropDB before.
+func (s *stores) extraDB(ctx context.Context, suffix string) (string, error) {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, s.adminURL)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.Background())
+	db := "tally_bench_" + s.tag + "_" + suffix
+	return db, s.createDB(cctx, conn, db)
+}
+
+// dropDB drops one of the run's databases now (its servers stopped).
+func (s *stores) dropDB(db string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.adminURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if err := dropOn(ctx, conn, db); err != nil {
+		return err
+	}
+	s.created = slices.DeleteFunc(s.created, func(x string) bool { return x == db })
+	return nil
+}
+
+// dropOn drops a database, terminating any connection left to it.
+func dropOn(ctx context.Context, conn *pgx.Conn, db string) error {
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("drop database %s: %w", db, err)
+	}
+	return nil
 }
 
 // dbURL is the admin URL pointed at one of the run's databases.
@@ -104,8 +153,8 @@ func (s *stores) close() {
 			s.log("cleanup: cannot connect to drop %s: %v", strings.Join(s.created, ", "), err)
 		} else {
 			for _, db := range s.created {
-				if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)"); err != nil {
-					s.log("cleanup: drop database %s: %v", db, err)
+				if err := dropOn(ctx, conn, db); err != nil {
+					s.log("cleanup: %v", err)
 				}
 			}
 			conn.Close(context.Background())

@@ -30,7 +30,7 @@ const (
 type Row struct {
 	Key    string `json:"key"`
 	Figure string `json:"figure"`
-	// Unit of Tally and Baseline: "/s", "ms", "KB", "MB".
+	// Unit of Tally and Baseline: "/s", "ms", "µs", "KB", "MB".
 	Unit         string   `json:"unit"`
 	Tally        *float64 `json:"tally"`
 	Baseline     *float64 `json:"baseline"`
@@ -43,6 +43,11 @@ type Row struct {
 	// the figure compares, not that the target was met.
 	Partial bool   `json:"partial,omitempty"`
 	Note    string `json:"note,omitempty"`
+	// TallyRounds and BaselineRounds are the rounds behind a compared
+	// figure, in the order measured (rounds.go): Tally and Baseline are
+	// their medians.
+	TallyRounds    []float64 `json:"tally_rounds,omitempty"`
+	BaselineRounds []float64 `json:"baseline_rounds,omitempty"`
 }
 
 // ptr is a float64 pointer for the optional fields of a Row.
@@ -51,6 +56,11 @@ func ptr(v float64) *float64 { return &v }
 // atLeastRatio, atMost and below are the table's three kinds of target.
 func atLeastRatio(v float64) *Target {
 	return &Target{Of: "ratio", Op: ">=", Value: v, Text: fmt.Sprintf("≥ %g×", v)}
+}
+
+// atMostRatio is a ceiling on the ratio to the baseline (a cost).
+func atMostRatio(v float64) *Target {
+	return &Target{Of: "ratio", Op: "<=", Value: v, Text: fmt.Sprintf("≤ %g×", v)}
 }
 
 func atMost(v float64, unit string) *Target {
@@ -134,6 +144,8 @@ func fmtValue(v *float64, unit string) string {
 		return fmt.Sprintf("%.1f %%", x)
 	case "s":
 		return fmt.Sprintf("%.2f s", x)
+	case "µs":
+		return fmt.Sprintf("%.1f µs", x)
 	case "×":
 		return fmt.Sprintf("%.2f×", x)
 	case "":
