@@ -38,6 +38,12 @@ func (s *Service) deadline(ctx context.Context) time.Time {
 	return d
 }
 
+// bounded is ctx ending at deadline d, for the store reads the Service
+// makes itself, without a user's actor (the context enforces it there).
+func bounded(ctx context.Context, d time.Time) (context.Context, context.CancelFunc) {
+	return context.WithDeadline(ctx, d)
+}
+
 // workDeadline is when store work for a request due at d must end: a fifth
 // of the time left, at most maxWorkMargin, is kept for the answer.
 func workDeadline(d time.Time) time.Time {

@@ -3,8 +3,6 @@ package actors
 import (
 	"sync"
 	"time"
-
-	"github.com/tally-dev/tally/domain"
 )
 
 // rejectBoard lets an over-limit create be answered without the hop to the
@@ -65,28 +63,13 @@ func (b *rejectBoard) get(user string, now time.Time) error {
 	return nil
 }
 
-// post posts err for user until the given time and returns the error to
-// answer with: the one posted before when it says the same thing, so that a
-// full user is refused with one error value across re-confirmations (the
-// transport keeps the encoded 403 of a limit error value).
+// post posts err for user until the given time and returns it.
 func (b *rejectBoard) post(user string, err error, until time.Time) error {
 	sh := b.shard(user)
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if prev, ok := sh.m[user]; ok && sameLimitError(prev.err, err) {
-		err = prev.err
-	}
 	sh.m[user] = posted{err: err, until: until}
+	sh.mu.Unlock()
 	return err
-}
-
-func sameLimitError(a, b error) bool {
-	la, ok := a.(*domain.LimitExceededError)
-	if !ok {
-		return false
-	}
-	lb, ok := b.(*domain.LimitExceededError)
-	return ok && *la == *lb
 }
 
 func (b *rejectBoard) clear(user string) {

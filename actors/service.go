@@ -64,9 +64,7 @@ type Options struct {
 }
 
 // Service is the accounting core behind the HTTP edge, on top of the
-// per-user actors. It satisfies the interface the edge declares for what it
-// needs (transport.Accounts); the compile-time check sits in the wiring
-// (package app), so that this package does not depend on the edge.
+// per-user actors: it implements domain.Accounts, the port the edge calls.
 type Service struct {
 	system  *actor.ActorSystem
 	shards  []*actor.PID
@@ -88,6 +86,8 @@ type Service struct {
 	swept     sync.WaitGroup
 	closeOnce sync.Once
 }
+
+var _ domain.Accounts = (*Service)(nil)
 
 // deps is what every user actor shares.
 type deps struct {
@@ -345,6 +345,8 @@ func (s *Service) CreateSession(ctx context.Context, userID string, in domain.Ne
 // GetSession reads the session from the store: the admission committed
 // before its 200 went out, so any process can read it at once.
 func (s *Service) GetSession(ctx context.Context, userID, sessionID string) (domain.Session, error) {
+	ctx, cancel := bounded(ctx, s.deadline(ctx))
+	defer cancel()
 	sess, err := s.store.GetSession(ctx, sessionID)
 	if err != nil {
 		return domain.Session{}, err
@@ -357,6 +359,8 @@ func (s *Service) GetSession(ctx context.Context, userID, sessionID string) (dom
 
 // ListSessions reads the user's sessions from the store, newest first.
 func (s *Service) ListSessions(ctx context.Context, userID string, limit int, after *domain.Cursor) ([]domain.Session, error) {
+	ctx, cancel := bounded(ctx, s.deadline(ctx))
+	defer cancel()
 	return s.store.ListSessions(ctx, userID, limit, after)
 }
 
@@ -399,22 +403,26 @@ func (s *Service) ResetUsage(ctx context.Context, userID string) (domain.Report,
 // CompleteSession records a session's duration through its user's actor,
 // which keeps that user's minutes current in memory.
 func (s *Service) CompleteSession(ctx context.Context, sessionID string, seconds int64) (domain.Session, error) {
-	sess, err := s.store.GetSession(ctx, sessionID)
+	d := s.deadline(ctx)
+	lctx, cancel := bounded(ctx, d)
+	sess, err := s.store.GetSession(lctx, sessionID)
+	cancel()
 	if err != nil {
 		return domain.Session{}, err
 	}
-	d := s.deadline(ctx)
 	r := s.ask(ctx, &completeSession{user: sess.UserID, session: sessionID, seconds: seconds, call: newCall(d)}, d)
 	return r.session, r.err
 }
 
 // FailSession marks a session failed through its user's actor.
 func (s *Service) FailSession(ctx context.Context, sessionID string) (domain.Session, error) {
-	sess, err := s.store.GetSession(ctx, sessionID)
+	d := s.deadline(ctx)
+	lctx, cancel := bounded(ctx, d)
+	sess, err := s.store.GetSession(lctx, sessionID)
+	cancel()
 	if err != nil {
 		return domain.Session{}, err
 	}
-	d := s.deadline(ctx)
 	r := s.ask(ctx, &failSession{user: sess.UserID, session: sessionID, call: newCall(d)}, d)
 	return r.session, r.err
 }

@@ -66,10 +66,6 @@ func (c connGauge) track(_ net.Conn, state http.ConnState) {
 	}
 }
 
-// The core satisfies what the HTTP edge needs; checked here, in the wiring,
-// so that neither package imports the other.
-var _ transport.Accounts = (*actors.Service)(nil)
-
 // OpenStore opens the configured store: Postgres when TALLY_DATABASE_URL
 // is set, else the embedded store in TALLY_DATA_DIR.
 func OpenStore(ctx context.Context, cfg config.Config) (persistence.Store, error) {
@@ -110,13 +106,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	a.cache.Watch(a.store, time.Second)
 
 	a.accounts, err = actors.New(actors.Options{
-		Store:          a.store,
-		Cache:          a.cache,
-		Catalog:        cfg.Plans,
-		Logger:         log.With("component", "actors"),
-		Registry:       a.registry,
-		IdleTimeout:    cfg.IdleTimeout,
-		RequestTimeout: cfg.RequestTimeout,
+		Store:       a.store,
+		Cache:       a.cache,
+		Catalog:     cfg.Plans,
+		Logger:      log.With("component", "actors"),
+		Registry:    a.registry,
+		IdleTimeout: cfg.IdleTimeout,
 		// Every queued admission is an in-flight request of the HTTP edge,
 		// so its bound bounds the commit queue too; this is the backstop.
 		WriterQueue:     cfg.MaxInFlight,
@@ -126,17 +121,16 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		return nil, err
 	}
 	a.handler, err = transport.New(transport.Options{
-		Accounts:       a.accounts,
-		Catalog:        cfg.Plans,
-		JWTSecret:      []byte(cfg.JWTSecret),
-		AdminToken:     cfg.AdminToken,
-		UploadBaseURL:  cfg.UploadBaseURL,
-		Providers:      cfg.STTProviders,
-		Logger:         log,
-		Registry:       a.registry,
-		Checkers:       []transport.Checker{storeChecker{a.store, cfg.Embedded()}, a.cache},
-		RequestTimeout: cfg.RequestTimeout,
-		MaxInFlight:    cfg.MaxInFlight,
+		Accounts:      a.accounts,
+		Catalog:       cfg.Plans,
+		JWTSecret:     []byte(cfg.JWTSecret),
+		AdminToken:    cfg.AdminToken,
+		UploadBaseURL: cfg.UploadBaseURL,
+		Providers:     cfg.STTProviders,
+		Logger:        log,
+		Registry:      a.registry,
+		Checkers:      []transport.Checker{storeChecker{a.store, cfg.Embedded()}, a.cache},
+		MaxInFlight:   cfg.MaxInFlight,
 	})
 	if err != nil {
 		return nil, err

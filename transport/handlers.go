@@ -10,7 +10,8 @@ import (
 )
 
 // The handlers are thin: decode and validate, call Accounts with the
-// request's (deadline-bounded) context, encode. Every error goes to fail.
+// request's context (the core bounds each call's time; a client going
+// away cancels it), encode. Every error goes to fail.
 
 var errNoSession = &domain.Error{Code: domain.CodeNotFound, Message: "session not found"}
 
@@ -50,7 +51,7 @@ func (s *server) createSession(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	sess, err := s.accounts.CreateSession(s.createContext(c), userID(c), in, key)
+	sess, err := s.accounts.CreateSession(c.Request.Context(), userID(c), in, key)
 	s.metrics.admission(err)
 	if err != nil {
 		s.fail(c, err)

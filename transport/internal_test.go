@@ -107,13 +107,13 @@ func TestCursorRoundTrip(t *testing.T) {
 }
 
 // The remembered 403 of a limit error is byte for byte what classifying it
-// gives, and only the very same error value gets it back.
+// gives, and exactly the errors with the same content get it back: another
+// value with equal fields does (the body is a function of them), one that
+// differs in any field does not.
 func TestLimitAnswersAreTheClassifiedBody(t *testing.T) {
 	var l limitAnswers
 	period := domain.Period{Start: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), End: time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC)}
 	full := &domain.LimitExceededError{Code: domain.CodeSessionLimit, Plan: "free", Usage: 10, Limit: 10, Period: period}
-	same := *full // equal fields, another value
-	same.Usage = 11
 	if b := l.body(full); b != nil {
 		t.Fatalf("empty cache answered %s", b)
 	}
@@ -129,8 +129,23 @@ func TestLimitAnswersAreTheClassifiedBody(t *testing.T) {
 	if got := l.body(full); string(got) != string(want) {
 		t.Fatalf("remembered %s, want %s", got, want)
 	}
-	if got := l.body(&same); got != nil {
-		t.Fatalf("another error value got %s", got)
+	equal := *full
+	equal.Period.Start = period.Start.In(time.FixedZone("elsewhere", 3600)) // the same instant
+	if got := l.body(&equal); string(got) != string(want) {
+		t.Fatalf("an equal rejection got %s, want %s", got, want)
+	}
+	for name, change := range map[string]func(*domain.LimitExceededError){
+		"usage":  func(e *domain.LimitExceededError) { e.Usage = 11 },
+		"limit":  func(e *domain.LimitExceededError) { e.Limit = 100 },
+		"plan":   func(e *domain.LimitExceededError) { e.Plan = "student" },
+		"code":   func(e *domain.LimitExceededError) { e.Code = domain.CodeTranscriptionLimit },
+		"period": func(e *domain.LimitExceededError) { e.Period.End = e.Period.End.AddDate(0, 1, 0) },
+	} {
+		other := *full
+		change(&other)
+		if got := l.body(&other); got != nil {
+			t.Errorf("a rejection with another %s got %s", name, got)
+		}
 	}
 	if got := l.body(domain.ErrNotFound); got != nil {
 		t.Fatalf("a non-limit error got %s", got)

@@ -3,45 +3,71 @@ package transport
 import (
 	"encoding/json"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/tally-dev/tally/domain"
 )
 
-// limitAnswers remembers the encoded 403 of recent limit rejections. A user
-// known to be over its limit is answered with the very same error value
-// for as long as the rejection holds (actors/rejects.go), so a client
-// hammering a full account would otherwise have the same body classified
-// and marshalled again for every request — a tenth of an over-limit
-// answer's CPU.
+// limitAnswers remembers the encoded 403 of recent limit rejections. A
+// client hammering a full account would otherwise have the same body
+// classified and marshalled again for every request — a tenth of an
+// over-limit answer's CPU.
 //
-// A direct-mapped table keyed by the error's address: lock-free, bounded,
-// and never wrong, because a slot holds the error it was encoded from (so
-// that address cannot be reused while the slot names it) and limit errors
-// are never modified once made.
+// A direct-mapped table keyed by the rejection's content (which limit, on
+// which plan, usage, period): lock-free, bounded, and right for any error
+// value with that content, because the body is a function of the content
+// alone (classify) and a slot is used only when its content equals the
+// error's.
 type limitAnswers struct {
-	slots [8192]atomic.Pointer[limitAnswer] // 64 KiB of pointers, for as many users at their limit at once
+	slots [8192]atomic.Pointer[limitAnswer] // 64 KiB of pointers, for as many distinct rejections at once
 }
 
 type limitAnswer struct {
-	err  *domain.LimitExceededError
+	err  domain.LimitExceededError // a copy: the content the body encodes
 	body []byte
 }
 
-func (l *limitAnswers) slot(le *domain.LimitExceededError) *atomic.Pointer[limitAnswer] {
-	h := uintptr(unsafe.Pointer(le))
-	h ^= h >> 17 // heap addresses share their low bits; mix in higher ones
-	return &l.slots[(h>>4)%uintptr(len(l.slots))]
+// limitHash is FNV-1a over the rejection's content.
+func limitHash(le *domain.LimitExceededError) uint64 {
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
+	mix := func(v uint64) {
+		for i := 0; i < 8; i++ {
+			h ^= v & 0xff
+			h *= prime
+			v >>= 8
+		}
+	}
+	for _, s := range []string{string(le.Code), le.Plan} {
+		for i := 0; i < len(s); i++ {
+			h ^= uint64(s[i])
+			h *= prime
+		}
+		mix(uint64(len(s)))
+	}
+	mix(uint64(le.Usage))
+	mix(uint64(le.Limit))
+	mix(uint64(le.Period.Start.UnixNano()))
+	mix(uint64(le.Period.End.UnixNano()))
+	return h
 }
 
-// body returns the encoded body of err's answer if err is a limit error
-// seen recently, else nil.
+func sameLimit(a, b *domain.LimitExceededError) bool {
+	return a.Code == b.Code && a.Plan == b.Plan && a.Usage == b.Usage && a.Limit == b.Limit &&
+		a.Period.Start.Equal(b.Period.Start) && a.Period.End.Equal(b.Period.End)
+}
+
+func (l *limitAnswers) slot(le *domain.LimitExceededError) *atomic.Pointer[limitAnswer] {
+	return &l.slots[limitHash(le)%uint64(len(l.slots))]
+}
+
+// body returns the encoded body of err's answer if a limit error with the
+// same content was answered recently, else nil.
 func (l *limitAnswers) body(err error) []byte {
 	le, ok := err.(*domain.LimitExceededError)
 	if !ok {
 		return nil
 	}
-	if a := l.slot(le).Load(); a != nil && a.err == le {
+	if a := l.slot(le).Load(); a != nil && sameLimit(&a.err, le) {
 		return a.body
 	}
 	return nil
@@ -58,6 +84,6 @@ func (l *limitAnswers) remember(err error, body errorBody) []byte {
 	if merr != nil {
 		return nil
 	}
-	l.slot(le).Store(&limitAnswer{err: le, body: b})
+	l.slot(le).Store(&limitAnswer{err: *le, body: b})
 	return b
 }

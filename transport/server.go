@@ -8,7 +8,6 @@ package transport
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,14 +27,10 @@ import (
 	"github.com/tally-dev/tally/domain"
 )
 
-// DefaultRequestTimeout bounds a request's call into Accounts when
-// Options.RequestTimeout is zero.
-const DefaultRequestTimeout = 5 * time.Second
-
 // Options configures the HTTP edge. Accounts, Catalog, JWTSecret,
 // AdminToken, UploadBaseURL and Providers are required.
 type Options struct {
-	Accounts   Accounts
+	Accounts   domain.Accounts
 	Catalog    *domain.Catalog
 	JWTSecret  []byte // HS256 key of user tokens; also the root of the upload-URL key
 	AdminToken string
@@ -48,9 +43,6 @@ type Options struct {
 	// serves. Nil means a private registry.
 	Registry *prometheus.Registry
 	Checkers []Checker // run by /readyz
-	// RequestTimeout is the deadline of the context passed to Accounts;
-	// when it passes the request is answered 504.
-	RequestTimeout time.Duration
 	// MaxInFlight bounds the API and admin requests being served at once;
 	// more are answered 503 with Retry-After at once instead of queueing
 	// in the actors' unbounded mailboxes. Zero means no bound.
@@ -61,7 +53,7 @@ type Options struct {
 // server holds what the handlers share. It is immutable after New, apart
 // from the token cache, which guards itself.
 type server struct {
-	accounts   Accounts
+	accounts   domain.Accounts
 	catalog    *domain.Catalog
 	plansJSON  []byte // the catalog never changes, so its answer is encoded once
 	providers  []string
@@ -71,7 +63,6 @@ type server struct {
 	log        *slog.Logger
 	metrics    *metrics
 	checkers   []Checker
-	timeout    time.Duration
 	slots      chan struct{} // nil: no in-flight bound
 	now        func() time.Time
 	limits     limitAnswers
@@ -115,14 +106,10 @@ func New(opts Options) (http.Handler, error) {
 		uploadKey:  uploadKey(opts.JWTSecret),
 		log:        opts.Logger,
 		checkers:   append([]Checker(nil), opts.Checkers...),
-		timeout:    opts.RequestTimeout,
 		now:        opts.Now,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
-	}
-	if s.timeout <= 0 {
-		s.timeout = DefaultRequestTimeout
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -175,13 +162,13 @@ func (s *server) routes(reg *prometheus.Registry) *gin.Engine {
 	r.GET("/api/v1/plans", s.listPlans)
 
 	api := r.Group("/api/v1", s.requireUser)
-	api.POST("/sessions", s.createSession) // its deadline: createContext
-	api.GET("/sessions", s.deadline, s.listSessions)
-	api.GET("/sessions/:id", s.deadline, s.getSession)
-	api.POST("/sessions/:id/upload-url", s.deadline, s.createUploadURL)
-	api.GET("/usage", s.deadline, s.usage)
+	api.POST("/sessions", s.createSession)
+	api.GET("/sessions", s.listSessions)
+	api.GET("/sessions/:id", s.getSession)
+	api.POST("/sessions/:id/upload-url", s.createUploadURL)
+	api.GET("/usage", s.usage)
 
-	admin := r.Group("/admin/v1", s.requireAdmin, s.deadline)
+	admin := r.Group("/admin/v1", s.requireAdmin)
 	admin.PUT("/users/:id", s.putUser)
 	admin.GET("/users/:id", s.getUser)
 	admin.POST("/users/:id/reset-usage", s.resetUsage)
@@ -288,37 +275,6 @@ func newRequestID() string {
 		}
 	}
 	return string(b[:])
-}
-
-// deadline bounds the request's context, which every Accounts call gets:
-// the actors turn the time left into their own timeouts.
-func (s *server) deadline(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c.Request.Context(), s.timeout)
-	defer cancel()
-	c.Request = c.Request.WithContext(ctx)
-	c.Next()
-}
-
-// createContext is the context create hands to Accounts: the request's,
-// with the request deadline declared but no timer armed for it (Done stays
-// the client's going away), because Accounts.CreateSession enforces the
-// deadline itself. The hottest route thus skips the deadline middleware,
-// whose timer and request copy were 4% of an over-limit answer's CPU.
-func (s *server) createContext(c *gin.Context) context.Context {
-	return declaredDeadline{Context: c.Request.Context(), at: time.Now().Add(s.timeout)}
-}
-
-// declaredDeadline reports a deadline that it does not enforce.
-type declaredDeadline struct {
-	context.Context
-	at time.Time
-}
-
-func (d declaredDeadline) Deadline() (time.Time, bool) {
-	if parent, ok := d.Context.Deadline(); ok && parent.Before(d.at) {
-		return parent, true
-	}
-	return d.at, true
 }
 
 // errBusy answers requests over MaxInFlight.
