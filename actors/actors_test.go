@@ -497,3 +497,50 @@ func TestFailedWriteReleasesReservation(t *testing.T) {
 		t.Fatalf("sessions %d, want 10", rep.Usage.Sessions)
 	}
 }
+
+// slowAdmitStore holds every Admit for a while, so that requests pile up
+// behind an admission in flight.
+type slowAdmitStore struct {
+	persistence.Store
+	delay time.Duration
+}
+
+func (s *slowAdmitStore) Admit(ctx context.Context, reqs []persistence.AdmitRequest) ([]persistence.AdmitResult, error) {
+	time.Sleep(s.delay)
+	return s.Store.Admit(ctx, reqs)
+}
+
+// Creates parked behind a reservation are decided again when the writer
+// admits the reserved one and answers it itself (no admitDone message):
+// the settled log wakes the actor. With one session left and the commit
+// held up, eight concurrent creates give one 201 and seven 403s, each
+// well before its deadline — not seven timeouts.
+func TestParkedCreatesWakeOnADirectAnswer(t *testing.T) {
+	svc := newService(t, &slowAdmitStore{Store: openStore(t), delay: 100 * time.Millisecond}, time.Minute)
+	for i := 0; i < 9; i++ {
+		if _, err := svc.CreateSession(ctxFor(t, 5*time.Second), "parked", in, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	var ok, limited atomic.Int32
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := svc.CreateSession(ctxFor(t, 3*time.Second), "parked", in, "")
+			switch domain.ErrorCode(err) {
+			case "":
+				ok.Add(1)
+			case domain.CodeSessionLimit:
+				limited.Add(1)
+			default:
+				t.Errorf("unexpected %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 1 || limited.Load() != 7 {
+		t.Fatalf("ok %d, limited %d; want 1 and 7", ok.Load(), limited.Load())
+	}
+}

@@ -52,13 +52,12 @@ type waiter struct {
 	retries int
 }
 
-// admitDone is the writer's result for one in-flight admission; answered
-// says the writer has answered the caller already (direct).
+// admitDone is the writer's result for an in-flight admission whose caller
+// the actor answers (not direct).
 type admitDone struct {
-	id       uint64
-	res      persistence.AdmitResult
-	err      error
-	answered bool
+	id  uint64
+	res persistence.AdmitResult
+	err error
 }
 
 // passivate asks an idle user actor to stop once nothing is in flight.
@@ -156,17 +155,31 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 	a.inflight[id] = e
 	a.reserved++
 	self, root := actx.Self(), actx.ActorSystem().Root
+	if a.settled == nil {
+		a.settled = &settledLog{}
+	}
+	log, cache, user := a.settled, a.deps.cache, a.id
 	// The job points at the in-flight entry's request (never changed once
-	// submitted) rather than carrying a second copy of it. The writer
-	// answers the caller itself when the result needs nothing the actor
-	// holds (direct), after telling the actor, so that the caller's next
-	// request finds the actor's state already updated behind admitDone.
+	// submitted) rather than carrying a second copy of it. When the answer
+	// needs nothing the actor holds (direct), the writer gives it to the
+	// caller itself and leaves the result in the actor's settled log —
+	// before answering, so the caller's next request finds the actor's
+	// state up to date; the actor is sent a message only when it waits for
+	// a result (settled.go). Otherwise the result goes to the actor as an
+	// admitDone message and the actor answers.
 	a.deps.writer.submit(userHash(a.id), &job{req: &e.req, answerBy: workDeadline(m.deadline), deliver: func(res persistence.AdmitResult, err error) {
 		r := direct(e, res, err)
-		root.Send(self, &admitDone{id: id, res: res, err: err, answered: r != nil})
-		if r != nil {
-			m.answer(r)
+		if r == nil {
+			root.Send(self, &admitDone{id: id, res: res, err: err})
+			return
 		}
+		if err == nil {
+			cache.Put(user, e.req.Session.PeriodStart, res.Counters)
+		}
+		if log.add(id, res, err) {
+			root.Send(self, wake{})
+		}
+		m.answer(r)
 	}})
 }
 
@@ -210,14 +223,26 @@ func refusal(req persistence.AdmitRequest, plan domain.Plan, c persistence.Count
 	return fmt.Errorf("store fenced off an admission that its own counters allow (user %s, usage %+v)", req.Session.UserID, c)
 }
 
-// onAdmitDone answers the caller of a committed (or failed) admission,
+// onAdmitDone answers the caller of an admission the writer did not answer,
 // then re-decides the creates that waited for it.
 func (a *userActor) onAdmitDone(actx actor.Context, d *admitDone) {
-	e := a.inflight[d.id]
+	e := a.release(d.id)
 	if e == nil {
 		return
 	}
-	delete(a.inflight, d.id)
+	a.settle(actx, e, d)
+	a.drainWaiting(actx)
+	a.stopIfPassivating(actx)
+}
+
+// release ends the in-flight admission id: its entry is removed and its
+// reservation given back. Nil when it is not in flight.
+func (a *userActor) release(id uint64) *inflight {
+	e := a.inflight[id]
+	if e == nil {
+		return nil
+	}
+	delete(a.inflight, id)
 	if len(a.inflight) == 0 {
 		// An emptied map keeps its buckets: drop it, so that an active
 		// user between admissions costs no more than an idle one.
@@ -226,20 +251,27 @@ func (a *userActor) onAdmitDone(actx actor.Context, d *admitDone) {
 	if a.loaded && e.req.Session.PeriodStart.Equal(a.period.Start) {
 		a.reserved--
 	}
-	a.settle(actx, e, d)
-	a.drainWaiting(actx)
-	a.stopIfPassivating(actx)
+	return e
+}
+
+// absorb takes the results the writer answered directly since the last
+// message: their reservations end and their counters are adopted. It
+// reports whether there were any.
+func (a *userActor) absorb() bool {
+	if a.settled == nil {
+		return false
+	}
+	done := a.settled.take()
+	for _, d := range done {
+		e := a.release(d.id)
+		if e != nil && d.err == nil {
+			a.adoptCounters(e.req.Session.PeriodStart, d.res.Counters)
+		}
+	}
+	return len(done) > 0
 }
 
 func (a *userActor) settle(actx actor.Context, e *inflight, d *admitDone) {
-	if d.answered {
-		// Only the actor's copy of the counters is left to update.
-		switch d.res.Outcome {
-		case persistence.Admitted, persistence.OverLimit:
-			a.adopt(e.req.Session.PeriodStart, d.res.Counters)
-		}
-		return
-	}
 	if d.err != nil {
 		e.m.answer(a.resolveUnknown(e.m, e.req, d.err))
 		return
@@ -271,7 +303,7 @@ func (a *userActor) drainWaiting(actx actor.Context) {
 	w := a.waiting
 	a.waiting = nil
 	for _, x := range w {
-		a.onCreate(actx, x.m, x.retries)
+		a.guard(x.m, func() { a.onCreate(actx, x.m, x.retries) })
 	}
 }
 
@@ -290,6 +322,16 @@ func (a *userActor) stopIfPassivating(actx actor.Context) {
 	}
 }
 
+// awaitSettled makes sure the actor gets a message when an admission it
+// waits for settles — creates wait in a.waiting, or it is passivating —
+// and reports whether results came in meanwhile (absorb them first).
+func (a *userActor) awaitSettled() bool {
+	if a.settled == nil || len(a.inflight) == 0 || (len(a.waiting) == 0 && !a.passivating) {
+		return false
+	}
+	return !a.settled.await()
+}
+
 // outcome turns a result the writer did not answer (direct) into the
 // reply; retry is true when the user changed under the decision and it
 // must be made again.
@@ -306,10 +348,16 @@ func (a *userActor) outcome(wc *workCtx, req persistence.AdmitRequest, r persist
 	return &reply{err: fmt.Errorf("store returned outcome %v", r.Outcome)}, false
 }
 
-// adopt takes counters the store confirmed. Results of one user arrive in
-// commit order, but a re-read may have overtaken them: the version decides.
+// adopt takes counters the store confirmed and hands them to the cache.
 func (a *userActor) adopt(periodStart time.Time, c persistence.Counters) {
 	a.deps.cache.Put(a.id, periodStart, c)
+	a.adoptCounters(periodStart, c)
+}
+
+// adoptCounters takes counters the store confirmed. Results of one user
+// arrive in commit order, but a re-read may have overtaken them: the
+// version decides.
+func (a *userActor) adoptCounters(periodStart time.Time, c persistence.Counters) {
 	if a.loaded && periodStart.Equal(a.period.Start) && c.Version >= a.counters.Version {
 		a.counters = c
 		a.confirmedAt = a.deps.now()

@@ -29,7 +29,9 @@ type userActor struct {
 	loaded      bool                 // counters are valid for period
 	confirmedAt time.Time            // when the store last confirmed counters
 
-	// Admissions handed to the writer and not yet answered (admit.go).
+	// Admissions handed to the writer and not yet settled (admit.go);
+	// settled holds those the writer answered itself, until absorbed.
+	settled     *settledLog
 	inflight    map[uint64]*inflight
 	nextID      uint64
 	reserved    int64 // in-flight admissions in the current period
@@ -45,10 +47,16 @@ func (a *userActor) Receive(ctx actor.Context) {
 			a.id = m.userID()
 		}
 	}
+	if a.absorb() {
+		// Creates that waited for those results go before this message.
+		a.drainWaiting(ctx)
+	}
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		// A restart after a panic gets a fresh instance: state is reloaded
 		// lazily from the store by the next message.
+	case wake:
+		a.stopIfPassivating(ctx) // the results are absorbed above
 	case *createSession:
 		a.guard(m, func() { a.onCreate(ctx, m, 0) })
 	case *admitDone:
@@ -62,6 +70,13 @@ func (a *userActor) Receive(ctx actor.Context) {
 		// a reset, a completed session): the posted rejection goes first.
 		a.deps.rejects.clear(a.id)
 		a.guard(m, func() { m.answer(a.handle(m)) })
+	}
+	// Waiting for a result the writer will answer itself: ask for a wake
+	// message, unless results came in meanwhile.
+	for a.awaitSettled() {
+		a.absorb()
+		a.drainWaiting(ctx)
+		a.stopIfPassivating(ctx)
 	}
 }
 
