@@ -112,6 +112,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Logger:      log.With("component", "actors"),
 		Registry:    a.registry,
 		IdleTimeout: cfg.IdleTimeout,
+		// The one request deadline (actors/budget.go).
+		RequestTimeout: cfg.RequestTimeout,
 		// Every queued admission is an in-flight request of the HTTP edge,
 		// so its bound bounds the commit queue too; this is the backstop.
 		WriterQueue:     cfg.MaxInFlight,
