@@ -32,7 +32,9 @@ func openStore(t testing.TB) persistence.Store {
 
 func newService(t testing.TB, store persistence.Store, idle time.Duration) *actors.Service {
 	t.Helper()
-	svc, err := actors.New(actors.Options{Store: store, Catalog: domain.DefaultCatalog(), IdleTimeout: idle, Shards: 4, Logger: slog.New(slog.DiscardHandler)})
+	// Tests bound each call with their own (shorter) context deadline.
+	svc, err := actors.New(actors.Options{Store: store, Catalog: domain.DefaultCatalog(), IdleTimeout: idle, Shards: 4,
+		RequestTimeout: 30 * time.Second, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,6 +211,31 @@ func TestDeadlineBoundsTheWait(t *testing.T) {
 	rep, err := svc.Usage(ctxFor(t, 5*time.Second), "slow")
 	if err != nil || rep.Usage.Sessions != 0 {
 		t.Fatalf("usage %+v err %v, want nothing admitted", rep.Usage, err)
+	}
+}
+
+// The service's request timeout bounds a call whose context has no
+// deadline (the HTTP edge sets none): a hung store yields an answer in
+// time, not a wait for as long as the store hangs.
+func TestRequestTimeoutBoundsACallWithoutDeadline(t *testing.T) {
+	fs := &faultyStore{Store: openStore(t)}
+	svc, err := actors.New(actors.Options{Store: fs, Catalog: domain.DefaultCatalog(), Shards: 2,
+		RequestTimeout: 300 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Close)
+	if _, err := svc.Usage(ctxFor(t, 5*time.Second), "bounded"); err != nil {
+		t.Fatal(err)
+	}
+	fs.hang.Store(true)
+	start := time.Now()
+	_, err = svc.CreateSession(context.Background(), "bounded", in, "")
+	if code := domain.ErrorCode(err); code != domain.CodeUnavailable && code != domain.CodeTimeout {
+		t.Fatalf("got %v, want unavailable or timeout", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("answered after %s with a 300ms request timeout", d)
 	}
 }
 

@@ -67,7 +67,8 @@ func openSQLite(t *testing.T) persistence.Store {
 func TestColdActorsShareLoads(t *testing.T) {
 	const n = 600
 	cs := &loadCountingStore{Store: openSQLite(t), entered: make(chan struct{}), release: make(chan struct{})}
-	svc, err := New(Options{Store: cs, Catalog: domain.DefaultCatalog(), Shards: 4, Logger: slog.New(slog.DiscardHandler)})
+	svc, err := New(Options{Store: cs, Catalog: domain.DefaultCatalog(), Shards: 4, RequestTimeout: 2 * time.Minute,
+		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
