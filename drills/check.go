@@ -52,13 +52,17 @@ type Check struct {
 type Summary struct {
 	Scenario                                          string
 	Requests, Creates, Admitted, Lost, OverLimitUsers int
+	KeyLess                                           int         // creates sent without an Idempotency-Key
 	ByStatus                                          map[int]int // status of every attempt (0: no answer)
 	Unknown                                           int         // creates never answered definitively
 	UnknownCommitted                                  int         // of which Postgres holds an admission
-	LostReplies                                       int         // key outcomes committed during an attempt that got no answer
-	Recovery                                          time.Duration
-	RecoveryKnown                                     bool
-	Converged                                         time.Duration // after the load, until Redis equalled Postgres
+	// LostReplies counts outcomes committed during an attempt that got no
+	// definite answer: a key's (its retry had to replay it) or a key-less
+	// attempt's session (KeyLessLostReplies of them).
+	LostReplies, KeyLessLostReplies int
+	Recovery                        time.Duration
+	RecoveryKnown                   bool
+	Converged                       time.Duration // after the load, until Redis equalled Postgres
 }
 
 // Line is the summary as one greppable line.
@@ -74,15 +78,21 @@ func (s *Summary) Line() string {
 		recovery = fmt.Sprintf("%.2fs", s.Recovery.Seconds())
 	}
 	return fmt.Sprintf("DRILL scenario=%s requests=%d admitted=%d lost=%d over_limit_users=%d 5xx=%s recovery=%s"+
-		" creates=%d unknown=%d unknown_committed=%d lost_replies=%d no_answer=%d status_403=%d converged=%.2fs",
+		" creates=%d keyless=%d unknown=%d unknown_committed=%d lost_replies=%d keyless_lost_replies=%d no_answer=%d status_403=%d converged=%.2fs",
 		s.Scenario, s.Requests, s.Admitted, s.Lost, s.OverLimitUsers, strings.Join(codes, ","), recovery,
-		s.Creates, s.Unknown, s.UnknownCommitted, s.LostReplies, s.ByStatus[0], s.ByStatus[403], s.Converged.Seconds())
+		s.Creates, s.KeyLess, s.Unknown, s.UnknownCommitted, s.LostReplies, s.KeyLessLostReplies, s.ByStatus[0], s.ByStatus[403], s.Converged.Seconds())
 }
 
 // pgKey is an idempotency_keys row.
 type pgKey struct {
 	outcome, sessionID string
 	createdAt          time.Time
+}
+
+// pgSession is a sessions row.
+type pgSession struct {
+	id, user  string
+	createdAt time.Time
 }
 
 func userKey(user, key string) string { return user + "\x00" + key }
@@ -100,7 +110,8 @@ func (c *Check) Run(tb testing.TB) *Summary {
 	if len(creates) == 0 {
 		tb.Fatalf("%s: the load made no create at all", c.Name)
 	}
-	acked, unknownBy, byKey := c.auditHistory(tb, creates, s)
+	h := c.auditHistory(tb, creates, s)
+	acked := h.acked
 	c.recovery(tb, creates, s)
 
 	c.waitReady(tb)
@@ -110,7 +121,7 @@ func (c *Check) Run(tb testing.TB) *Summary {
 	// readable through the API.
 	lost := map[string]bool{}
 	for id, user := range acked {
-		if owner, ok := sessions[id]; !ok || owner != user {
+		if row, ok := sessions[id]; !ok || row.user != user {
 			lost[id] = true
 			tb.Errorf("LOST: session %s of %s was acknowledged (200) but is not in Postgres", id, user)
 		}
@@ -124,29 +135,30 @@ func (c *Check) Run(tb testing.TB) *Summary {
 	s.Lost = len(lost)
 
 	// Per user: never over the limit, and Postgres counts exactly what
-	// was acknowledged plus some of what stayed unknown.
+	// was acknowledged plus some of what stayed unknown (keyed creates,
+	// and key-less attempts: each of those may have admitted a session).
 	over := map[string]bool{}
 	ackedBy := map[string]int{}
 	for _, u := range acked {
 		ackedBy[u]++
 	}
 	pgBy := map[string]int{}
-	for _, user := range sessions {
-		pgBy[user]++
+	for _, row := range sessions {
+		pgBy[row.user]++
 	}
 	for _, u := range c.Users {
 		if pgBy[u] > Limit || ackedBy[u] > Limit {
 			over[u] = true
 			tb.Errorf("OVER LIMIT: user %s has %d sessions in Postgres, %d acknowledged; the limit is %d", u, pgBy[u], ackedBy[u], Limit)
 		}
-		if pgBy[u] > ackedBy[u]+unknownBy[u] {
-			tb.Errorf("user %s: %d sessions in Postgres, but only %d acknowledged and %d creates left unknown: sessions nobody was told about",
-				u, pgBy[u], ackedBy[u], unknownBy[u])
+		if pgBy[u] > ackedBy[u]+h.unknownBy[u] {
+			tb.Errorf("user %s: %d sessions in Postgres, but only %d acknowledged and %d creates (or key-less attempts) left unknown: sessions nobody was told about",
+				u, pgBy[u], ackedBy[u], h.unknownBy[u])
 		}
 	}
 
-	c.auditKeys(tb, byKey, sessions, keys, s)
-	s.LostReplies = lostReplies(byKey, keys)
+	c.auditKeys(tb, h, sessions, keys, s)
+	s.LostReplies += lostReplies(h.byKey, keys)
 
 	rep := c.converge(tb, s)
 	if rep != nil {
@@ -172,18 +184,46 @@ type keyResult struct {
 	creates   []*Create
 }
 
-// auditHistory checks every create's attempts, and returns the
-// acknowledged sessions (id → user), the keys whose outcome stayed unknown
-// per user, and each key's result.
-func (c *Check) auditHistory(tb testing.TB, creates []*Create, s *Summary) (acked map[string]string, unknownBy map[string]int, byKey map[string]*keyResult) {
+// unanswered is an attempt of a key-less create that got no definite
+// answer: the service may have admitted a session for it, or not.
+type unanswered struct {
+	Attempt
+	create *Create
+}
+
+// learned is what the clients learned, as auditHistory sums it up.
+type learned struct {
+	acked        map[string]string // acknowledged session id → user
+	keyLessAcked map[string]bool   // of which, the sessions of key-less creates
+	// unknownBy is, per user, how many admissions may have happened
+	// unseen: keys whose outcome stayed unknown, and key-less attempts
+	// without a definite answer.
+	unknownBy  map[string]int
+	byKey      map[string]*keyResult
+	unanswered map[string][]unanswered // key-less attempts, per user
+}
+
+// describe names a create in failure messages.
+func describe(cr *Create) string {
+	if cr.Key == "" {
+		return "key-less create of " + cr.User
+	}
+	return fmt.Sprintf("%s key %s", cr.User, cr.Key)
+}
+
+// auditHistory checks every create's attempts, and returns what their
+// clients learned.
+func (c *Check) auditHistory(tb testing.TB, creates []*Create, s *Summary) *learned {
 	tb.Helper()
 	allowed := map[int]bool{}
 	for _, st := range c.Allowed5xx {
 		allowed[st] = true
 	}
-	acked = map[string]string{}
-	unknownBy = map[string]int{}
-	byKey = map[string]*keyResult{}
+	h := &learned{
+		acked: map[string]string{}, keyLessAcked: map[string]bool{}, unknownBy: map[string]int{},
+		byKey: map[string]*keyResult{}, unanswered: map[string][]unanswered{},
+	}
+	ackedTo := map[string]string{} // session id → the create told so
 	reported := 0
 	report := func(format string, args ...any) {
 		if reported++; reported <= 20 {
@@ -192,22 +232,46 @@ func (c *Check) auditHistory(tb testing.TB, creates []*Create, s *Summary) (acke
 	}
 	for _, cr := range creates {
 		s.Creates++
-		k := byKey[userKey(cr.User, cr.Key)]
-		if k == nil {
-			k = &keyResult{user: cr.User, key: cr.Key, outcome: Unknown}
-			byKey[userKey(cr.User, cr.Key)] = k
+		var k *keyResult
+		if cr.Key != "" {
+			if k = h.byKey[userKey(cr.User, cr.Key)]; k == nil {
+				k = &keyResult{user: cr.User, key: cr.Key, outcome: Unknown}
+				h.byKey[userKey(cr.User, cr.Key)] = k
+			}
+			k.creates = append(k.creates, cr)
+		} else {
+			s.KeyLess++
 		}
-		k.creates = append(k.creates, cr)
 		for _, a := range cr.Attempts {
 			s.Requests++
 			s.ByStatus[a.Status]++
 			switch {
 			case a.Status == http.StatusInternalServerError:
-				report("500 (a bug) for %s key %s: %s", cr.User, cr.Key, a)
+				report("500 (a bug) for %s: %s", describe(cr), a)
 			case a.Status >= 500 && !allowed[a.Status]:
-				report("%d, which this drill does not allow, for %s key %s: %s", a.Status, cr.User, cr.Key, a)
+				report("%d, which this drill does not allow, for %s: %s", a.Status, describe(cr), a)
 			case a.Status == http.StatusServiceUnavailable && a.RetryAfter == "":
-				report("503 without Retry-After for %s key %s: %s", cr.User, cr.Key, a)
+				report("503 without Retry-After for %s: %s", describe(cr), a)
+			}
+			if k == nil {
+				// Key-less: every attempt is a create of its own for the
+				// service. A 200 is one more acknowledged session; an
+				// attempt without a definite answer may have admitted one.
+				switch {
+				case a.Status == http.StatusOK:
+					if other, dup := ackedTo[a.SessionID]; dup {
+						report("ONE SESSION, TWO CREATES: session %s was acknowledged to the %s and to %s", a.SessionID, describe(cr), other)
+						continue
+					}
+					ackedTo[a.SessionID] = "the " + describe(cr)
+					h.acked[a.SessionID] = cr.User
+					h.keyLessAcked[a.SessionID] = true
+				case a.Definite(): // a 403: nothing to account for
+				default:
+					h.unanswered[cr.User] = append(h.unanswered[cr.User], unanswered{Attempt: a, create: cr})
+					h.unknownBy[cr.User]++
+				}
+				continue
 			}
 			switch {
 			case a.Status == http.StatusOK && k.outcome == Rejected, a.Status == http.StatusForbidden && k.outcome == Admitted:
@@ -221,23 +285,31 @@ func (c *Check) auditHistory(tb testing.TB, creates []*Create, s *Summary) (acke
 			}
 		}
 		if cr.Outcome == Failed {
-			report("create of %s key %s ended with an answer a client cannot act on: %v", cr.User, cr.Key, cr.Attempts)
+			report("%s ended with an answer a client cannot act on: %v", describe(cr), cr.Attempts)
+		}
+		if k == nil && !cr.answered() {
+			s.Unknown++
+		}
+	}
+	for _, k := range h.byKey {
+		switch k.outcome {
+		case Admitted:
+			if other, dup := ackedTo[k.sessionID]; dup {
+				report("ONE SESSION, TWO CREATES: session %s was acknowledged to key %s of %s and to %s", k.sessionID, k.key, k.user, other)
+				continue
+			}
+			ackedTo[k.sessionID] = fmt.Sprintf("key %s of %s", k.key, k.user)
+			h.acked[k.sessionID] = k.user
+		case Unknown:
+			s.Unknown++
+			h.unknownBy[k.user]++
 		}
 	}
 	if reported > 20 {
 		tb.Errorf("... and %d more history failures", reported-20)
 	}
-	for _, k := range byKey {
-		switch k.outcome {
-		case Admitted:
-			acked[k.sessionID] = k.user
-		case Unknown:
-			s.Unknown++
-			unknownBy[k.user]++
-		}
-	}
-	s.Admitted = len(acked)
-	return acked, unknownBy, byKey
+	s.Admitted = len(h.acked)
+	return h
 }
 
 // recovery is the time from the heal until creates were answered
@@ -285,9 +357,9 @@ func (c *Check) waitReady(tb testing.TB) {
 	}
 }
 
-// snapshot reads the drill users' sessions (id → user) and
+// snapshot reads the drill users' sessions (id → row) and
 // Idempotency-Keys (user\x00key → row) from Postgres.
-func (c *Check) snapshot(tb testing.TB) (map[string]string, map[string]pgKey) {
+func (c *Check) snapshot(tb testing.TB) (map[string]pgSession, map[string]pgKey) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -296,17 +368,17 @@ func (c *Check) snapshot(tb testing.TB) (map[string]string, map[string]pgKey) {
 		tb.Fatalf("connect to the drill's database: %v", err)
 	}
 	defer conn.Close(context.Background())
-	sessions := map[string]string{}
-	rows, err := conn.Query(ctx, `SELECT id, user_id FROM sessions WHERE user_id = ANY($1)`, c.Users)
+	sessions := map[string]pgSession{}
+	rows, err := conn.Query(ctx, `SELECT id, user_id, created_at FROM sessions WHERE user_id = ANY($1)`, c.Users)
 	if err != nil {
 		tb.Fatalf("read sessions: %v", err)
 	}
 	for rows.Next() {
-		var id, user string
-		if err := rows.Scan(&id, &user); err != nil {
+		var row pgSession
+		if err := rows.Scan(&row.id, &row.user, &row.createdAt); err != nil {
 			tb.Fatalf("read sessions: %v", err)
 		}
-		sessions[id] = user
+		sessions[row.id] = row
 	}
 	if err := rows.Err(); err != nil {
 		tb.Fatalf("read sessions: %v", err)
@@ -361,9 +433,12 @@ func (c *Check) readBack(acked map[string]string) map[string]int {
 
 // auditKeys checks one key, one session: the stored record of every key
 // agrees with what its clients were told, and every session row belongs to
-// a key that was admitted with it or never answered.
-func (c *Check) auditKeys(tb testing.TB, byKey map[string]*keyResult, sessions map[string]string, keys map[string]pgKey, s *Summary) {
+// a key that was admitted with it or never answered — or, without a key,
+// was acknowledged to a key-less create or is accounted for by a key-less
+// attempt left unanswered (matchUnanswered).
+func (c *Check) auditKeys(tb testing.TB, h *learned, sessions map[string]pgSession, keys map[string]pgKey, s *Summary) {
 	tb.Helper()
+	byKey := h.byKey
 	keyOf := map[string]string{} // session id → user\x00key
 	for k, row := range keys {
 		if row.outcome == "admitted" {
@@ -393,11 +468,19 @@ func (c *Check) auditKeys(tb testing.TB, byKey map[string]*keyResult, sessions m
 			}
 		}
 	}
-	for id, user := range sessions {
+	unclaimed := map[string][]pgSession{} // key-less sessions nobody was told about, per user
+	for id, row := range sessions {
+		user := row.user
 		uk, ok := keyOf[id]
-		if !ok {
-			tb.Errorf("session %s of %s has no Idempotency-Key record, though every create of the drill had a key", id, user)
+		switch {
+		case ok && h.keyLessAcked[id]:
+			tb.Errorf("session %s of %s was acknowledged to a key-less create, but Postgres stores it as the admission of key %q", id, user, uk)
 			continue
+		case !ok && !h.keyLessAcked[id]:
+			unclaimed[user] = append(unclaimed[user], row)
+			continue
+		case !ok:
+			continue // a key-less 200: the LOST check compared it
 		}
 		kr := byKey[uk]
 		switch {
@@ -408,6 +491,60 @@ func (c *Check) auditKeys(tb testing.TB, byKey map[string]*keyResult, sessions m
 			tb.Errorf("SILENT ADMIT: session %s of %s is counted, but its key %s was answered %s (%v)", id, user, kr.key, kr.outcome, kr.creates)
 		}
 	}
+	for user, rows := range unclaimed {
+		matched, leftover := matchUnanswered(rows, h.unanswered[user])
+		for _, m := range matched {
+			s.LostReplies++
+			s.KeyLessLostReplies++
+			if !m.create.answered() {
+				s.UnknownCommitted++
+			}
+		}
+		for _, row := range leftover {
+			tb.Errorf("SILENT ADMIT: session %s of %s has no Idempotency-Key record, was acknowledged to no create, and no key-less attempt "+
+				"of that user left unanswered was in flight when it was created (%s), but for those that account for its other sessions",
+				row.id, user, row.createdAt.Format("15:04:05.000000"))
+		}
+	}
+}
+
+// stampSlack widens an attempt's interval when an instant stamped by the
+// service (on the same clock) is compared with it: Postgres keeps
+// microseconds.
+const stampSlack = time.Millisecond
+
+// matchUnanswered gives each of one user's key-less sessions that no
+// client was told about an attempt that accounts for it: a distinct
+// key-less attempt of the user without a definite answer that was in
+// flight when the session was created (the service stamps created_at while
+// it handles the request, before it answers: actors/admit.go). Sessions
+// are taken by creation time, each given, of the attempts in flight then,
+// the one that ends first: for points and intervals that finds a match for
+// as many sessions as any assignment can. The sessions left over were
+// admitted behind a definite answer (a 403, or a 200 that named another
+// session) or without a request at all.
+func matchUnanswered(rows []pgSession, attempts []unanswered) (matched []unanswered, leftover []pgSession) {
+	rows = slices.Clone(rows)
+	slices.SortFunc(rows, func(a, b pgSession) int { return a.createdAt.Compare(b.createdAt) })
+	used := make([]bool, len(attempts))
+	for _, row := range rows {
+		best := -1
+		for i, a := range attempts {
+			if used[i] || row.createdAt.Before(a.Start.Add(-stampSlack)) || row.createdAt.After(a.End.Add(stampSlack)) {
+				continue
+			}
+			if best < 0 || a.End.Before(attempts[best].End) {
+				best = i
+			}
+		}
+		if best < 0 {
+			leftover = append(leftover, row)
+			continue
+		}
+		used[best] = true
+		matched = append(matched, attempts[best])
+	}
+	return matched, leftover
 }
 
 // lostReplies counts the keys whose outcome (an admission or a rejection)
@@ -424,7 +561,7 @@ func lostReplies(byKey map[string]*keyResult, keys map[string]pgKey) int {
 		inFlight, answered := 0, false
 		for _, cr := range kr.creates {
 			for _, a := range cr.Attempts {
-				if !row.createdAt.Before(a.Start.Add(-time.Millisecond)) && !row.createdAt.After(a.End.Add(time.Millisecond)) {
+				if !row.createdAt.Before(a.Start.Add(-stampSlack)) && !row.createdAt.After(a.End.Add(stampSlack)) {
 					inFlight++
 					answered = answered || a.Definite()
 				}

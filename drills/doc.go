@@ -14,20 +14,31 @@
 // the path). The shared services on 5432 and 6379 are never stopped.
 //
 // The drills do not judge by status codes alone. Load keeps a History of
-// every create and every HTTP attempt of it: a well-behaved client that
-// sends an Idempotency-Key with every create and, when the outcome is
-// unknown (no answer, 503, 504), retries with the same key after a short
-// backoff. Once the fault is healed, Check audits the history against the
-// stores:
+// every create and every HTTP attempt of it: a client that, when the
+// outcome is unknown (no answer, 503, 504), retries after a short backoff.
+// Half of the creates, in spells of 50 ms that alternate with keyed ones,
+// carry no Idempotency-Key, so that the key-less path (refusals from
+// memory, the group commit's set-based batch, a lost COMMIT reply looked
+// up by the session id) is under the fault too; a keyed create's retries
+// carry its key. Without a key, each attempt that got no definite answer
+// may or may not have admitted a session of its own (docs/contract.md §4,
+// Idempotency-Key). Once the fault is healed, Check audits the history
+// against the stores:
 //
 //   - every acknowledged (200) session is a row in Postgres and readable
-//     through the API (lost = 0);
+//     through the API (lost = 0), and no two creates were told the same
+//     session;
 //   - per user, sessions in Postgres ≤ the limit, and acknowledged ≤
-//     sessions ≤ acknowledged + creates whose outcome stayed unknown;
+//     sessions ≤ acknowledged + keys whose outcome stayed unknown +
+//     key-less attempts without a definite answer;
 //   - one key, one session: every 200 of a create carries the same id,
 //     the key's stored record names it, and every session row belongs to
 //     a key that was answered 200 with it or never answered (a session
 //     behind a 403 is a silent admit);
+//   - a session without a key record was acknowledged to a key-less
+//     create, or is accounted for by a distinct key-less attempt of its
+//     user that got no definite answer and was in flight when the session
+//     was created (anything else is a silent admit);
 //   - no 500, and only the 5xx statuses the drill allows;
 //   - verify.Run finds no violation, and the Redis counters equal
 //     Postgres's (no key missing, behind, ahead or mismatched) within a
@@ -37,7 +48,7 @@
 //
 // Every drill logs one line for the operations table, e.g.
 //
-//	DRILL scenario=redis-sentinel-failover requests=1692 admitted=265 lost=0 over_limit_users=0 5xx=503:0,504:0 recovery=2.44s creates=1692 unknown=0 unknown_committed=0 lost_replies=0 no_answer=0 status_403=1427 converged=0.02s
+//	DRILL scenario=redis-sentinel-failover requests=1692 admitted=265 lost=0 over_limit_users=0 5xx=503:0,504:0 recovery=2.44s creates=1692 keyless=846 unknown=0 unknown_committed=0 lost_replies=0 keyless_lost_replies=0 no_answer=0 status_403=1427 converged=0.02s
 //
 // requests counts the HTTP attempts of creates during the load (retries
 // included), admitted the distinct sessions acknowledged, lost those not
@@ -47,10 +58,12 @@
 // which the drill heals at once, the fault itself) until the service
 // answered creates definitively again and, when Redis was the fault, until
 // Redis had been re-seeded from Postgres (its epoch marker renewed). Then:
-// creates (logical creates, one key each), unknown (never answered
-// definitively), unknown_committed (of those, admitted in Postgres),
-// lost_replies (outcomes committed during an attempt that got no answer:
-// the retry had to replay them), no_answer (attempts without an HTTP
+// creates (logical creates, one key each or none), keyless (of those,
+// without a key), unknown (never answered definitively), unknown_committed
+// (sessions Postgres holds for those), lost_replies (outcomes committed
+// during an attempt that got no definite answer: a key's, which its retry
+// had to replay, or a key-less attempt's session), keyless_lost_replies
+// (of those, the key-less ones), no_answer (attempts without an HTTP
 // answer), status_403, and converged (the wait, after the load, until
 // Redis equalled Postgres).
 //

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -77,12 +78,20 @@ const (
 )
 
 // Create is one logical create: a user, its Idempotency-Key, and every
-// attempt made with that key.
+// attempt made with that key. A create with an empty Key is key-less: each
+// of its attempts is a create of its own for the service, which may admit
+// any of them that got no definite answer (docs/contract.md §4,
+// Idempotency-Key).
 type Create struct {
 	User, Key string
 	Attempts  []Attempt
 	Outcome   Outcome
 	SessionID string // of the 200, when Admitted
+}
+
+// answered reports whether an attempt of the create got a definite answer.
+func (c *Create) answered() bool {
+	return slices.ContainsFunc(c.Attempts, Attempt.Definite)
 }
 
 // History is every create of a drill, safe for concurrent use.
@@ -259,10 +268,12 @@ type Retry struct {
 // DefaultRetry rides out the drills' outages (a few seconds) with room.
 var DefaultRetry = Retry{For: 20 * time.Second, Backoff: 50 * time.Millisecond, MaxBackoff: 400 * time.Millisecond}
 
-// Create sends a keyed create, retrying with the same key while the
-// outcome is unknown, until a definite answer, the retry bound, or stop is
-// closed (then the create stays Unknown). target picks the base URL of
-// each attempt.
+// Create sends a create, retrying with the same key while the outcome is
+// unknown, until a definite answer, the retry bound, or stop is closed
+// (then the create stays Unknown). target picks the base URL of each
+// attempt. Without a key (key == "") it retries the same way, as a client
+// that would rather risk a second session than lose one: every retry may
+// then admit one more session, which Check accounts for.
 func (c *Client) Create(target func() string, user, key string, body []byte, retry Retry, stop <-chan struct{}) *Create {
 	cr := &Create{User: user, Key: key, Outcome: Unknown}
 	first := time.Now()
@@ -294,11 +305,25 @@ func (c *Client) Create(target func() string, user, key string, body []byte, ret
 	}
 }
 
-// Load is a closed-loop load of keyed creates: Workers goroutines, each
-// picking a random active user, creating, pausing Pace. Initial users are
-// active from the start, the others become active one after another over
-// Ramp, so that admissions keep happening while the fault is on instead of
-// filling every quota in the first second.
+// Load is a closed-loop load of creates: Workers goroutines, each picking
+// a random active user, creating, pausing Pace. Initial users are active
+// from the start, the others become active one after another over Ramp, so
+// that admissions keep happening while the fault is on instead of filling
+// every quota in the first second.
+//
+// A share KeyLess of the creates is sent without an Idempotency-Key: a
+// key-less create goes through another path than a keyed one (a refusal
+// from the actor's memory, a group-commit batch without keys run
+// set-based by persistence/postgres/admit_bulk.go, an unknown COMMIT
+// looked up by the session id: actors/admit.go), and a drill must put both
+// under its fault. They come in spells: the first KeyLess of every
+// keyLessPeriod starts key-less creates only, the rest keyed ones (a
+// retry keeps its create's key, or none). Mixed create by create, nearly
+// every batch held a keyed request — keyed creates go to the store even
+// for a full user, key-less ones for a full user are refused from memory
+// — and a batch with one key runs the per-request path
+// (persistence/postgres/admit.go): the lost-COMMIT drill ran 3 of its 82
+// batches (5 admissions) set-based, and 19 of 84 (114) in spells.
 type Load struct {
 	Client  *Client
 	Target  func() string // base URL of each attempt
@@ -309,6 +334,23 @@ type Load struct {
 	Pace    time.Duration
 	Retry   Retry
 	History *History
+	// KeyLess is the share of creates sent without a key, in [0, 1]; 0
+	// means DefaultKeyLess, a negative share none.
+	KeyLess float64
+}
+
+// DefaultKeyLess sends half of the creates without a key.
+const DefaultKeyLess = 0.5
+
+// keyLessPeriod is the length of one key-less spell and one keyed spell
+// together: short enough that the shortest fault of a drill (a 200 ms
+// blackhole) sees both, long enough for many batches of each.
+const keyLessPeriod = 100 * time.Millisecond
+
+// keyLess reports whether a create started elapsed after the load goes
+// without a key.
+func keyLess(elapsed time.Duration, share float64) bool {
+	return share > 0 && float64(elapsed%keyLessPeriod) < share*float64(keyLessPeriod)
 }
 
 // Running is a started Load.
@@ -327,6 +369,9 @@ func (l *Load) Start(tb testing.TB) *Running {
 	tb.Helper()
 	if l.Retry == (Retry{}) {
 		l.Retry = DefaultRetry
+	}
+	if l.KeyLess == 0 {
+		l.KeyLess = DefaultKeyLess
 	}
 	r := &Running{started: time.Now(), stop: make(chan struct{}), abort: make(chan struct{}), done: make(chan struct{})}
 	var keys atomic.Int64
@@ -350,6 +395,9 @@ func (l *Load) Start(tb testing.TB) *Running {
 				}
 				user := l.Users[rand.N(active)]
 				key := fmt.Sprintf("drill-%s-%d", run, keys.Add(1))
+				if keyLess(time.Since(r.started), l.KeyLess) {
+					key = ""
+				}
 				l.History.Add(l.Client.Create(l.Target, user, key, CreateBody, l.Retry, r.abort))
 				if l.Pace > 0 {
 					select {

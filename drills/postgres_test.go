@@ -1,6 +1,7 @@
 package drills_test
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/tally-dev/tally/drills"
 	"github.com/tally-dev/tally/internal/testenv"
@@ -51,7 +54,7 @@ func TestPostgresOutageUnderLoad(t *testing.T) {
 		DatabaseURL: env["TALLY_DATABASE_URL"], Redis: rc, RedisPrefix: rprefix,
 		Allowed5xx: []int{http.StatusServiceUnavailable}, Fault: o.down, Heal: o.up,
 	}).Run(t)
-	checkOutage(t, history, o, sum)
+	checkOutage(t, history, env["TALLY_DATABASE_URL"], o, sum)
 }
 
 // The machine's Postgres becomes unreachable the other way: a fault proxy
@@ -101,7 +104,7 @@ func TestPostgresBlackholedUnderLoad(t *testing.T) {
 		DatabaseURL: direct, Redis: rc, RedisPrefix: rprefix,
 		Allowed5xx: []int{http.StatusServiceUnavailable}, Fault: o.down, Heal: o.up,
 	}).Run(t)
-	checkOutage(t, history, o, sum)
+	checkOutage(t, history, direct, o, sum)
 }
 
 // outage is when Postgres was unreachable: the fault began at down and was
@@ -127,8 +130,15 @@ func pollReady(c *drills.Client, base string, d time.Duration) []int {
 // create is a 503 with Retry-After within the request deadline — never a
 // 403, never an admission, never a hang — and /readyz is 503; outside the
 // outage there is no 503 at all.
-func checkOutage(t *testing.T, history *drills.History, o outage, sum *drills.Summary) {
+//
+// One 403 is right inside the outage: a key-less create of a user at the
+// limit, refused from its actor's memory (confirmed by the store less than
+// rejectFreshness before, actors/admit.go; docs/contract.md §1). It must be
+// true: the user already had Limit sessions in Postgres, created before the
+// refusal was answered.
+func checkOutage(t *testing.T, history *drills.History, dbURL string, o outage, sum *drills.Summary) {
 	t.Helper()
+	full := sessionTimes(t, dbURL)
 	for i, st := range o.ready {
 		if st != http.StatusServiceUnavailable {
 			t.Errorf("/readyz during the outage (poll %d of %d): %d, want 503", i+1, len(o.ready), st)
@@ -139,18 +149,22 @@ func checkOutage(t *testing.T, history *drills.History, o outage, sum *drills.Su
 	const settle = time.Second
 	var slow, wrongInside, outside []drills.Attempt
 	inside := map[int]int{}
-	for _, a := range history.Attempts() {
-		if a.End.Sub(a.Start) > pgDeadline+1500*time.Millisecond {
-			slow = append(slow, a)
-		}
-		if !a.Start.Before(o.from) && !a.End.After(o.to) {
-			inside[a.Status]++
-			if a.Status != http.StatusServiceUnavailable || a.RetryAfter == "" {
-				wrongInside = append(wrongInside, a)
+	for _, cr := range history.Creates() {
+		for _, a := range cr.Attempts {
+			if a.End.Sub(a.Start) > pgDeadline+1500*time.Millisecond {
+				slow = append(slow, a)
 			}
-		}
-		if a.Status == http.StatusServiceUnavailable && (a.End.Before(o.down) || a.Start.After(o.up.Add(settle))) {
-			outside = append(outside, a)
+			if !a.Start.Before(o.from) && !a.End.After(o.to) {
+				inside[a.Status]++
+				fromMemory := cr.Key == "" && a.Status == http.StatusForbidden && a.Code == "session_limit_exceeded" &&
+					full(cr.User, a.End) >= drills.Limit
+				if (a.Status != http.StatusServiceUnavailable || a.RetryAfter == "") && !fromMemory {
+					wrongInside = append(wrongInside, a)
+				}
+			}
+			if a.Status == http.StatusServiceUnavailable && (a.End.Before(o.down) || a.Start.After(o.up.Add(settle))) {
+				outside = append(outside, a)
+			}
 		}
 	}
 	report := func(what string, as []drills.Attempt) {
@@ -175,6 +189,43 @@ func checkOutage(t *testing.T, history *drills.History, o outage, sum *drills.Su
 		t.Errorf("no create was sent and answered while Postgres was unreachable: the drill proved nothing")
 	}
 	t.Logf("attempts entirely inside the outage, by status: %v; %d sessions admitted in all", inside, sum.Admitted)
+}
+
+// sessionTimes reads when every session in the database was created, and
+// returns how many of a user's were created no later than an instant.
+func sessionTimes(t *testing.T, dbURL string) func(user string, at time.Time) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, `SELECT user_id, created_at FROM sessions`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := map[string][]time.Time{}
+	var (
+		user string
+		at   time.Time
+	)
+	if _, err := pgx.ForEachRow(rows, []any{&user, &at}, func() error {
+		created[user] = append(created[user], at)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return func(user string, at time.Time) int {
+		n := 0
+		for _, c := range created[user] {
+			if !c.After(at) {
+				n++
+			}
+		}
+		return n
+	}
 }
 
 // Tally reaches a private Postgres through a fault proxy that, again and

@@ -17,11 +17,26 @@ import (
 )
 
 // Sentinel timings. They are small so that a failover completes in a few
-// seconds; the price is that a Redis that stalls for a second (a slow CI
+// seconds; the price is that a Redis that stalls for two seconds (a slow CI
 // machine under -race) can be failed over too, which a fault test must
 // tolerate anyway.
+//
+// down-after-milliseconds must stay well above one second: a Sentinel
+// re-points its link to the primary on every switch (+switch-master) and
+// restarts the down timer then, but reconnects a link at most once a
+// second (its fixed ping period), so its first PING to the new primary may
+// leave up to a second after the switch. At 1000 ms the new primary's PONG
+// raced the timer, and lost it about once in ten failovers here: a +sdown
+// of a primary nobody had killed, and at once an +odown, because the other
+// Sentinels' "down" answers about the killed primary (under 5 s old) still
+// counted for the quorum. That Sentinel then failed over again on its own:
+// onto the killed node if it had been restarted as a replica by then (the
+// Sentinels then named a primary the test did not expect), else aborted,
+// which still held every Sentinel that voted off the next real failover
+// for 2 × failover-timeout. Two seconds leaves the reconnect, and its PING
+// under load, a second of room.
 const (
-	sentinelDownAfter       = 1000 * time.Millisecond
+	sentinelDownAfter       = 2000 * time.Millisecond
 	sentinelFailoverTimeout = 3000 * time.Millisecond
 )
 
@@ -173,7 +188,7 @@ func (c *SentinelCluster) KillMaster(tb testing.TB) string {
 // WaitForFailover waits until every Sentinel names the same primary, other
 // than oldAddr, and that node answers as a primary (it takes writes). It
 // returns the new primary's address. Here a failover after KillMaster took
-// about 2-4 s: 1 s for down-after-milliseconds, then the vote and the
+// about 3-5 s: 2 s for down-after-milliseconds, then the vote and the
 // promotion; allow at least 15 s.
 func (c *SentinelCluster) WaitForFailover(tb testing.TB, oldAddr string, timeout time.Duration) string {
 	tb.Helper()
