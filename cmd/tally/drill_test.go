@@ -12,11 +12,12 @@ import (
 )
 
 // The kill -9 drill: a `tally serve` process is killed with SIGKILL in the
-// middle of a load of keyed creates and restarted on the same port, as a
-// supervisor would. Its clients see connections cut and refused and retry
-// with the same Idempotency-Key; some of the creates the kill cut off had
-// committed, and their retries must get that outcome, not a second
-// session. Afterwards nothing acknowledged is lost, nobody is over the
+// middle of a load of keyed and key-less creates (drills.Load mixes them)
+// and restarted on the same port, as a supervisor would. Its clients see
+// connections cut and refused and retry — a keyed create with the same
+// Idempotency-Key, whose retry must get the first outcome, not a second
+// session; a key-less one as a new create, whose cut-off attempt may or
+// may not have committed, which the checker accounts for. Afterwards nothing acknowledged is lost, nobody is over the
 // limit, every key is counted once, Redis equals Postgres, and the exact
 // quota is admitted (package drills has the checker).
 func TestDrillKillNineMidLoad(t *testing.T) {
