@@ -5,8 +5,8 @@ import "github.com/asynkron/protoactor-go/actor"
 // pooledDispatcher runs actor mailboxes on a pool of long-lived goroutines.
 // protoactor's default dispatcher starts a new goroutine for every mailbox
 // run; at tens of thousands of short messages a second, each new goroutine
-// grows its stack again (runtime.copystack was ~5% of the server's CPU on
-// the over-limit path). Pooled goroutines keep their grown stacks. When
+// grows its stack again (runtime.copystack was a visible share of the
+// over-limit path's CPU: docs/performance.md). Pooled goroutines keep their grown stacks. When
 // every pooled goroutine is busy — a user actor blocked on a store read —
 // the run gets a goroutine of its own, so a slow store never stalls other
 // users' actors behind it.

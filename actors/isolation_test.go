@@ -119,8 +119,7 @@ func runPoison(t *testing.T, svc *actors.Service, users, per, limit int) {
 
 // On real Postgres: 30 users create concurrently while one user sends
 // titles with NUL. Without isolation in the group commit, every create
-// batched with a poisoned one failed with a 500 (16 and 51 of 600 in two
-// runs when this was found).
+// batched with a poisoned one fails with a 500.
 func TestPoisonedRowFailsAloneOnPostgres(t *testing.T) {
 	store, err := postgres.Open(context.Background(), testenv.PostgresURL(t))
 	if err != nil {

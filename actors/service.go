@@ -43,12 +43,10 @@ type Options struct {
 	// RequestTimeout bounds every request (budget.go): the caller's
 	// context may end it sooner, never later.
 	RequestTimeout time.Duration
-	// Writers is the number of group-commit writers (default 1). With the
-	// batch in one round trip (postgres/admit_bulk.go), one writer making
-	// bigger batches measured 15.9k admitted/s against 15.0k for two, and
-	// less Postgres CPU (256 clients over 10 000 users), as the first prototype's
-	// prototype found; two helped only while a batch took several round
-	// trips.
+	// Writers is the number of group-commit writers (default 1): with the
+	// batch in one round trip, one writer making bigger batches admits as
+	// much as two with less Postgres CPU
+	// (docs/decisions/0005-one-group-commit-writer.md).
 	Writers int
 	// MaxUserInFlight bounds one user's requests in flight in this process
 	// (gate.go); the excess is answered 503 at once. 0: no bound.
@@ -169,10 +167,9 @@ func New(o Options) (*Service, error) {
 	// One Props for every user: a user's actor learns its id from its first
 	// message, which saves a Props and a closure per live user.
 	// User actors get the lock-free mailbox: an idle one holds a stub node
-	// instead of a ring buffer, ~200 B less per live actor
-	// (BenchmarkActorMemory 1 242 → 1 042 B), with round trips and hot-user
-	// throughput unchanged when measured (BenchmarkActorRoundTrip, tally load
-	// --hot).
+	// instead of a ring buffer, less memory per live actor with round trips
+	// and hot-user throughput unchanged (docs/performance.md, "Figures
+	// behind code choices").
 	userProps := actor.PropsFromProducer(func() actor.Actor { return &userActor{deps: s.deps} },
 		actor.WithDispatcher(s.dispatcher), actor.WithMailbox(actor.UnboundedLockfree()))
 	props := actor.PropsFromProducer(newShard(userProps, o.IdleTimeout, &s.live, &s.routes), actor.WithDispatcher(s.dispatcher))

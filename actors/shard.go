@@ -37,10 +37,10 @@ type child struct {
 
 // passivateBatch is how many idle actors one shard stops per tick at most.
 // Stopping an actor costs several messages through the shared dispatcher;
-// 50 000 users going idle together, all stopped at once, held other users'
-// requests up to 300 ms (p99 of creates 4 ms → 317 ms that second). A few
-// per shard per tick (5 120/s over 64 shards at the 50 ms tick) keeps up
-// with any realistic rate of users going idle without a stall.
+// tens of thousands of users going idle together, all stopped at once,
+// stalled other users' requests (docs/performance.md, "Figures behind code
+// choices"). A few per shard per tick (5 120/s over 64 shards at the 50 ms
+// tick) keeps up with any realistic rate of users going idle without one.
 const passivateBatch = 4
 
 func newShard(userProps *actor.Props, idle time.Duration, live *atomic.Int64, rs *routes) actor.Producer {

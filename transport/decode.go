@@ -62,7 +62,8 @@ func readTimedOut(err error) bool {
 
 // bodyBuffers are reused between requests: a body is only read to be
 // decoded (decoded strings are copies), and reading each into a fresh
-// slice was a tenth of the bytes allocated per over-limit answer.
+// slice was a large share of the bytes allocated per over-limit answer
+// (docs/performance.md).
 var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // withBody reads the body into a pooled buffer and hands it to f; the

@@ -9,8 +9,8 @@ import (
 
 // limitAnswers remembers the encoded 403 of recent limit rejections. A
 // client hammering a full account would otherwise have the same body
-// classified and marshalled again for every request — a tenth of an
-// over-limit answer's CPU.
+// classified and marshalled again for every request, a large share of an
+// over-limit answer's CPU (docs/performance.md).
 //
 // A direct-mapped table keyed by the rejection's content (which limit, on
 // which plan, usage, period): lock-free, bounded, and right for any error

@@ -17,8 +17,9 @@ type Source interface {
 	ScanUsage(ctx context.Context, after time.Time, fn func(persistence.UsageRow) error) error
 }
 
-// seedBatch is how many counters one script call of a re-seed carries (one
-// Lua call blocks Redis for ~1 ms per 1000 keys).
+// seedBatch is how many counters one script call of a re-seed carries: a
+// Lua call blocks Redis while it runs, so a call is kept short
+// (docs/performance.md).
 const seedBatch = 1000
 
 // Watch re-seeds Redis from src whenever Redis may have lost writes: at
