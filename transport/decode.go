@@ -303,7 +303,7 @@ func (r putUserRequest) validate(catalog *domain.Catalog, f *fieldErrors) (ancho
 	return anchor
 }
 
-// maxIdempotencyKey bounds the Idempotency-Key header (SPEC: ≤ 255 chars).
+// maxIdempotencyKey bounds the Idempotency-Key header (docs/contract.md, "Validation": ≤ 255 bytes).
 const maxIdempotencyKey = 255
 
 // validateIdempotencyKey accepts an absent key or 1–255 visible ASCII

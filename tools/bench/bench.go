@@ -96,7 +96,7 @@ var phaseNames = []string{"rowlock", "gin", "many", "hot", "overlimit", "latency
 // comparison, and the overload scenarios (scenarios.go).
 var suites = map[string][]string{"compare": phaseNames, "overload": overloadPhases}
 
-// Fixed shapes of the load, from the targets in the issue.
+// Fixed shapes of the load, and the targets the figures are checked against (docs/performance.md).
 const (
 	manyUsers      = 10000
 	overUsers      = 1000

@@ -31,7 +31,7 @@ import (
 // overloadPhases are the suite's phases, in the order they run.
 var overloadPhases = []string{"capacity", "overload", "vegeta", "coldstart", "slowclients", "poison"}
 
-// The suite's fixed shapes, from the issue.
+// The suite's fixed shapes and targets (docs/performance.md, "Targets").
 const (
 	suiteUsers      = 2000
 	overloadFactors = "2,3" // multiples of capacity offered, in order
@@ -42,7 +42,7 @@ const (
 	poisonCreates   = 600
 	poisonBody      = `{"title":"x\u0000","language":"en-US","stt_provider":"google"}`
 	vegetaFactor    = 2
-	// Targets of the issue's "What must be shown".
+	// The targets the suite checks its figures against.
 	targetGoodputPct  = 90
 	targetServedP99   = 250 // ms
 	target503P99      = 20  // ms
