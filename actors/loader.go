@@ -121,17 +121,7 @@ func (l *loader) run() {
 			l.failQueued()
 			return
 		}
-		// Take whatever else is queued now, so one wake-up fills a batch.
-	fill:
-		for len(batch) < l.maxBatch {
-			select {
-			case j := <-l.queue:
-				batch = append(batch, j)
-			default:
-				break fill
-			}
-		}
-		l.serve(batch)
+		l.serve(fillBatch(batch, l.queue, l.maxBatch))
 	}
 }
 

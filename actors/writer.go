@@ -167,17 +167,7 @@ func (w *writer) run() {
 			w.failQueued()
 			return
 		}
-		// Take whatever else is queued now, so one wake-up fills a batch.
-	fill:
-		for len(batch) < w.maxBatch {
-			select {
-			case j := <-w.queue:
-				batch = append(batch, j)
-			default:
-				break fill
-			}
-		}
-		batch = w.startable(batch, time.Now())
+		batch = w.startable(fillBatch(batch, w.queue, w.maxBatch), time.Now())
 		if len(batch) == 0 {
 			continue
 		}
@@ -316,4 +306,19 @@ func (w *writer) failQueued() {
 			return
 		}
 	}
+}
+
+// fillBatch appends whatever else is queued on ch now, up to max in all:
+// one wake-up of a batching loop (the writer, the loader) fills a batch
+// without waiting for more.
+func fillBatch[T any](batch []T, ch <-chan T, max int) []T {
+	for len(batch) < max {
+		select {
+		case j := <-ch:
+			batch = append(batch, j)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
