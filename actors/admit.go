@@ -164,8 +164,8 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 	// needs nothing the actor holds (direct), the writer gives it to the
 	// caller itself and leaves the result in the actor's settled log —
 	// before answering, so the caller's next request finds the actor's
-	// state up to date; the actor is sent a message only when it waits for
-	// a result (settled.go). Otherwise the result goes to the actor as an
+	// state up to date; the actor is woken by one message per burst of
+	// results (settled.go). Otherwise the result goes to the actor as an
 	// admitDone message and the actor answers.
 	a.deps.writer.submit(userHash(a.id), &job{req: &e.req, answerBy: workDeadline(m.deadline), deliver: func(res persistence.AdmitResult, err error) {
 		r := direct(e, res, err)
@@ -320,16 +320,6 @@ func (a *userActor) stopIfPassivating(actx actor.Context) {
 	if a.passivating && len(a.inflight) == 0 && len(a.waiting) == 0 {
 		actx.Stop(actx.Self())
 	}
-}
-
-// awaitSettled makes sure the actor gets a message when an admission it
-// waits for settles — creates wait in a.waiting, or it is passivating —
-// and reports whether results came in meanwhile (absorb them first).
-func (a *userActor) awaitSettled() bool {
-	if a.settled == nil || len(a.inflight) == 0 || (len(a.waiting) == 0 && !a.passivating) {
-		return false
-	}
-	return !a.settled.await()
 }
 
 // outcome turns a result the writer did not answer (direct) into the

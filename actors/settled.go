@@ -6,18 +6,17 @@ import (
 	"github.com/tally-dev/tally/persistence"
 )
 
-// settledLog is how the group-commit writer tells a user's actor about the
-// admissions it answered itself (admit.go, direct) without a message per
-// result: an actor message costs a mailbox run on another goroutine, and
-// the actor needs these results only before its next decision. The writer
-// appends; the actor takes everything at the start of each message
-// (absorb). When the actor is waiting for a result — creates parked behind
-// in-flight reservations, or a passivation that must wait for the last
-// commit — it sets wake, and the next append sends it a wake message.
+// settledLog is how the group-commit writer hands a user's actor the
+// results of admissions it answered itself (admit.go, direct): appended
+// to a log the actor takes whole at its next message, with one wake
+// message when the log goes from empty to non-empty. A hot user's many
+// results of one batch thus cost the actor one message, not one each, and
+// the actor never holds a settled admission (its request, its answer) for
+// longer than its mailbox takes to reach the wake — which matters for
+// memory when a user sends one request and no more.
 type settledLog struct {
 	mu   sync.Mutex
 	done []settledResult
-	wake bool
 }
 
 type settledResult struct {
@@ -29,11 +28,12 @@ type settledResult struct {
 // wake tells an actor that results wait in its settled log.
 type wake struct{}
 
-// add appends one result and reports whether the actor must be woken.
+// add appends one result and reports whether the actor must be woken (the
+// log was empty: no wake is on its way yet).
 func (l *settledLog) add(id uint64, res persistence.AdmitResult, err error) (wakeUp bool) {
 	l.mu.Lock()
+	wakeUp = len(l.done) == 0
 	l.done = append(l.done, settledResult{id: id, res: res, err: err})
-	wakeUp, l.wake = l.wake, false
 	l.mu.Unlock()
 	return wakeUp
 }
@@ -45,16 +45,4 @@ func (l *settledLog) take() []settledResult {
 	l.done = nil
 	l.mu.Unlock()
 	return done
-}
-
-// await asks for a wake message on the next add; false (and no request)
-// when results are already waiting, to be taken first.
-func (l *settledLog) await() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.done) > 0 {
-		return false
-	}
-	l.wake = true
-	return true
 }

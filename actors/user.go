@@ -71,13 +71,6 @@ func (a *userActor) Receive(ctx actor.Context) {
 		a.deps.rejects.clear(a.id)
 		a.guard(m, func() { m.answer(a.handle(m)) })
 	}
-	// Waiting for a result the writer will answer itself: ask for a wake
-	// message, unless results came in meanwhile.
-	for a.awaitSettled() {
-		a.absorb()
-		a.drainWaiting(ctx)
-		a.stopIfPassivating(ctx)
-	}
 }
 
 // guard turns a panic into an internal error answer to the caller — at
