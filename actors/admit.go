@@ -38,12 +38,27 @@ import (
 // plan upgrade or reset made through another process can be missed.
 const rejectFreshness = time.Second
 
-// inflight is an admission handed to the writer, awaiting its commit.
+// inflight is an admission handed to the writer, awaiting its commit. It
+// is also the writer's job (one allocation per admission, not three): the
+// fields the writer reads are set before submit and never changed after.
 type inflight struct {
+	job
+	id      uint64
 	m       *createSession
 	req     persistence.AdmitRequest
 	plan    domain.Plan
 	retries int
+	sink    *resultSink
+}
+
+// resultSink is where the writer delivers a user's results: made once per
+// actor, never changed, so the writer's goroutine may read it.
+type resultSink struct {
+	root  *actor.RootContext
+	self  *actor.PID
+	cache CounterCache
+	user  string
+	log   settledLog // the one mutable part, behind its own lock
 }
 
 // waiter is a create that waits for in-flight admissions to settle.
@@ -151,36 +166,40 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 		// need it, and memory per active user is a target.
 		a.inflight = make(map[uint64]*inflight)
 	}
-	e := &inflight{m: m, req: req, plan: plan, retries: retries}
+	if a.sink == nil {
+		a.sink = &resultSink{root: actx.ActorSystem().Root, self: actx.Self(), cache: a.deps.cache, user: a.id}
+		a.settled = &a.sink.log
+	}
+	e := &inflight{id: id, m: m, req: req, plan: plan, retries: retries, sink: a.sink}
+	// The job points at the entry's request (never changed once
+	// submitted) rather than carrying a second copy of it.
+	e.job = job{req: &e.req, answerBy: workDeadline(m.deadline), of: e}
 	a.inflight[id] = e
 	a.reserved++
-	self, root := actx.Self(), actx.ActorSystem().Root
-	if a.settled == nil {
-		a.settled = &settledLog{}
+	a.deps.writer.submit(userHash(a.id), &e.job)
+}
+
+// deliver is the writer's result for e (called once, on the writer's
+// goroutine). When the answer needs nothing the actor holds (direct), the
+// writer gives it to the caller itself and leaves the result in the
+// actor's settled log — before answering, so the caller's next request
+// finds the actor's state up to date; the actor is woken by one message
+// per burst of results (settled.go). Otherwise the result goes to the
+// actor as an admitDone message and the actor answers.
+func (e *inflight) deliver(res persistence.AdmitResult, err error) {
+	s := e.sink
+	r := direct(e, res, err)
+	if r == nil {
+		s.root.Send(s.self, &admitDone{id: e.id, res: res, err: err})
+		return
 	}
-	log, cache, user := a.settled, a.deps.cache, a.id
-	// The job points at the in-flight entry's request (never changed once
-	// submitted) rather than carrying a second copy of it. When the answer
-	// needs nothing the actor holds (direct), the writer gives it to the
-	// caller itself and leaves the result in the actor's settled log —
-	// before answering, so the caller's next request finds the actor's
-	// state up to date; the actor is woken by one message per burst of
-	// results (settled.go). Otherwise the result goes to the actor as an
-	// admitDone message and the actor answers.
-	a.deps.writer.submit(userHash(a.id), &job{req: &e.req, answerBy: workDeadline(m.deadline), deliver: func(res persistence.AdmitResult, err error) {
-		r := direct(e, res, err)
-		if r == nil {
-			root.Send(self, &admitDone{id: id, res: res, err: err})
-			return
-		}
-		if err == nil {
-			cache.Put(user, e.req.Session.PeriodStart, res.Counters)
-		}
-		if log.add(id, res, err) {
-			root.Send(self, wake{})
-		}
-		m.answer(r)
-	}})
+	if err == nil {
+		s.cache.Put(s.user, e.req.Session.PeriodStart, res.Counters)
+	}
+	if s.log.add(e.id, res, err) {
+		s.root.Send(s.self, wake{})
+	}
+	e.m.answer(r)
 }
 
 // direct is the answer to an admission that the writer gives without the

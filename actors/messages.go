@@ -91,12 +91,27 @@ func (m *completeSession) userID() string { return m.user }
 func (m *failSession) userID() string     { return m.user }
 
 // reply is the one answer type of a user actor; err is a domain error or nil.
+// What only the account and upload answers carry sits behind a pointer,
+// so that a create's reply — the most frequent by far — stays small.
 type reply struct {
 	session domain.Session
-	user    domain.User
-	report  domain.Report
-	plan    domain.Plan
 	err     error
+	*account
+}
+
+// account is the part of a reply about the user and its plan.
+type account struct {
+	user   domain.User
+	report domain.Report
+	plan   domain.Plan
+}
+
+// accountOf returns r's account part, empty when it has none.
+func (r *reply) accountOf() *account {
+	if r.account == nil {
+		return &account{}
+	}
+	return r.account
 }
 
 // sweep is a shard's tick: passivate a few of the idle user actors it has

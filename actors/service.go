@@ -366,35 +366,37 @@ func (s *Service) ListSessions(ctx context.Context, userID string, limit int, af
 func (s *Service) PrepareUpload(ctx context.Context, userID, sessionID string, sizeMB float64) (domain.Session, domain.Plan, error) {
 	d := s.deadline(ctx)
 	r := s.ask(ctx, &prepareUpload{user: userID, session: sessionID, sizeMB: sizeMB, call: newCall(d)}, d)
-	return r.session, r.plan, r.err
+	return r.session, r.accountOf().plan, r.err
 }
 
 // Usage reports the user's current period.
 func (s *Service) Usage(ctx context.Context, userID string) (domain.Report, error) {
 	d := s.deadline(ctx)
 	r := s.ask(ctx, &getUsage{user: userID, call: newCall(d)}, d)
-	return r.report, r.err
+	return r.accountOf().report, r.err
 }
 
 // PutUser creates the user or changes plan and/or anchor.
 func (s *Service) PutUser(ctx context.Context, userID string, plan *string, anchor *time.Time) (domain.User, domain.Report, error) {
 	d := s.deadline(ctx)
 	r := s.ask(ctx, &putUser{user: userID, plan: plan, anchor: anchor, call: newCall(d)}, d)
-	return r.user, r.report, r.err
+	a := r.accountOf()
+	return a.user, a.report, r.err
 }
 
 // GetUser returns the user and its usage, or domain.ErrNotFound.
 func (s *Service) GetUser(ctx context.Context, userID string) (domain.User, domain.Report, error) {
 	d := s.deadline(ctx)
 	r := s.ask(ctx, &getUser{user: userID, call: newCall(d)}, d)
-	return r.user, r.report, r.err
+	a := r.accountOf()
+	return a.user, a.report, r.err
 }
 
 // ResetUsage starts a new billing period now.
 func (s *Service) ResetUsage(ctx context.Context, userID string) (domain.Report, error) {
 	d := s.deadline(ctx)
 	r := s.ask(ctx, &resetUsage{user: userID, call: newCall(d)}, d)
-	return r.report, r.err
+	return r.accountOf().report, r.err
 }
 
 // CompleteSession records a session's duration through its user's actor,

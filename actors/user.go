@@ -32,6 +32,7 @@ type userActor struct {
 	// Admissions handed to the writer and not yet settled (admit.go);
 	// settled holds those the writer answered itself, until absorbed.
 	settled     *settledLog
+	sink        *resultSink // made with settled, on the first admission
 	inflight    map[uint64]*inflight
 	nextID      uint64
 	reserved    int64 // in-flight admissions in the current period
@@ -233,7 +234,7 @@ func (a *userActor) usage(ctx context.Context) *reply {
 		return &reply{err: err}
 	}
 	rep, err := a.report()
-	return &reply{report: rep, user: *a.user, err: err}
+	return &reply{err: err, account: &account{report: rep, user: *a.user}}
 }
 
 func (a *userActor) getUser(ctx context.Context) *reply {
@@ -247,7 +248,7 @@ func (a *userActor) getUser(ctx context.Context) *reply {
 		return &reply{err: err}
 	}
 	rep, err := a.report()
-	return &reply{user: *a.user, report: rep, err: err}
+	return &reply{err: err, account: &account{user: *a.user, report: rep}}
 }
 
 func (a *userActor) putUser(ctx context.Context, plan *string, anchor *time.Time) *reply {
@@ -273,7 +274,7 @@ func (a *userActor) putUser(ctx context.Context, plan *string, anchor *time.Time
 		return &reply{err: err}
 	}
 	rep, err := a.report()
-	return &reply{user: *a.user, report: rep, err: err}
+	return &reply{err: err, account: &account{user: *a.user, report: rep}}
 }
 
 func (a *userActor) prepareUpload(ctx context.Context, m *prepareUpload) *reply {
@@ -299,7 +300,7 @@ func (a *userActor) prepareUpload(ctx context.Context, m *prepareUpload) *reply 
 	if err != nil {
 		return &reply{err: err}
 	}
-	return &reply{session: s, plan: plan}
+	return &reply{session: s, account: &account{plan: plan}}
 }
 
 func (a *userActor) complete(ctx context.Context, m *completeSession) *reply {

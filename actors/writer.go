@@ -48,8 +48,10 @@ type writer struct {
 type job struct {
 	req      *persistence.AdmitRequest
 	answerBy time.Time // when the writer answers at the latest: workDeadline of the request's
-	deliver  func(persistence.AdmitResult, error)
+	of       *inflight // whose deliver gets the result
 }
+
+func (j *job) deliver(res persistence.AdmitResult, err error) { j.of.deliver(res, err) }
 
 // errOverloaded answers admissions that find the writer's queue full: the
 // service is past what the store can absorb, and the client should retry.
