@@ -139,6 +139,10 @@ func (r *runner) phaseCPU(ctx context.Context, p *Phase) error {
 					r.logf("cpu: %v (dropped at the end instead)", e)
 				}
 			}
+			// The binaries were built for this phase only.
+			if e := os.Remove(b.path); e != nil && !errors.Is(e, os.ErrNotExist) {
+				r.logf("cpu: %v", e)
+			}
 		}
 	}()
 	for _, b := range bins {
