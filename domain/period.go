@@ -14,6 +14,12 @@ type Period struct {
 // start before they know the user's anchor.
 const MaxPeriodLength = 31 * 24 * time.Hour
 
+// AnchorLimit is the first billing anchor refused: a period starting at an
+// anchor before it ends by 9999-12-31 at the latest, so every period start
+// and end is a valid RFC 3339 date-time (four-digit years). A later anchor
+// would give a first period ending in year 10000.
+var AnchorLimit = time.Date(9999, 12, 1, 0, 0, 0, 0, time.UTC)
+
 // Contains reports whether t falls inside the period.
 func (p Period) Contains(t time.Time) bool {
 	return !t.Before(p.Start) && t.Before(p.End)

@@ -171,3 +171,18 @@ func TestUserPeriodNeverBeforeAnchor(t *testing.T) {
 		t.Fatalf("a month later: %+v", p)
 	}
 }
+
+// An anchor just before AnchorLimit keeps every period inside year 9999
+// (valid RFC 3339 date-times); AnchorLimit itself would not, so the limit
+// is as late as it can be.
+func TestAnchorLimitKeepsPeriodsInYear9999(t *testing.T) {
+	last := AnchorLimit.Add(-time.Microsecond)
+	for _, now := range []time.Time{time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC), last, last.Add(20 * 24 * time.Hour)} {
+		if p := PeriodAt(last, now); p.End.Year() > 9999 || p.Start.Year() > 9999 {
+			t.Errorf("anchor %s, now %s: period %s – %s leaves year 9999", last, now, p.Start, p.End)
+		}
+	}
+	if p := PeriodAt(AnchorLimit, AnchorLimit); p.End.Year() <= 9999 {
+		t.Errorf("anchor %s still ends its first period in %d: the limit could be later", AnchorLimit, p.End.Year())
+	}
+}

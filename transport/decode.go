@@ -298,6 +298,10 @@ func (r putUserRequest) validate(catalog *domain.Catalog, f *fieldErrors) (ancho
 			return nil
 		}
 		t = t.UTC()
+		if !t.Before(domain.AnchorLimit) {
+			f.add("billing_anchor", "must be before "+domain.AnchorLimit.Format(time.RFC3339)+", so that every period ends within year 9999")
+			return nil
+		}
 		anchor = &t
 	}
 	return anchor

@@ -188,6 +188,7 @@ func (s *server) observe(c *gin.Context) {
 		id = newRequestID()
 	}
 	c.Header(headerRequestID, id)
+	secureHeaders(c.Writer.Header())
 
 	defer func() {
 		if p := recover(); p != nil {
@@ -277,6 +278,21 @@ func newRequestID() string {
 	return string(b[:])
 }
 
+// Every response says that its body is what its Content-Type says (no
+// sniffing a JSON error into HTML) and that no cache may keep it: answers
+// carry a user's usage and sessions. The values are shared, read-only
+// slices (assigned, not Set, so no response allocates them); net/http
+// copies header values when it writes them.
+var (
+	nosniff = []string{"nosniff"}
+	noStore = []string{"no-store"}
+)
+
+func secureHeaders(h http.Header) {
+	h["X-Content-Type-Options"] = nosniff
+	h["Cache-Control"] = noStore
+}
+
 // errBusy answers requests over MaxInFlight.
 var errBusy = domain.Shed("the server is busy")
 
@@ -363,6 +379,7 @@ func (b *bounded) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !validRequestID(id) {
 			id = newRequestID()
 		}
+		secureHeaders(h)
 		h.Set(headerRequestID, id)
 		h.Set("Retry-After", "1")
 		h.Set("Content-Type", "application/json; charset=utf-8")

@@ -741,6 +741,9 @@ func TestAdminUsers(t *testing.T) {
 		{"/admin/v1/users/bob", `{}`, []string{"plan"}},
 		{"/admin/v1/users/bob", `{"plan":"gold"}`, []string{"plan"}},
 		{"/admin/v1/users/bob", `{"plan":"pro","billing_anchor":"yesterday"}`, []string{"billing_anchor"}},
+		// Its first period would end in year 10000, not a valid date-time.
+		{"/admin/v1/users/bob", `{"plan":"pro","billing_anchor":"9999-12-31T00:00:00Z"}`, []string{"billing_anchor"}},
+		{"/admin/v1/users/bob", `{"plan":"pro","billing_anchor":"9999-12-01T00:00:00Z"}`, []string{"billing_anchor"}},
 		{"/admin/v1/users/b%20b", `{"plan":"pro"}`, []string{"id"}},
 		{"/admin/v1/users/" + strings.Repeat("u", 129), `{"plan":"x"}`, []string{"id", "plan"}},
 	} {
@@ -1135,6 +1138,7 @@ func TestMaxInFlight(t *testing.T) {
 	if r.Header.Get("Retry-After") != "1" {
 		t.Error("no Retry-After")
 	}
+	wantSecureHeaders(t, "a shed 503", r)
 	// Shed before any work: not even the token is looked at.
 	wantError(t, e.do("POST", "/api/v1/sessions", "not-a-token", map[string]string{"title": "t"}), 503, "unavailable")
 	if got := plainMetric(t, e.registry, "tally_http_shed_total"); got != 2 {
@@ -1154,4 +1158,30 @@ func TestMaxInFlight(t *testing.T) {
 	if r := e.do("GET", "/api/v1/sessions/s-1", tok, nil); r.Status != 200 {
 		t.Errorf("after release %d %s", r.Status, r.Body)
 	}
+}
+
+// wantSecureHeaders checks that a response forbids content sniffing and
+// caching (answers carry a user's usage and sessions).
+func wantSecureHeaders(t *testing.T, what string, r *apitest.Response) {
+	t.Helper()
+	if got := r.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+		t.Errorf("%s: X-Content-Type-Options %q, want nosniff", what, got)
+	}
+	if got := r.Header.Get("Cache-Control"); got != "no-store" {
+		t.Errorf("%s: Cache-Control %q, want no-store", what, got)
+	}
+}
+
+// Every kind of answer carries the headers: a success, a client error, an
+// auth failure, an ops endpoint.
+func TestResponsesForbidSniffingAndCaching(t *testing.T) {
+	e := newEnv(t)
+	e.accounts.usage = func(context.Context, string) (domain.Report, error) {
+		return report("u1", freePlan(), domain.Usage{}), nil
+	}
+	tok := e.token("u1")
+	wantSecureHeaders(t, "200", e.do("GET", "/api/v1/usage", tok, nil))
+	wantSecureHeaders(t, "422", e.do("POST", "/api/v1/sessions", tok, map[string]string{"title": ""}))
+	wantSecureHeaders(t, "401", e.do("GET", "/api/v1/usage", "", nil))
+	wantSecureHeaders(t, "/healthz", e.do("GET", "/healthz", "", nil))
 }
