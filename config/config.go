@@ -94,8 +94,11 @@ type Config struct {
 	// it is passivated (TALLY_IDLE_TIMEOUT).
 	IdleTimeout time.Duration
 	// DebugAddr, when set, serves net/http/pprof on a separate listener
-	// (TALLY_DEBUG_ADDR), for profiling; keep it on loopback.
-	DebugAddr string
+	// (TALLY_DEBUG_ADDR), for profiling. It must be a loopback address
+	// unless DebugAllowRemote: pprof hands out heap contents (tokens,
+	// request bodies) and goroutine stacks to whoever can reach it.
+	DebugAddr        string
+	DebugAllowRemote bool
 
 	// HTTPReadTimeout bounds reading one whole request, headers and body
 	// (TALLY_HTTP_READ_TIMEOUT): a client that stalls mid-body is cut off.
@@ -338,6 +341,19 @@ var vars = []Var{
 		get: func(c Config) string { return c.DebugAddr },
 	},
 	{
+		Name: "TALLY_DEBUG_ALLOW_REMOTE", Default: "false",
+		Meaning: "true lets TALLY_DEBUG_ADDR listen on a non-loopback address (pprof exposes memory contents: only behind a firewall)",
+		parse: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return errors.New("want true or false")
+			}
+			c.DebugAllowRemote = b
+			return nil
+		},
+		get: func(c Config) string { return strconv.FormatBool(c.DebugAllowRemote) },
+	},
+	{
 		Name: "TALLY_STT_PROVIDERS", Default: "google,assemblyai",
 		Meaning: "accepted stt_provider values, comma-separated",
 		parse: func(c *Config, v string) error {
@@ -472,6 +488,9 @@ func (c Config) crossCheck(bad map[string]bool) []error {
 	if len(c.RedisSentinels) == 0 && c.RedisMaster != "" {
 		add("TALLY_REDIS_SENTINELS", "is required when TALLY_REDIS_MASTER is set: want a comma-separated list of host:port")
 	}
+	if c.DebugAddr != "" && !c.DebugAllowRemote && !loopback(c.DebugAddr) {
+		add("TALLY_DEBUG_ADDR", "serves pprof (heap contents, goroutine stacks) and must listen on loopback: want 127.0.0.1:PORT, [::1]:PORT or localhost:PORT, or set TALLY_DEBUG_ALLOW_REMOTE=true")
+	}
 	if c.HTTPWriteTimeout <= c.RequestTimeout {
 		add("TALLY_HTTP_WRITE_TIMEOUT", fmt.Sprintf("must be longer than TALLY_REQUEST_TIMEOUT (%s), or the answer to a request that used its whole deadline could not be written", c.RequestTimeout))
 	}
@@ -602,6 +621,20 @@ func checkHostPort(s string, needHost bool) error {
 		return errors.New("want host:port")
 	}
 	return nil
+}
+
+// loopback reports whether host:port names a loopback interface only (an
+// empty host, as in ":6060", is every interface).
+func loopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // checkURL checks that s parses as scheme://… for one of the schemes. The

@@ -360,6 +360,29 @@ func TestRedacted(t *testing.T) {
 // TestVarsAreTheSingleSource checks that Load reads exactly the variables
 // Vars documents, that each is documented, and that each default survives
 // a round trip through Load and Redacted.
+// pprof hands out memory contents: TALLY_DEBUG_ADDR is refused on any
+// address but loopback, unless TALLY_DEBUG_ALLOW_REMOTE says otherwise.
+func TestDebugAddrIsLoopbackUnlessAllowed(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:6060", "[::1]:6060", "localhost:6060"} {
+		if c := mustLoad(t, map[string]string{"TALLY_DEBUG_ADDR": addr}); c.DebugAddr != addr {
+			t.Errorf("%s: DebugAddr %q", addr, c.DebugAddr)
+		}
+	}
+	for _, addr := range []string{":6060", "0.0.0.0:6060", "10.1.2.3:6060", "[::]:6060", "debug.internal:6060"} {
+		_, err := Load(env(map[string]string{"TALLY_DEBUG_ADDR": addr}))
+		if err == nil || !strings.Contains(err.Error(), "TALLY_DEBUG_ADDR") || !strings.Contains(err.Error(), "loopback") {
+			t.Errorf("%s: %v, want a refusal naming TALLY_DEBUG_ADDR and loopback", addr, err)
+		}
+		c := mustLoad(t, map[string]string{"TALLY_DEBUG_ADDR": addr, "TALLY_DEBUG_ALLOW_REMOTE": "true"})
+		if c.DebugAddr != addr || !c.DebugAllowRemote {
+			t.Errorf("%s allowed: %+v", addr, c)
+		}
+	}
+	if _, err := Load(env(map[string]string{"TALLY_DEBUG_ALLOW_REMOTE": "yes please"})); err == nil || !strings.Contains(err.Error(), "true or false") {
+		t.Errorf("a non-boolean TALLY_DEBUG_ALLOW_REMOTE: %v", err)
+	}
+}
+
 func TestVarsAreTheSingleSource(t *testing.T) {
 	read := map[string]bool{}
 	if _, err := Load(func(k string) string { read[k] = true; return "" }); err != nil {
