@@ -99,6 +99,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	if err = a.store.Migrate(ctx); err != nil {
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
+	// go-redis logs on its own (dial failures, Sentinel switches): into
+	// the service's JSON log, not plain text on stderr.
+	rediscache.RouteDriverLogs(log)
 	if a.redis, a.mini, err = openRedis(cfg); err != nil {
 		return nil, err
 	}
