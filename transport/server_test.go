@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/internal/testenv"
 	"github.com/tally-dev/tally/transport"
 	"github.com/tally-dev/tally/transport/apitest"
 )
@@ -190,19 +191,6 @@ func (c *clock) Add(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// lockedBuffer collects log output from any goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
 type checker struct {
 	name string
 	err  error
@@ -228,7 +216,7 @@ type env struct {
 	h        http.Handler
 	accounts *fakeAccounts
 	clock    *clock
-	logs     *lockedBuffer
+	logs     *testenv.LockedBuffer
 	registry *prometheus.Registry
 	v        *apitest.Validator
 }
@@ -236,7 +224,7 @@ type env struct {
 func newEnv(t *testing.T, tweak ...func(*transport.Options)) *env {
 	t.Helper()
 	e := &env{
-		t: t, accounts: &fakeAccounts{}, clock: &clock{t: t0}, logs: &lockedBuffer{},
+		t: t, accounts: &fakeAccounts{}, clock: &clock{t: t0}, logs: &testenv.LockedBuffer{},
 		registry: prometheus.NewRegistry(), v: apitest.NewValidator(t),
 	}
 	opts := transport.Options{
