@@ -129,6 +129,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Accounts:      a.accounts,
 		Catalog:       cfg.Plans,
 		JWTSecret:     []byte(cfg.JWTSecret),
+		JWTMaxTTL:     cfg.JWTMaxTTL,
 		AdminToken:    cfg.AdminToken,
 		UploadBaseURL: cfg.UploadBaseURL,
 		Providers:     cfg.STTProviders,

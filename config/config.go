@@ -65,6 +65,10 @@ type Config struct {
 	// (TALLY_JWT_SECRET). Empty only in embedded mode, where the caller
 	// generates one.
 	JWTSecret string
+	// JWTMaxTTL is the longest lifetime a user token may have left: a
+	// token whose exp lies further ahead is refused (TALLY_JWT_MAX_TTL), so
+	// that a leaked long-lived token cannot outlive a rotation.
+	JWTMaxTTL time.Duration
 	// AdminToken is the bearer token of admin endpoints (TALLY_ADMIN_TOKEN).
 	// Empty only in embedded mode, where the caller generates one.
 	AdminToken string
@@ -244,6 +248,12 @@ var vars = []Var{
 		Meaning: fmt.Sprintf("HS256 secret of user tokens, at least %d characters; required with TALLY_DATABASE_URL, generated and printed in embedded mode", MinSecretLen),
 		parse:   func(c *Config, v string) error { return setSecret(&c.JWTSecret, v) },
 		get:     func(c Config) string { return c.JWTSecret },
+	},
+	{
+		Name: "TALLY_JWT_MAX_TTL", Default: "24h",
+		Meaning: "a user token whose exp lies further ahead than this is refused, and `tally token` issues none longer; Go duration > 0",
+		parse:   durationInto(func(c *Config) *time.Duration { return &c.JWTMaxTTL }),
+		get:     func(c Config) string { return c.JWTMaxTTL.String() },
 	},
 	{
 		Name: "TALLY_ADMIN_TOKEN", Secret: true,

@@ -76,6 +76,7 @@ func TestDefaults(t *testing.T) {
 		MaxConns:         4096,
 		MaxInFlight:      512,
 		MaxUserInFlight:  128,
+		JWTMaxTTL:        24 * time.Hour,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %#v\nwant %#v", c, want)
@@ -114,6 +115,7 @@ func TestEveryOverride(t *testing.T) {
 		"TALLY_MAX_CONNS":          "100",
 		"TALLY_MAX_IN_FLIGHT":      "64",
 		"TALLY_MAX_USER_IN_FLIGHT": "8",
+		"TALLY_JWT_MAX_TTL":        "2h",
 	}
 	c := mustLoad(t, m)
 	want := Config{
@@ -124,6 +126,7 @@ func TestEveryOverride(t *testing.T) {
 		RedisURL:         "rediss://:pw@cache:6380/3",
 		RedisKeyPrefix:   "t1:",
 		JWTSecret:        secretA,
+		JWTMaxTTL:        2 * time.Hour,
 		AdminToken:       secretB,
 		PlansFile:        plans,
 		Plans:            c.Plans,

@@ -68,6 +68,7 @@ const (
 // search.
 type authenticator struct {
 	secret    []byte
+	maxTTL    time.Duration
 	adminHash [sha256.Size]byte
 	parser    *jwt.Parser
 	now       func() time.Time
@@ -85,9 +86,17 @@ type verifiedToken struct {
 	exp int64 // Unix microseconds (a time.Time would take 24 bytes, not 8)
 }
 
-func newAuthenticator(secret []byte, adminToken string, now func() time.Time) *authenticator {
+// DefaultJWTMaxTTL is the longest lifetime left a user token may have
+// when Options.JWTMaxTTL is zero.
+const DefaultJWTMaxTTL = 24 * time.Hour
+
+func newAuthenticator(secret []byte, adminToken string, maxTTL time.Duration, now func() time.Time) *authenticator {
+	if maxTTL <= 0 {
+		maxTTL = DefaultJWTMaxTTL
+	}
 	return &authenticator{
 		secret:    append([]byte(nil), secret...),
+		maxTTL:    maxTTL,
 		adminHash: sha256.Sum256([]byte(adminToken)),
 		parser: jwt.NewParser(
 			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
@@ -105,6 +114,7 @@ var (
 	errNoToken      = &domain.Error{Code: domain.CodeUnauthorized, Message: "missing bearer token"}
 	errBadToken     = &domain.Error{Code: domain.CodeUnauthorized, Message: "invalid token"}
 	errExpiredToken = &domain.Error{Code: domain.CodeUnauthorized, Message: "token is expired"}
+	errTokenTooLong = &domain.Error{Code: domain.CodeUnauthorized, Message: "token expires further ahead than this service accepts (TALLY_JWT_MAX_TTL)"}
 	errBadAdmin     = &domain.Error{Code: domain.CodeUnauthorized, Message: "invalid admin token"}
 	errLongToken    = &domain.Error{Code: domain.CodeUnauthorized, Message: "bearer token is over 8 KiB"}
 	errNotAdmin     = &domain.Error{Code: domain.CodeForbidden, Message: "this endpoint needs the admin token"}
@@ -154,6 +164,11 @@ func (a *authenticator) user(token string) (string, error) {
 	}
 	if claims.Subject == "" || claims.ExpiresAt == nil {
 		return "", errBadToken
+	}
+	// A lifetime is judged at first sight; a cached token only gets
+	// closer to its exp.
+	if claims.ExpiresAt.Sub(now) > a.maxTTL {
+		return "", errTokenTooLong
 	}
 	if err := checkSubject(claims.Subject); err != nil {
 		return "", err

@@ -30,9 +30,12 @@ import (
 // Options configures the HTTP edge. Accounts, Catalog, JWTSecret,
 // AdminToken, UploadBaseURL and Providers are required.
 type Options struct {
-	Accounts   domain.Accounts
-	Catalog    *domain.Catalog
-	JWTSecret  []byte // HS256 key of user tokens; also the root of the upload-URL key
+	Accounts  domain.Accounts
+	Catalog   *domain.Catalog
+	JWTSecret []byte // HS256 key of user tokens; also the root of the upload-URL key
+	// JWTMaxTTL refuses a user token whose exp lies further ahead; zero
+	// means DefaultJWTMaxTTL.
+	JWTMaxTTL  time.Duration
 	AdminToken string
 	// UploadBaseURL is the absolute http(s) URL signed upload URLs are
 	// built under: <base>/<session id>/<filename>?expires=…&size_mb=…&sig=….
@@ -117,7 +120,7 @@ func New(opts Options) (http.Handler, error) {
 	if opts.MaxInFlight > 0 {
 		s.slots = make(chan struct{}, opts.MaxInFlight)
 	}
-	s.auth = newAuthenticator(opts.JWTSecret, opts.AdminToken, s.now)
+	s.auth = newAuthenticator(opts.JWTSecret, opts.AdminToken, opts.JWTMaxTTL, s.now)
 	if s.plansJSON, err = encodePlans(opts.Catalog); err != nil {
 		return nil, err
 	}

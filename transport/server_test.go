@@ -1173,3 +1173,33 @@ func TestResponsesForbidSniffingAndCaching(t *testing.T) {
 	wantSecureHeaders(t, "401", e.do("GET", "/api/v1/usage", "", nil))
 	wantSecureHeaders(t, "/healthz", e.do("GET", "/healthz", "", nil))
 }
+
+// A token whose exp lies further ahead than the service's maximum lifetime
+// (TALLY_JWT_MAX_TTL; 24h by default) is refused — a leaked long-lived
+// token would otherwise outlive every rotation — while one within it is
+// accepted, on first sight and from the cache alike.
+func TestLongLivedTokensAreRefused(t *testing.T) {
+	e := newEnv(t)
+	e.accounts.usage = func(context.Context, string) (domain.Report, error) {
+		return report("u1", freePlan(), domain.Usage{}), nil
+	}
+	for _, ttl := range []time.Duration{25 * time.Hour, 876000 * time.Hour} {
+		tok, err := transport.IssueToken(secret, "u1", ttl, e.clock.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := wantError(t, e.do("GET", "/api/v1/usage", tok, nil), 401, "unauthorized")
+		if !strings.Contains(b.Detail.Message, "TALLY_JWT_MAX_TTL") {
+			t.Errorf("ttl %s: message %q does not name the bound", ttl, b.Detail.Message)
+		}
+	}
+	tok, err := transport.IssueToken(secret, "u1", 23*time.Hour, e.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // verified, then from the cache
+		if r := e.do("GET", "/api/v1/usage", tok, nil); r.Status != 200 {
+			t.Fatalf("a 23h token: %d %s", r.Status, r.Body)
+		}
+	}
+}

@@ -61,6 +61,11 @@ func TestTokenCommand(t *testing.T) {
 	if err := run(context.Background(), []string{"token", "--user", "bad user"}, func(k string) string { return env[k] }, io.Discard, io.Discard); err == nil {
 		t.Fatal("an invalid user id was accepted")
 	}
+	// A 100-year token is refused, naming the bound it is over.
+	err := run(context.Background(), []string{"token", "--user", "alice", "--ttl", "876000h"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "TALLY_JWT_MAX_TTL") {
+		t.Fatalf("--ttl 876000h: %v, want a refusal naming TALLY_JWT_MAX_TTL", err)
+	}
 }
 
 func TestBadConfigNamesTheVariable(t *testing.T) {

@@ -59,6 +59,9 @@ func runToken(ctx context.Context, args []string, env func(string) string, stdou
 			return err
 		}
 	}
+	if *ttl > cfg.JWTMaxTTL {
+		return fmt.Errorf("--ttl %s is longer than TALLY_JWT_MAX_TTL (%s): the service would refuse the token", *ttl, cfg.JWTMaxTTL)
+	}
 	tok, err := transport.IssueToken([]byte(cfg.JWTSecret), *user, *ttl, time.Now())
 	if err != nil {
 		return err

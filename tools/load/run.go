@@ -214,8 +214,10 @@ func newEngine(cfg Config) (*engine, error) {
 		keepIDs: !cfg.NoVerify,
 		stopCh:  make(chan struct{}),
 	}
-	// Tokens outlive the run, its warm-up and a slow verification.
-	ttl := cfg.Warmup + cfg.Duration + 24*time.Hour
+	// Tokens outlive the run, its warm-up and a slow verification, within
+	// the service's default TALLY_JWT_MAX_TTL (24h), which refuses tokens
+	// that expire further ahead.
+	ttl := min(cfg.Warmup+cfg.Duration+2*time.Hour, 23*time.Hour)
 	now := time.Now()
 	e.users = make([]user, cfg.Users)
 	for i := range e.users {
