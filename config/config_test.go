@@ -16,8 +16,8 @@ import (
 )
 
 const (
-	secretA = "0123456789abcdef-jwt"
-	secretB = "0123456789abcdef-admin"
+	secretA = "0123456789abcdef0123456789abcdef-jwt"
+	secretB = "0123456789abcdef0123456789abcdef-admin"
 )
 
 // env is a getenv over a map, so tests never depend on the real environment.
@@ -189,10 +189,10 @@ func TestInvalid(t *testing.T) {
 		{"TALLY_REDIS_SENTINELS", ":26379", false, "with a host"},
 		{"TALLY_REDIS_SENTINELS", "s1:26379,,s2:26379", false, "host:port"},
 		{"TALLY_REDIS_MASTER", "my master", false, "without spaces"},
-		{"TALLY_JWT_SECRET", "short", false, "TALLY_JWT_SECRET is invalid: want at least 16 characters, got 5"},
-		{"TALLY_JWT_SECRET", "short-embedded", true, "at least 16 characters"},
-		{"TALLY_ADMIN_TOKEN", "tiny", false, "TALLY_ADMIN_TOKEN is invalid: want at least 16 characters"},
-		{"TALLY_ADMIN_TOKEN", "tiny-embedded", true, "at least 16 characters"},
+		{"TALLY_JWT_SECRET", "short", false, "TALLY_JWT_SECRET is invalid: want at least 32 bytes, got 5"},
+		{"TALLY_JWT_SECRET", "short-embedded", true, "at least 32 bytes"},
+		{"TALLY_ADMIN_TOKEN", "tiny", false, "TALLY_ADMIN_TOKEN is invalid: want at least 32 bytes"},
+		{"TALLY_ADMIN_TOKEN", "tiny-embedded", true, "at least 32 bytes"},
 		{"TALLY_PLANS_FILE", "/nonexistent/plans.yaml", false, "cannot read it: no such file or directory"},
 		{"TALLY_UPLOAD_BASE_URL", "/uploads", false, "want an absolute http:// or https:// URL"},
 		{"TALLY_UPLOAD_BASE_URL", "ftp://files/x", false, "want an absolute http"},
@@ -284,10 +284,16 @@ func TestSecretsRequiredUnlessEmbedded(t *testing.T) {
 		_, err := Load(env(m))
 		assertOneError(t, err, name, "is required when TALLY_DATABASE_URL is set")
 	}
-	// Exactly 16 characters is enough, counted in characters, not bytes.
-	mustLoad(t, withDB(map[string]string{"TALLY_JWT_SECRET": strings.Repeat("x", 16)}))
-	_, err := Load(env(withDB(map[string]string{"TALLY_JWT_SECRET": strings.Repeat("é", 15)})))
-	assertOneError(t, err, "TALLY_JWT_SECRET", "got 15")
+	// Exactly 32 bytes is enough, counted in bytes (the key's size), not
+	// characters: 31 bytes is refused, however it is spelled.
+	mustLoad(t, withDB(map[string]string{"TALLY_JWT_SECRET": strings.Repeat("x", 32)}))
+	_, err := Load(env(withDB(map[string]string{"TALLY_JWT_SECRET": strings.Repeat("x", 31)})))
+	assertOneError(t, err, "TALLY_JWT_SECRET", "got 31")
+	_, err = Load(env(withDB(map[string]string{"TALLY_JWT_SECRET": strings.Repeat("é", 15)}))) // 30 bytes
+	assertOneError(t, err, "TALLY_JWT_SECRET", "got 30")
+	// The admin token may not be the signing secret.
+	_, err = Load(env(withDB(map[string]string{"TALLY_ADMIN_TOKEN": secretA})))
+	assertOneError(t, err, "TALLY_ADMIN_TOKEN", "must differ from TALLY_JWT_SECRET")
 }
 
 func TestRedisCombinations(t *testing.T) {

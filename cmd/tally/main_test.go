@@ -50,7 +50,7 @@ func TestHelpListsCommands(t *testing.T) {
 }
 
 func TestTokenCommand(t *testing.T) {
-	env := map[string]string{"TALLY_JWT_SECRET": "token-test-secret-0123456789", "TALLY_DATABASE_URL": "postgres://x@127.0.0.1/x", "TALLY_ADMIN_TOKEN": "token-test-admin-0123456789"}
+	env := map[string]string{"TALLY_JWT_SECRET": "token-test-secret-0123456789abcdef", "TALLY_DATABASE_URL": "postgres://x@127.0.0.1/x", "TALLY_ADMIN_TOKEN": "token-test-admin-0123456789abcdef"}
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"token", "--user", "alice", "--ttl", "2h"}, func(k string) string { return env[k] }, &out, io.Discard); err != nil {
 		t.Fatal(err)
@@ -225,11 +225,11 @@ func TestKillNineThenRedisFlushLosesNothing(t *testing.T) {
 // SIGTERM drains: the process exits 0 on its own, and every create that
 // was answered 200 before or during the drain is in the store afterwards.
 func TestSIGTERMDrainsAndExitsCleanly(t *testing.T) {
-	const secret = "shutdown-test-secret-0123456789"
+	const secret = "shutdown-test-secret-0123456789abcdef"
 	env := map[string]string{
 		"TALLY_DATA_DIR":    t.TempDir(),
 		"TALLY_JWT_SECRET":  secret,
-		"TALLY_ADMIN_TOKEN": "shutdown-test-admin-0123456789",
+		"TALLY_ADMIN_TOKEN": "shutdown-test-admin-0123456789abcdef",
 		"TALLY_LOG_LEVEL":   "warn",
 	}
 	tok, _ := transport.IssueToken([]byte(secret), "drain", time.Hour, time.Now())

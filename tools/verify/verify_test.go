@@ -520,7 +520,7 @@ func TestFromConfig(t *testing.T) {
 	opts = load(map[string]string{
 		"TALLY_DATABASE_URL": pg.opts.DatabaseURL, "TALLY_REDIS_URL": testenv.RedisURL(addr),
 		"TALLY_REDIS_KEY_PREFIX": pg.opts.RedisKeyPrefix,
-		"TALLY_JWT_SECRET":       "verify-test-secret-0123456789", "TALLY_ADMIN_TOKEN": "verify-test-admin-0123456789",
+		"TALLY_JWT_SECRET":       "verify-test-secret-0123456789abcdef", "TALLY_ADMIN_TOKEN": "verify-test-admin-0123456789abcdef",
 	})
 	rep, err = verify.Run(t.Context(), opts)
 	if err != nil {
