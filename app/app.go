@@ -130,6 +130,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Catalog:       cfg.Plans,
 		JWTSecret:     []byte(cfg.JWTSecret),
 		JWTMaxTTL:     cfg.JWTMaxTTL,
+		UploadSecret:  []byte(cfg.UploadSecret),
 		AdminToken:    cfg.AdminToken,
 		UploadBaseURL: cfg.UploadBaseURL,
 		Providers:     cfg.STTProviders,

@@ -69,6 +69,9 @@ type Config struct {
 	// token whose exp lies further ahead is refused (TALLY_JWT_MAX_TTL), so
 	// that a leaked long-lived token cannot outlive a rotation.
 	JWTMaxTTL time.Duration
+	// UploadSecret, when set, signs upload URLs (TALLY_UPLOAD_SECRET), so
+	// that the service checking uploads holds no key that mints tokens.
+	UploadSecret string
 	// AdminToken is the bearer token of admin endpoints (TALLY_ADMIN_TOKEN).
 	// Empty only in embedded mode, where the caller generates one.
 	AdminToken string
@@ -254,6 +257,12 @@ var vars = []Var{
 		Meaning: "a user token whose exp lies further ahead than this is refused, and `tally token` issues none longer; Go duration > 0",
 		parse:   durationInto(func(c *Config) *time.Duration { return &c.JWTMaxTTL }),
 		get:     func(c Config) string { return c.JWTMaxTTL.String() },
+	},
+	{
+		Name: "TALLY_UPLOAD_SECRET", Secret: true,
+		Meaning: fmt.Sprintf("key that signs upload URLs, at least %d bytes, unlike the JWT secret and the admin token; give it to the service that checks uploads; unset: a key derived from TALLY_JWT_SECRET", MinSecretLen),
+		parse:   func(c *Config, v string) error { return setSecret(&c.UploadSecret, v) },
+		get:     func(c Config) string { return c.UploadSecret },
 	},
 	{
 		Name: "TALLY_ADMIN_TOKEN", Secret: true,
@@ -500,6 +509,9 @@ func (c Config) crossCheck(bad map[string]bool) []error {
 	}
 	if c.DebugAddr != "" && !c.DebugAllowRemote && !loopback(c.DebugAddr) {
 		add("TALLY_DEBUG_ADDR", "serves pprof (heap contents, goroutine stacks) and must listen on loopback: want 127.0.0.1:PORT, [::1]:PORT or localhost:PORT, or set TALLY_DEBUG_ALLOW_REMOTE=true")
+	}
+	if c.UploadSecret != "" && (c.UploadSecret == c.JWTSecret || c.UploadSecret == c.AdminToken) {
+		add("TALLY_UPLOAD_SECRET", "must differ from TALLY_JWT_SECRET and TALLY_ADMIN_TOKEN: the service that checks uploads holds it")
 	}
 	if c.AdminToken != "" && c.AdminToken == c.JWTSecret {
 		add("TALLY_ADMIN_TOKEN", "must differ from TALLY_JWT_SECRET: whoever holds the admin token could otherwise sign any user's token, and a leaked signing secret would open the admin API")

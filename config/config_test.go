@@ -291,9 +291,19 @@ func TestSecretsRequiredUnlessEmbedded(t *testing.T) {
 	assertOneError(t, err, "TALLY_JWT_SECRET", "got 31")
 	_, err = Load(env(withDB(map[string]string{"TALLY_JWT_SECRET": strings.Repeat("é", 15)}))) // 30 bytes
 	assertOneError(t, err, "TALLY_JWT_SECRET", "got 30")
-	// The admin token may not be the signing secret.
+	// The admin token may not be the signing secret, nor the upload
+	// secret either of them; the upload secret is held to the same length.
 	_, err = Load(env(withDB(map[string]string{"TALLY_ADMIN_TOKEN": secretA})))
 	assertOneError(t, err, "TALLY_ADMIN_TOKEN", "must differ from TALLY_JWT_SECRET")
+	for _, v := range []string{secretA, secretB} {
+		_, err = Load(env(withDB(map[string]string{"TALLY_UPLOAD_SECRET": v})))
+		assertOneError(t, err, "TALLY_UPLOAD_SECRET", "must differ from TALLY_JWT_SECRET and TALLY_ADMIN_TOKEN")
+	}
+	_, err = Load(env(withDB(map[string]string{"TALLY_UPLOAD_SECRET": "short"})))
+	assertOneError(t, err, "TALLY_UPLOAD_SECRET", "at least 32 bytes")
+	if c := mustLoad(t, withDB(map[string]string{"TALLY_UPLOAD_SECRET": strings.Repeat("u", 32)})); c.UploadSecret != strings.Repeat("u", 32) {
+		t.Errorf("UploadSecret %q", c.UploadSecret)
+	}
 }
 
 func TestRedisCombinations(t *testing.T) {

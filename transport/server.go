@@ -32,7 +32,11 @@ import (
 type Options struct {
 	Accounts  domain.Accounts
 	Catalog   *domain.Catalog
-	JWTSecret []byte // HS256 key of user tokens; also the root of the upload-URL key
+	JWTSecret []byte // HS256 key of user tokens; also the root of the upload-URL key when UploadSecret is unset
+	// UploadSecret, when set, signs upload URLs instead of a key derived
+	// from JWTSecret, so that the service checking uploads shares nothing
+	// with the token key.
+	UploadSecret []byte
 	// JWTMaxTTL refuses a user token whose exp lies further ahead; zero
 	// means DefaultJWTMaxTTL.
 	JWTMaxTTL  time.Duration
@@ -106,7 +110,7 @@ func New(opts Options) (http.Handler, error) {
 		catalog:    opts.Catalog,
 		providers:  append([]string(nil), opts.Providers...),
 		uploadBase: base,
-		uploadKey:  uploadKey(opts.JWTSecret),
+		uploadKey:  UploadKey(opts.JWTSecret),
 		log:        opts.Logger,
 		checkers:   append([]Checker(nil), opts.Checkers...),
 		now:        opts.Now,
@@ -119,6 +123,9 @@ func New(opts Options) (http.Handler, error) {
 	}
 	if opts.MaxInFlight > 0 {
 		s.slots = make(chan struct{}, opts.MaxInFlight)
+	}
+	if len(opts.UploadSecret) > 0 {
+		s.uploadKey = append([]byte(nil), opts.UploadSecret...)
 	}
 	s.auth = newAuthenticator(opts.JWTSecret, opts.AdminToken, opts.JWTMaxTTL, s.now)
 	if s.plansJSON, err = encodePlans(opts.Catalog); err != nil {

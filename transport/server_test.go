@@ -611,7 +611,7 @@ func TestUploadURL(t *testing.T) {
 	if out.ExpiresAt != "2026-11-14T09:45:00Z" {
 		t.Errorf("expires_at %s", out.ExpiresAt)
 	}
-	g, err := transport.VerifyUploadURL(secret, out.UploadURL, e.clock.Now())
+	g, err := transport.VerifyUploadURL(transport.UploadKey(secret), out.UploadURL, e.clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

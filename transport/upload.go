@@ -15,8 +15,16 @@ import (
 // UploadURLTTL is how long a signed upload URL stays valid.
 const UploadURLTTL = 15 * time.Minute
 
-// uploadKey derives the upload-URL key from the JWT secret, so that a
-// signature made for one purpose can never pass as the other.
+// UploadKey is the upload-URL key derived from the JWT secret, used when
+// no upload secret of its own is configured (TALLY_UPLOAD_SECRET): a
+// signature made for one purpose can never pass as the other, and HMAC is
+// one-way, so holding this key does not give the JWT secret. A service
+// that checks uploads is best given TALLY_UPLOAD_SECRET, which shares
+// nothing with the token key at all.
+func UploadKey(jwtSecret []byte) []byte {
+	return uploadKey(jwtSecret)
+}
+
 func uploadKey(secret []byte) []byte {
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte("tally-upload-url-v1"))
@@ -57,11 +65,13 @@ var (
 )
 
 // VerifyUploadURL checks a URL issued by POST /api/v1/sessions/{id}/upload-url
-// with the service's JWT secret, for whatever receives the uploads. It
-// returns ErrUploadURLInvalid for a URL that was not signed with this
-// secret or was altered, and ErrUploadURLExpired once it is past its expiry
-// at now. The base of the URL is not signed: the receiver is the base.
-func VerifyUploadURL(secret []byte, rawURL string, now time.Time) (UploadGrant, error) {
+// with the upload key, for whatever receives the uploads: the value of
+// TALLY_UPLOAD_SECRET, or UploadKey(JWT secret) when that is unset — never
+// the JWT secret itself, which would let the receiver mint user tokens. It
+// returns ErrUploadURLInvalid for a URL that was not signed with this key
+// or was altered, and ErrUploadURLExpired once it is past its expiry at
+// now. The base of the URL is not signed: the receiver is the base.
+func VerifyUploadURL(key []byte, rawURL string, now time.Time) (UploadGrant, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return UploadGrant{}, fmt.Errorf("%w: %v", ErrUploadURLInvalid, err)
@@ -87,7 +97,7 @@ func VerifyUploadURL(secret []byte, rawURL string, now time.Time) (UploadGrant, 
 	if !ok1 || !ok2 || !ok3 || err != nil || len(q) != 3 {
 		return UploadGrant{}, ErrUploadURLInvalid
 	}
-	want := uploadSignature(uploadKey(secret), sessionID, filename, exp, size)
+	want := uploadSignature(key, sessionID, filename, exp, size)
 	if !hmac.Equal(sig, want) {
 		return UploadGrant{}, ErrUploadURLInvalid
 	}

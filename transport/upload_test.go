@@ -21,14 +21,14 @@ func TestVerifyUploadURL(t *testing.T) {
 	}
 	u := out.UploadURL
 	now := e.clock.Now()
-	g, err := transport.VerifyUploadURL(secret, u, now)
+	g, err := transport.VerifyUploadURL(transport.UploadKey(secret), u, now)
 	if err != nil || g.Filename != "a b%2F.wav" || g.SessionID != "s-7" || g.SizeMB != 60 {
 		t.Fatalf("%+v %v", g, err)
 	}
-	if _, err := transport.VerifyUploadURL(secret, u, now.Add(15*time.Minute-time.Second)); err != nil {
+	if _, err := transport.VerifyUploadURL(transport.UploadKey(secret), u, now.Add(15*time.Minute-time.Second)); err != nil {
 		t.Errorf("just before expiry: %v", err)
 	}
-	if _, err := transport.VerifyUploadURL(secret, u, now.Add(15*time.Minute)); !errors.Is(err, transport.ErrUploadURLExpired) {
+	if _, err := transport.VerifyUploadURL(transport.UploadKey(secret), u, now.Add(15*time.Minute)); !errors.Is(err, transport.ErrUploadURLExpired) {
 		t.Errorf("at expiry: %v", err)
 	}
 
@@ -59,7 +59,7 @@ func TestVerifyUploadURL(t *testing.T) {
 		"two signatures":  u + "&sig=" + sig,
 		"garbage":         "::not a url",
 	} {
-		if _, err := transport.VerifyUploadURL(secret, tampered, now); !errors.Is(err, transport.ErrUploadURLInvalid) {
+		if _, err := transport.VerifyUploadURL(transport.UploadKey(secret), tampered, now); !errors.Is(err, transport.ErrUploadURLInvalid) {
 			t.Errorf("%s (%s): %v", name, tampered, err)
 		}
 	}
@@ -67,7 +67,31 @@ func TestVerifyUploadURL(t *testing.T) {
 		t.Errorf("another secret: %v", err)
 	}
 	// A user token signed with the same secret is no upload signature.
-	if _, err := transport.VerifyUploadURL(secret, "https://x/s-7/a.wav?expires=1&size_mb=1&sig="+strings.Repeat("0", 64), now); err == nil {
+	if _, err := transport.VerifyUploadURL(transport.UploadKey(secret), "https://x/s-7/a.wav?expires=1&size_mb=1&sig="+strings.Repeat("0", 64), now); err == nil {
 		t.Error("forged signature accepted")
+	}
+}
+
+// With an upload secret of its own, upload URLs verify with that secret
+// only: neither the JWT secret nor the key derived from it passes, so the
+// service that checks uploads holds nothing that could mint a user token.
+func TestUploadSecretIsItsOwnKey(t *testing.T) {
+	uploadSecret := []byte("upload-secret-0123456789abcdef0123456789")
+	e := newEnv(t, func(o *transport.Options) { o.UploadSecret = uploadSecret })
+	r := e.do("POST", "/api/v1/sessions/s-7/upload-url", e.token("u1"), `{"filename":"a.wav","file_size_mb":10}`)
+	var out struct {
+		UploadURL string `json:"upload_url"`
+	}
+	if r.Status != 200 || !r.Decode(t, &out) {
+		t.Fatalf("%d %s", r.Status, r.Body)
+	}
+	now := e.clock.Now()
+	if _, err := transport.VerifyUploadURL(uploadSecret, out.UploadURL, now); err != nil {
+		t.Fatalf("with the upload secret: %v", err)
+	}
+	for name, key := range map[string][]byte{"the JWT secret": secret, "the key derived from it": transport.UploadKey(secret)} {
+		if _, err := transport.VerifyUploadURL(key, out.UploadURL, now); !errors.Is(err, transport.ErrUploadURLInvalid) {
+			t.Errorf("%s verified an upload URL signed with the upload secret: %v", name, err)
+		}
 	}
 }
