@@ -130,6 +130,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Catalog:       cfg.Plans,
 		JWTSecret:     []byte(cfg.JWTSecret),
 		JWTMaxTTL:     cfg.JWTMaxTTL,
+		JWTIssuer:     cfg.JWTIssuer,
+		JWTAudience:   cfg.JWTAudience,
 		UploadSecret:  []byte(cfg.UploadSecret),
 		AdminToken:    cfg.AdminToken,
 		UploadBaseURL: cfg.UploadBaseURL,

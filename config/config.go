@@ -69,6 +69,11 @@ type Config struct {
 	// token whose exp lies further ahead is refused (TALLY_JWT_MAX_TTL), so
 	// that a leaked long-lived token cannot outlive a rotation.
 	JWTMaxTTL time.Duration
+	// JWTIssuer and JWTAudience, when set, must be the token's iss and one
+	// of its aud (TALLY_JWT_ISSUER, TALLY_JWT_AUDIENCE): a token minted by
+	// the same secret for another service or by another issuer is refused.
+	JWTIssuer   string
+	JWTAudience string
 	// UploadSecret, when set, signs upload URLs (TALLY_UPLOAD_SECRET), so
 	// that the service checking uploads holds no key that mints tokens.
 	UploadSecret string
@@ -257,6 +262,18 @@ var vars = []Var{
 		Meaning: "a user token whose exp lies further ahead than this is refused, and `tally token` issues none longer; Go duration > 0",
 		parse:   durationInto(func(c *Config) *time.Duration { return &c.JWTMaxTTL }),
 		get:     func(c Config) string { return c.JWTMaxTTL.String() },
+	},
+	{
+		Name:    "TALLY_JWT_ISSUER",
+		Meaning: "when set, a user token's iss must equal it; unset: not checked",
+		parse:   func(c *Config, v string) error { c.JWTIssuer = v; return nil },
+		get:     func(c Config) string { return c.JWTIssuer },
+	},
+	{
+		Name:    "TALLY_JWT_AUDIENCE",
+		Meaning: "when set, a user token's aud must contain it; unset: not checked",
+		parse:   func(c *Config, v string) error { c.JWTAudience = v; return nil },
+		get:     func(c Config) string { return c.JWTAudience },
 	},
 	{
 		Name: "TALLY_UPLOAD_SECRET", Secret: true,

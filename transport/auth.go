@@ -90,19 +90,29 @@ type verifiedToken struct {
 // when Options.JWTMaxTTL is zero.
 const DefaultJWTMaxTTL = 24 * time.Hour
 
-func newAuthenticator(secret []byte, adminToken string, maxTTL time.Duration, now func() time.Time) *authenticator {
+// tokenClaims are the optional claims every user token must carry.
+type tokenClaims struct{ issuer, audience string }
+
+func newAuthenticator(secret []byte, adminToken string, maxTTL time.Duration, now func() time.Time, want tokenClaims) *authenticator {
 	if maxTTL <= 0 {
 		maxTTL = DefaultJWTMaxTTL
+	}
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithTimeFunc(now),
+	}
+	if want.issuer != "" {
+		opts = append(opts, jwt.WithIssuer(want.issuer))
+	}
+	if want.audience != "" {
+		opts = append(opts, jwt.WithAudience(want.audience))
 	}
 	return &authenticator{
 		secret:    append([]byte(nil), secret...),
 		maxTTL:    maxTTL,
 		adminHash: sha256.Sum256([]byte(adminToken)),
-		parser: jwt.NewParser(
-			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
-			jwt.WithExpirationRequired(),
-			jwt.WithTimeFunc(now),
-		),
+		parser:    jwt.NewParser(opts...),
 		now:       now,
 		seeds:     [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 		cacheSize: tokenCacheSize,

@@ -39,8 +39,11 @@ type Options struct {
 	UploadSecret []byte
 	// JWTMaxTTL refuses a user token whose exp lies further ahead; zero
 	// means DefaultJWTMaxTTL.
-	JWTMaxTTL  time.Duration
-	AdminToken string
+	JWTMaxTTL time.Duration
+	// JWTIssuer and JWTAudience, when set, are required of every user
+	// token (its iss, and one of its aud).
+	JWTIssuer, JWTAudience string
+	AdminToken             string
 	// UploadBaseURL is the absolute http(s) URL signed upload URLs are
 	// built under: <base>/<session id>/<filename>?expires=…&size_mb=…&sig=….
 	UploadBaseURL string
@@ -127,7 +130,8 @@ func New(opts Options) (http.Handler, error) {
 	if len(opts.UploadSecret) > 0 {
 		s.uploadKey = append([]byte(nil), opts.UploadSecret...)
 	}
-	s.auth = newAuthenticator(opts.JWTSecret, opts.AdminToken, opts.JWTMaxTTL, s.now)
+	s.auth = newAuthenticator(opts.JWTSecret, opts.AdminToken, opts.JWTMaxTTL, s.now,
+		tokenClaims{issuer: opts.JWTIssuer, audience: opts.JWTAudience})
 	if s.plansJSON, err = encodePlans(opts.Catalog); err != nil {
 		return nil, err
 	}

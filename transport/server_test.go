@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tally-dev/tally/domain"
@@ -1200,6 +1201,41 @@ func TestLongLivedTokensAreRefused(t *testing.T) {
 	for range 2 { // verified, then from the cache
 		if r := e.do("GET", "/api/v1/usage", tok, nil); r.Status != 200 {
 			t.Fatalf("a 23h token: %d %s", r.Status, r.Body)
+		}
+	}
+}
+
+// With TALLY_JWT_ISSUER and TALLY_JWT_AUDIENCE set, a token signed with the
+// right secret is still refused unless its iss is the issuer and its aud
+// names the audience: the same secret may sign tokens for other services.
+func TestIssuerAndAudienceAreChecked(t *testing.T) {
+	e := newEnv(t, func(o *transport.Options) { o.JWTIssuer, o.JWTAudience = "https://id.example.com", "tally" })
+	e.accounts.usage = func(context.Context, string) (domain.Report, error) {
+		return report("u1", freePlan(), domain.Usage{}), nil
+	}
+	sign := func(iss string, aud ...string) string {
+		t.Helper()
+		now := e.clock.Now()
+		tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
+			Subject: "u1", Issuer: iss, Audience: aud,
+			IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour)),
+		}).SignedString(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	if r := e.do("GET", "/api/v1/usage", sign("https://id.example.com", "billing", "tally"), nil); r.Status != 200 {
+		t.Fatalf("right issuer and audience: %d %s", r.Status, r.Body)
+	}
+	for name, tok := range map[string]string{
+		"no iss or aud":  e.token("u1"),
+		"another issuer": sign("https://evil.example.com", "tally"),
+		"no audience":    sign("https://id.example.com"),
+		"another aud":    sign("https://id.example.com", "billing"),
+	} {
+		if r := e.do("GET", "/api/v1/usage", tok, nil); r.Status != 401 {
+			t.Errorf("%s: %d %s, want 401", name, r.Status, r.Body)
 		}
 	}
 }
