@@ -24,6 +24,13 @@ var ctxUserID = ctxUserIDKey{}
 // IssueToken signs an HS256 user token for userID, valid for ttl from now.
 // `tally token` and tests use it; the service itself never issues tokens.
 func IssueToken(secret []byte, userID string, ttl time.Duration, now time.Time) (string, error) {
+	return IssueTokenFor(secret, userID, ttl, now, "", "")
+}
+
+// IssueTokenFor is IssueToken with an issuer and an audience (either may be
+// empty: left out), as a service checking TALLY_JWT_ISSUER and
+// TALLY_JWT_AUDIENCE requires.
+func IssueTokenFor(secret []byte, userID string, ttl time.Duration, now time.Time, issuer, audience string) (string, error) {
 	if len(secret) == 0 {
 		return "", errors.New("issue token: empty secret")
 	}
@@ -35,8 +42,12 @@ func IssueToken(secret []byte, userID string, ttl time.Duration, now time.Time) 
 	}
 	claims := jwt.RegisteredClaims{
 		Subject:   userID,
+		Issuer:    issuer,
 		IssuedAt:  jwt.NewNumericDate(now),
 		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+	}
+	if audience != "" {
+		claims.Audience = jwt.ClaimStrings{audience}
 	}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
 }

@@ -1228,6 +1228,14 @@ func TestIssuerAndAudienceAreChecked(t *testing.T) {
 	if r := e.do("GET", "/api/v1/usage", sign("https://id.example.com", "billing", "tally"), nil); r.Status != 200 {
 		t.Fatalf("right issuer and audience: %d %s", r.Status, r.Body)
 	}
+	// What `tally token` issues under that configuration passes too.
+	tok, err := transport.IssueTokenFor(secret, "u1", time.Hour, e.clock.Now(), "https://id.example.com", "tally")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := e.do("GET", "/api/v1/usage", tok, nil); r.Status != 200 {
+		t.Fatalf("IssueTokenFor: %d %s", r.Status, r.Body)
+	}
 	for name, tok := range map[string]string{
 		"no iss or aud":  e.token("u1"),
 		"another issuer": sign("https://evil.example.com", "tally"),

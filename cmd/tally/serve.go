@@ -119,7 +119,7 @@ func randomSecret() string {
 }
 
 func printDemo(w io.Writer, cfg config.Config, addr string) error {
-	tok, err := transport.IssueToken([]byte(cfg.JWTSecret), "demo-user", 24*time.Hour, time.Now())
+	tok, err := transport.IssueTokenFor([]byte(cfg.JWTSecret), "demo-user", min(24*time.Hour, cfg.JWTMaxTTL), time.Now(), cfg.JWTIssuer, cfg.JWTAudience)
 	if err != nil {
 		return err
 	}

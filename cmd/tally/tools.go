@@ -62,7 +62,7 @@ func runToken(ctx context.Context, args []string, env func(string) string, stdou
 	if *ttl > cfg.JWTMaxTTL {
 		return fmt.Errorf("--ttl %s is longer than TALLY_JWT_MAX_TTL (%s): the service would refuse the token", *ttl, cfg.JWTMaxTTL)
 	}
-	tok, err := transport.IssueToken([]byte(cfg.JWTSecret), *user, *ttl, time.Now())
+	tok, err := transport.IssueTokenFor([]byte(cfg.JWTSecret), *user, *ttl, time.Now(), cfg.JWTIssuer, cfg.JWTAudience)
 	if err != nil {
 		return err
 	}
