@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -65,9 +64,16 @@ func TestRequestBehindPassivationIsReplayed(t *testing.T) {
 		if r := svc.routes.get("behind"); r != nil {
 			r.touched.Store(false)
 		}
-		svc.system.Root.Send(svc.shards[0], &sweep{now: time.Now().Add(2 * time.Hour), scan: true})
-		for svc.routes.get("behind") != nil {
-			runtime.Gosched()
+		// A shard stops at most passivateBatch actors per sweep, in map
+		// order, and the earlier rounds' cold users are idle too: sweep
+		// until this one's turn has come (bounded, never a hang).
+		for deadline := time.Now().Add(10 * time.Second); svc.routes.get("behind") != nil; {
+			if time.Now().After(deadline) {
+				cancel()
+				t.Fatalf("round %d: the idle actor's route was never sealed", i)
+			}
+			svc.system.Root.Send(svc.shards[0], &sweep{now: time.Now().Add(2 * time.Hour), scan: true})
+			time.Sleep(time.Millisecond)
 		}
 		// The request, enqueued at the shard now (the route is sealed);
 		// then a cold user's request through the same shard, answered
