@@ -16,8 +16,9 @@ import (
 //
 // The actor never blocks on a commit. It decides in memory, reserves the
 // quota, hands the admission to the group-commit writer and goes on with
-// its next message; the writer's result comes back as an admitDone message,
-// and only then is the caller answered (after COMMIT). So a hot user has
+// its next message; after COMMIT the writer answers the caller and hands the
+// result back (the settled log, or an admitDone message when the actor must
+// answer: see deliver). So a hot user has
 // many admissions in flight, in one batch, while each stays exact:
 //
 //   - committed counters alone over a limit → 403 from memory, without a
@@ -131,7 +132,7 @@ func (a *userActor) onCreate(actx actor.Context, m *createSession, retries int) 
 }
 
 // submit reserves one session of quota and hands the admission to the
-// group-commit writer. The result comes back as an admitDone message.
+// group-commit writer, whose result comes back through deliver.
 func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Plan, now time.Time, retries int) {
 	req := persistence.AdmitRequest{
 		Session: domain.Session{
