@@ -56,6 +56,8 @@ Flags:
 	// never prints them.
 	fs.StringVar(&cfg.Secret, "secret", "", "HS256 secret to sign user tokens with (default $TALLY_JWT_SECRET)")
 	fs.StringVar(&cfg.AdminToken, "admin-token", "", "admin token for provisioning (default $TALLY_ADMIN_TOKEN)")
+	fs.StringVar(&cfg.Issuer, "issuer", "", "iss of the user tokens, when the service checks it (default $TALLY_JWT_ISSUER)")
+	fs.StringVar(&cfg.Audience, "audience", "", "aud of the user tokens, when the service checks it (default $TALLY_JWT_AUDIENCE)")
 	fs.DurationVar(&cfg.Timeout, "timeout", load.DefaultTimeout, "bounds each request: connecting, sending and reading the answer")
 	fs.DurationVar(&cfg.Warmup, "warmup", 0, "run the load this long before measuring (its requests are verified but not counted)")
 	fs.BoolVar(&cfg.NoProvision, "no-provision", false, "do not PUT the users first (users that exist already, or a non-Tally endpoint)")
@@ -76,6 +78,12 @@ Flags:
 	}
 	if cfg.AdminToken == "" {
 		cfg.AdminToken = env("TALLY_ADMIN_TOKEN")
+	}
+	if cfg.Issuer == "" {
+		cfg.Issuer = env("TALLY_JWT_ISSUER")
+	}
+	if cfg.Audience == "" {
+		cfg.Audience = env("TALLY_JWT_AUDIENCE")
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("load takes no arguments, got %q (see tally load --help)", fs.Args())

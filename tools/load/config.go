@@ -76,6 +76,10 @@ type Config struct {
 	// Secret is the HS256 secret user tokens are signed with
 	// (TALLY_JWT_SECRET of the server).
 	Secret string
+	// Issuer and Audience, when set, are the iss and aud of every user
+	// token (the server's TALLY_JWT_ISSUER and TALLY_JWT_AUDIENCE, which
+	// refuse tokens without them).
+	Issuer, Audience string
 	// AdminToken authorizes provisioning (TALLY_ADMIN_TOKEN of the server).
 	AdminToken string
 	// Timeout bounds each request: connecting, sending and reading the

@@ -22,7 +22,7 @@ const (
 
 // startTally runs the real service in-process on the embedded defaults
 // (embedded SQL store, in-process Redis), as `make run` does.
-func startTally(t *testing.T) string {
+func startTally(t *testing.T, extra ...string) string {
 	t.Helper()
 	env := map[string]string{
 		"TALLY_HTTP_ADDR":   "127.0.0.1:0",
@@ -30,6 +30,9 @@ func startTally(t *testing.T) string {
 		"TALLY_JWT_SECRET":  e2eSecret,
 		"TALLY_ADMIN_TOKEN": e2eAdmin,
 		"TALLY_LOG_LEVEL":   "error",
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		env[extra[i]] = extra[i+1]
 	}
 	cfg, err := config.Load(func(k string) string { return env[k] })
 	if err != nil {
@@ -92,4 +95,32 @@ func TestAgainstTally(t *testing.T) {
 	}
 	t.Logf("%.0f admitted/s, %.0f rejected/s, admitted p99 %.2fms, rejected p99 %.2fms",
 		res.AdmittedPerS, res.RejectedPerS, res.LatencyAdmitted.P99Ms, res.LatencyRejected.P99Ms)
+}
+
+// TestAgainstTallyCheckingIssuer loads a service that checks iss and aud:
+// the load's tokens carry what --issuer and --audience say, and without
+// them every create would be a 401.
+func TestAgainstTallyCheckingIssuer(t *testing.T) {
+	url := startTally(t, "TALLY_JWT_ISSUER", "https://id.example.test", "TALLY_JWT_AUDIENCE", "tally-api")
+	cfg := load.Config{
+		URL: url, Secret: e2eSecret, AdminToken: e2eAdmin, Users: 4, Plan: "free",
+		Requests: 4 * 12, Concurrency: 4, Timeout: 10 * time.Second,
+		Issuer: "https://id.example.test", Audience: "tally-api",
+	}
+	res, err := load.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Admitted != 4*10 || res.Errors != 0 || !res.Passed {
+		t.Fatalf("admitted %d, errors %d %v, passed %v", res.Admitted, res.Errors, res.ErrorsByStatus, res.Passed)
+	}
+	// The same load without the audience is refused: the check is real.
+	cfg.Audience, cfg.UserPrefix, cfg.NoVerify = "", "noaud", true
+	res, err = load.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Admitted != 0 || res.ErrorsByStatus["401"] == 0 {
+		t.Fatalf("tokens without aud: admitted %d, errors %v; want every create refused with 401", res.Admitted, res.ErrorsByStatus)
+	}
 }

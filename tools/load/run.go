@@ -222,7 +222,7 @@ func newEngine(cfg Config) (*engine, error) {
 	e.users = make([]user, cfg.Users)
 	for i := range e.users {
 		id := userID(cfg.UserPrefix, i)
-		tok, err := transport.IssueToken([]byte(cfg.Secret), id, ttl, now)
+		tok, err := transport.IssueTokenFor([]byte(cfg.Secret), id, ttl, now, cfg.Issuer, cfg.Audience)
 		if err != nil {
 			return nil, err
 		}
