@@ -43,6 +43,7 @@ type App struct {
 	store    persistence.Store
 	redis    redis.UniversalClient
 	mini     *miniredis.Miniredis // in-process Redis of embedded mode, or nil
+	jwks     *transport.JWKS      // the identity provider's keys, or nil
 	cache    *rediscache.Cache
 	accounts *actors.Service
 	handler  http.Handler
@@ -93,6 +94,15 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	})}
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), a.conns.g)
 
+	// The identity provider's keys are fetched before anything else is
+	// opened: a deployment that cannot reach them stops here, saying so
+	// (docs/decisions/0016-jwks-user-tokens.md).
+	if cfg.JWTJWKSURL != "" {
+		a.jwks, err = transport.NewJWKS(ctx, transport.JWKSOptions{URL: cfg.JWTJWKSURL, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("TALLY_JWT_JWKS_URL: cannot load the identity provider's key set at start: %w", err)
+		}
+	}
 	if a.store, err = OpenStore(ctx, cfg); err != nil {
 		return nil, err
 	}
@@ -132,6 +142,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		JWTMaxTTL:     cfg.JWTMaxTTL,
 		JWTIssuer:     cfg.JWTIssuer,
 		JWTAudience:   cfg.JWTAudience,
+		JWKS:          a.jwks,
 		UploadSecret:  []byte(cfg.UploadSecret),
 		AdminToken:    cfg.AdminToken,
 		UploadBaseURL: cfg.UploadBaseURL,
@@ -238,7 +249,8 @@ func headerTimeout(read time.Duration) time.Duration {
 	return maxHeaderTime
 }
 
-// Close stops the actors, then the cache writer, then closes the stores.
+// Close stops the actors, then the cache writer, then closes the stores
+// and stops refreshing the identity provider's keys.
 func (a *App) Close() {
 	if a.accounts != nil {
 		a.accounts.Close()
@@ -254,6 +266,9 @@ func (a *App) Close() {
 	}
 	if a.store != nil {
 		a.store.Close()
+	}
+	if a.jwks != nil {
+		a.jwks.Close()
 	}
 }
 

@@ -74,6 +74,10 @@ type Config struct {
 	// the same secret for another service or by another issuer is refused.
 	JWTIssuer   string
 	JWTAudience string
+	// JWTJWKSURL, when set, is an identity provider's JSON Web Key Set
+	// (TALLY_JWT_JWKS_URL): RS256, ES256 and EdDSA user tokens signed by
+	// its keys are accepted beside HS256 ones (transport.JWKS).
+	JWTJWKSURL string
 	// UploadSecret, when set, signs upload URLs (TALLY_UPLOAD_SECRET), so
 	// that the service checking uploads holds no key that mints tokens.
 	UploadSecret string
@@ -274,6 +278,22 @@ var vars = []Var{
 		Meaning: "when set, a user token's aud must contain it; unset: not checked",
 		parse:   func(c *Config, v string) error { c.JWTAudience = v; return nil },
 		get:     func(c Config) string { return c.JWTAudience },
+	},
+	{
+		Name:    "TALLY_JWT_JWKS_URL",
+		Meaning: "identity provider's JWK Set URL (https://, or http:// to a loopback host); when set, RS256, ES256 and EdDSA user tokens signed by its keys are accepted beside HS256 ones, and the set must be fetchable at start; unset: HS256 only",
+		show:    redactURL,
+		parse: func(c *Config, v string) error {
+			if v == "" {
+				return nil
+			}
+			if err := checkJWKSURL(v); err != nil {
+				return err
+			}
+			c.JWTJWKSURL = v
+			return nil
+		},
+		get: func(c Config) string { return c.JWTJWKSURL },
 	},
 	{
 		Name: "TALLY_UPLOAD_SECRET", Secret: true,
@@ -661,6 +681,19 @@ func checkHostPort(s string, needHost bool) error {
 	}
 	if strings.ContainsAny(host, " /") {
 		return errors.New("want host:port")
+	}
+	return nil
+}
+
+// checkJWKSURL accepts an absolute https URL, or http to a loopback host:
+// whoever can change the keys on the way can sign any user's token.
+func checkJWKSURL(v string) error {
+	u, err := url.Parse(v)
+	if err != nil || u.Host == "" || u.Opaque != "" || u.Fragment != "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return errors.New("want an absolute https:// URL without fragment")
+	}
+	if u.Scheme == "http" && !loopback(net.JoinHostPort(u.Hostname(), "0")) {
+		return errors.New("want https://: keys fetched over plain http could be replaced on the way, letting anyone sign tokens (http:// is accepted for 127.0.0.1, [::1] and localhost only)")
 	}
 	return nil
 }

@@ -498,3 +498,36 @@ plans:
 		})
 	}
 }
+
+// TALLY_JWT_JWKS_URL takes an https URL, or http to a loopback host only:
+// keys fetched in clear could be replaced on the way.
+func TestJWKSURL(t *testing.T) {
+	if c := mustLoad(t, nil); c.JWTJWKSURL != "" {
+		t.Errorf("default %q; want unset", c.JWTJWKSURL)
+	}
+	for _, ok := range []string{
+		"https://idp.example.com/.well-known/jwks.json",
+		"https://idp.example.com:8443/realms/x/protocol/openid-connect/certs?v=1",
+		"http://127.0.0.1:8081/jwks", "http://localhost/jwks", "http://[::1]:9000/jwks",
+	} {
+		if c := mustLoad(t, withDB(map[string]string{"TALLY_JWT_JWKS_URL": ok})); c.JWTJWKSURL != ok {
+			t.Errorf("%s loads as %q", ok, c.JWTJWKSURL)
+		}
+	}
+	for bad, want := range map[string]string{
+		"http://idp.example.com/jwks":    "want https://: keys fetched over plain http could be replaced",
+		"http://10.0.0.5/jwks":           "want https://",
+		"ftp://idp.example.com/jwks":     "want an absolute https:// URL",
+		"idp.example.com/jwks":           "want an absolute https:// URL",
+		"https:///jwks":                  "want an absolute https:// URL",
+		"https://idp.example.com/j#frag": "without fragment",
+	} {
+		_, err := Load(env(withDB(map[string]string{"TALLY_JWT_JWKS_URL": bad})))
+		assertOneError(t, err, "TALLY_JWT_JWKS_URL", want)
+	}
+	// The URL is shown in logs, its password (if any) masked.
+	c := mustLoad(t, withDB(map[string]string{"TALLY_JWT_JWKS_URL": "https://u:hunter2@idp.example.com/jwks"}))
+	if got := c.Redacted()["TALLY_JWT_JWKS_URL"]; got != "https://u:xxxxx@idp.example.com/jwks" {
+		t.Errorf("redacted as %q", got)
+	}
+}

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
@@ -77,8 +78,15 @@ const (
 // rather than the token itself, which would triple the memory per entry:
 // without the seeds, making a token collide with a cached one is a 2^128
 // search.
+//
+// With a JWKS (TALLY_JWT_JWKS_URL), tokens signed by the identity provider
+// are accepted too, and a cache entry remembers the key that verified it:
+// when a refresh removes that key from the set, the entry no longer counts
+// and the token is verified again — and refused. So a removed key's tokens
+// stop working within one refresh interval, cached or not.
 type authenticator struct {
 	secret    []byte
+	jwks      *JWKS // nil: HS256 tokens only
 	maxTTL    time.Duration
 	adminHash [sha256.Size]byte
 	parser    *jwt.Parser
@@ -94,7 +102,8 @@ type tokenKey [2]uint64
 
 type verifiedToken struct {
 	sub string
-	exp int64 // Unix microseconds (a time.Time would take 24 bytes, not 8)
+	exp int64       // Unix microseconds (a time.Time would take 24 bytes, not 8)
+	key *signingKey // the JWKS key that verified it; nil for HS256
 }
 
 // DefaultJWTMaxTTL is the longest lifetime left a user token may have
@@ -104,12 +113,19 @@ const DefaultJWTMaxTTL = 24 * time.Hour
 // tokenClaims are the optional claims every user token must carry.
 type tokenClaims struct{ issuer, audience string }
 
-func newAuthenticator(secret []byte, adminToken string, maxTTL time.Duration, now func() time.Time, want tokenClaims) *authenticator {
+// newAuthenticator verifies HS256 tokens with secret and, when jwks is not
+// nil, RS256, ES256 and EdDSA tokens with the keys of the identity
+// provider (keyFor decides which).
+func newAuthenticator(secret []byte, jwks *JWKS, adminToken string, maxTTL time.Duration, now func() time.Time, want tokenClaims) *authenticator {
 	if maxTTL <= 0 {
 		maxTTL = DefaultJWTMaxTTL
 	}
+	methods := []string{jwt.SigningMethodHS256.Alg()}
+	if jwks != nil {
+		methods = append(methods, jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg(), jwt.SigningMethodEdDSA.Alg())
+	}
 	opts := []jwt.ParserOption{
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithValidMethods(methods),
 		jwt.WithExpirationRequired(),
 		jwt.WithTimeFunc(now),
 	}
@@ -121,6 +137,7 @@ func newAuthenticator(secret []byte, adminToken string, maxTTL time.Duration, no
 	}
 	return &authenticator{
 		secret:    append([]byte(nil), secret...),
+		jwks:      jwks,
 		maxTTL:    maxTTL,
 		adminHash: sha256.Sum256([]byte(adminToken)),
 		parser:    jwt.NewParser(opts...),
@@ -142,10 +159,10 @@ var (
 )
 
 // checkSubject refuses a verified token's sub that cannot be a user id.
-// The token is authentic — only the holder of the secret could sign it — so
-// this is not an authentication failure but a bad value, and it is answered
-// like any other: 422 naming the field `sub`. A sub with characters no store
-// can keep is told which one.
+// The token is authentic — only the holder of the secret, or the identity
+// provider, could sign it — so this is not an authentication failure but a
+// bad value, and it is answered like any other: 422 naming the field `sub`.
+// A sub with characters no store can keep is told which one.
 func checkSubject(sub string) error {
 	msg := ""
 	if err := domain.CheckText(sub); err != nil {
@@ -160,15 +177,18 @@ func checkSubject(sub string) error {
 }
 
 // user verifies a user token and returns its subject. A token that is not
-// authentic, not HS256, expired or without sub is a 401; an authentic one
-// whose sub is not a valid user id is a 422 (checkSubject).
-func (a *authenticator) user(token string) (string, error) {
+// authentic, of an algorithm not accepted, expired or without sub is a 401;
+// an authentic one whose sub is not a valid user id is a 422
+// (checkSubject); one whose key could not be looked up because the
+// identity provider's key set cannot be fetched is a 503. ctx bounds the
+// wait for that fetch.
+func (a *authenticator) user(ctx context.Context, token string) (string, error) {
 	now := a.now()
 	key := tokenKey{maphash.String(a.seeds[0], token), maphash.String(a.seeds[1], token)}
 	a.mu.RLock()
 	v, ok := a.cache[key]
 	a.mu.RUnlock()
-	if ok {
+	if ok && (v.key == nil || !v.key.revoked.Load()) {
 		if now.UnixMicro() < v.exp {
 			return v.sub, nil
 		}
@@ -176,9 +196,18 @@ func (a *authenticator) user(token string) (string, error) {
 	}
 
 	var claims jwt.RegisteredClaims
-	_, err := a.parser.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return a.secret, nil })
+	var used *signingKey
+	var keyErr error
+	_, err := a.parser.ParseWithClaims(token, &claims, func(t *jwt.Token) (any, error) {
+		k, sk, err := a.keyFor(ctx, t)
+		used, keyErr = sk, err
+		return k, err
+	})
 	if err != nil {
-		if errors.Is(err, jwt.ErrTokenExpired) {
+		switch {
+		case keyErr != nil:
+			return "", keyErr
+		case errors.Is(err, jwt.ErrTokenExpired):
 			return "", errExpiredToken
 		}
 		return "", errBadToken
@@ -195,9 +224,54 @@ func (a *authenticator) user(token string) (string, error) {
 		return "", err
 	}
 	if len(token) <= tokenCacheMaxLen {
-		a.remember(key, verifiedToken{sub: claims.Subject, exp: claims.ExpiresAt.UnixMicro()}, now)
+		a.remember(key, verifiedToken{sub: claims.Subject, exp: claims.ExpiresAt.UnixMicro(), key: used}, now)
 	}
 	return claims.Subject, nil
+}
+
+// keyFor picks the key that verifies t, and with it the algorithm: the
+// parser has already refused any alg but HS256 (and, with a JWKS, RS256,
+// ES256 and EdDSA).
+//
+//   - HS256 goes to the shared secret, whatever its kid — unless the kid
+//     names a key of the JWKS: that token claims an asymmetric key and its
+//     alg cannot be that key's, so it is refused before any HMAC is
+//     computed (the RS256/HS256 confusion, where the public key would be
+//     used as the HMAC secret, never gets a chance). An HS256 token never
+//     makes Tally fetch the key set.
+//   - Any other alg needs a kid, which selects a key of the JWKS (fetching
+//     the set again when it is unknown, see JWKS.key); the token's alg must
+//     be the key's own. A JWKS key is never handed out for HS256, and the
+//     set holds public keys only, so there are no key bytes to misuse.
+//
+// The returned *signingKey is nil for HS256.
+func (a *authenticator) keyFor(ctx context.Context, t *jwt.Token) (any, *signingKey, error) {
+	alg := t.Method.Alg()
+	raw, hasKid := t.Header["kid"]
+	kid, isString := raw.(string)
+	if hasKid && !isString {
+		return nil, nil, errBadToken
+	}
+	if alg == jwt.SigningMethodHS256.Alg() {
+		if hasKid && a.jwks != nil && a.jwks.known(kid) {
+			return nil, nil, errAlgMismatch
+		}
+		return a.secret, nil, nil
+	}
+	if a.jwks == nil {
+		return nil, nil, errBadToken // unreachable: the parser admits HS256 only
+	}
+	if !hasKid {
+		return nil, nil, errNoKid
+	}
+	sk, err := a.jwks.key(ctx, kid)
+	if err != nil {
+		return nil, nil, err
+	}
+	if sk.alg != alg {
+		return nil, nil, errAlgMismatch
+	}
+	return sk.pub, sk, nil
 }
 
 func (a *authenticator) remember(key tokenKey, v verifiedToken, now time.Time) {
@@ -252,7 +326,7 @@ func (s *server) requireUser(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	uid, err := s.auth.user(tok)
+	uid, err := s.auth.user(c.Request.Context(), tok)
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -274,7 +348,7 @@ func (s *server) requireAdmin(c *gin.Context) {
 		c.Next()
 		return
 	}
-	if _, err := s.auth.user(tok); err == nil || domain.ErrorCode(err) == domain.CodeValidation {
+	if _, err := s.auth.user(c.Request.Context(), tok); err == nil || domain.ErrorCode(err) == domain.CodeValidation {
 		s.fail(c, errNotAdmin)
 		return
 	}

@@ -60,14 +60,14 @@ func TestClassify(t *testing.T) {
 func TestTokenCacheIsBounded(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
-	a := newAuthenticator([]byte("k"), "admin", 0, clock, tokenClaims{})
+	a := newAuthenticator([]byte("k"), nil, "admin", 0, clock, tokenClaims{})
 	a.cacheSize = 100
 	for i := range a.cacheSize + 10 {
 		tok, err := IssueToken([]byte("k"), fmt.Sprintf("u%d", i), time.Hour, now)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sub, err := a.user(tok); err != nil || sub != fmt.Sprintf("u%d", i) {
+		if sub, err := a.user(context.Background(), tok); err != nil || sub != fmt.Sprintf("u%d", i) {
 			t.Fatalf("token %d: %q %v", i, sub, err)
 		}
 		if n := len(a.cache); n > a.cacheSize {
@@ -76,11 +76,11 @@ func TestTokenCacheIsBounded(t *testing.T) {
 	}
 	// A cached token whose expiry passes is refused, as an uncached one is.
 	tok, _ := IssueToken([]byte("k"), "late", time.Minute, now)
-	if _, err := a.user(tok); err != nil {
+	if _, err := a.user(context.Background(), tok); err != nil {
 		t.Fatal(err)
 	}
 	now = now.Add(time.Minute)
-	if _, err := a.user(tok); err != errExpiredToken {
+	if _, err := a.user(context.Background(), tok); err != errExpiredToken {
 		t.Errorf("expired cached token: %v", err)
 	}
 }

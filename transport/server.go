@@ -43,7 +43,11 @@ type Options struct {
 	// JWTIssuer and JWTAudience, when set, are required of every user
 	// token (its iss, and one of its aud).
 	JWTIssuer, JWTAudience string
-	AdminToken             string
+	// JWKS, when set, is the identity provider's key set: RS256, ES256
+	// and EdDSA user tokens are verified with its keys, beside HS256 ones
+	// with JWTSecret (authenticator.keyFor). The caller closes it.
+	JWKS       *JWKS
+	AdminToken string
 	// UploadBaseURL is the absolute http(s) URL signed upload URLs are
 	// built under: <base>/<session id>/<filename>?expires=…&size_mb=…&sig=….
 	UploadBaseURL string
@@ -130,7 +134,7 @@ func New(opts Options) (http.Handler, error) {
 	if len(opts.UploadSecret) > 0 {
 		s.uploadKey = append([]byte(nil), opts.UploadSecret...)
 	}
-	s.auth = newAuthenticator(opts.JWTSecret, opts.AdminToken, opts.JWTMaxTTL, s.now,
+	s.auth = newAuthenticator(opts.JWTSecret, opts.JWKS, opts.AdminToken, opts.JWTMaxTTL, s.now,
 		tokenClaims{issuer: opts.JWTIssuer, audience: opts.JWTAudience})
 	if s.plansJSON, err = encodePlans(opts.Catalog); err != nil {
 		return nil, err
