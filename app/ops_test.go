@@ -1,12 +1,18 @@
 package app_test
 
 import (
+	"context"
 	"encoding/json"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/tally-dev/tally/app"
+	"github.com/tally-dev/tally/config"
 	"github.com/tally-dev/tally/internal/testenv"
 )
 
@@ -128,5 +134,40 @@ func TestPublicReadyzHidesDependencyErrors(t *testing.T) {
 	if err := json.Unmarshal(o.Body, &d); err != nil || o.Status != http.StatusServiceUnavailable ||
 		d.Checks["postgres"] == "" || d.Checks["postgres"] == "ok" || !strings.Contains(string(o.Body), "not ready: postgres") {
 		t.Errorf("Postgres down, ops /readyz: %d %s", o.Status, o.Body)
+	}
+}
+
+// An ops listener that fails takes the API down with it, and Run says so,
+// rather than serving on without metrics nobody notices are gone.
+func TestRunStopsWhenTheOpsListenerFails(t *testing.T) {
+	env := embeddedEnv(t)
+	cfg, err := config.Load(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := app.New(context.Background(), cfg, slog.New(slog.NewJSONHandler(testWriter{t}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	api, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops.Close() // its Accept fails at once
+	// The deadline only bounds the test: Run must return long before it,
+	// on the ops listener's failure alone.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err = a.Run(ctx, api, ops)
+	if err == nil || !strings.Contains(err.Error(), "ops listener") || ctx.Err() != nil {
+		t.Fatalf("Run: %v (context: %v), want the ops listener's failure before the context ends", err, ctx.Err())
+	}
+	if _, err := net.Dial("tcp", api.Addr().String()); err == nil {
+		t.Error("the API listener still accepts after Run returned")
 	}
 }
