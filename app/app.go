@@ -42,6 +42,12 @@ const (
 // the process's file descriptors.
 const opsMaxConns = 64
 
+// opsShutdownTimeout bounds the ops listener's own drain, after the API's:
+// a scrape takes milliseconds, and a profile still running is cut off
+// rather than holding up the exit (whose whole budget the API's drain,
+// TALLY_SHUTDOWN_TIMEOUT, may already have used).
+const opsShutdownTimeout = 2 * time.Second
+
 // App is one running Tally: its stores, actors and HTTP handlers.
 type App struct {
 	cfg      config.Config
@@ -228,7 +234,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	if a.cfg.MaxConns > 0 {
 		ln = netutil.LimitListener(ln, a.cfg.MaxConns)
 	}
-	return a.serve(ctx, srv, ln, "shutting down: draining in-flight requests")
+	return a.serve(ctx, srv, ln, "shutting down: draining in-flight requests", a.cfg.ShutdownTimeout)
 }
 
 // Run serves the API on api and, when ops is not nil, the ops handler on
@@ -263,7 +269,9 @@ func (a *App) Run(ctx context.Context, api, ops net.Listener) error {
 // timeouts (Serve), except that with pprof there is no write timeout: a
 // CPU profile or trace writes for as long as it was asked to
 // (?seconds=N), and net/http/pprof refuses any N past the server's write
-// timeout. At most opsMaxConns connections are served at once.
+// timeout. At most opsMaxConns connections are served at once. Requests
+// still running opsShutdownTimeout after ctx is done are cut off, which is
+// no error: nothing a client was promised is lost.
 func (a *App) serveOps(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           a.ops,
@@ -277,13 +285,18 @@ func (a *App) serveOps(ctx context.Context, ln net.Listener) error {
 	if a.cfg.OpsPprof {
 		srv.WriteTimeout = 0
 	}
-	return a.serve(ctx, srv, netutil.LimitListener(ln, opsMaxConns), "ops listener shutting down")
+	err := a.serve(ctx, srv, netutil.LimitListener(ln, opsMaxConns), "ops listener shutting down", opsShutdownTimeout)
+	if errors.Is(err, context.DeadlineExceeded) {
+		a.log.Warn("ops listener: requests still running at shutdown were cut off", "timeout", opsShutdownTimeout.String())
+		return nil
+	}
+	return err
 }
 
 // serve runs srv on ln until ctx is done, then shuts it down gracefully:
 // it stops accepting and lets in-flight requests finish, bounded by
-// TALLY_SHUTDOWN_TIMEOUT.
-func (a *App) serve(ctx context.Context, srv *http.Server, ln net.Listener, stopping string) error {
+// timeout; what is still running then is cut off.
+func (a *App) serve(ctx context.Context, srv *http.Server, ln net.Listener, stopping string, timeout time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -291,8 +304,8 @@ func (a *App) serve(ctx context.Context, srv *http.Server, ln net.Listener, stop
 		return err
 	case <-ctx.Done():
 	}
-	a.log.Info(stopping, "timeout", a.cfg.ShutdownTimeout.String())
-	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	a.log.Info(stopping, "timeout", timeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		_ = srv.Close() // what did not finish in time is cut off, not leaked

@@ -171,3 +171,53 @@ func TestRunStopsWhenTheOpsListenerFails(t *testing.T) {
 		t.Error("the API listener still accepts after Run returned")
 	}
 }
+
+// A profile still streaming from the ops listener when the process stops
+// is cut off, and the stop is still clean: an operator's trace must not
+// turn a SIGTERM into a failed exit.
+func TestRunStopsCleanlyWithAProfileRunning(t *testing.T) {
+	env := embeddedEnv(t)
+	env["TALLY_OPS_ADDR"] = "127.0.0.1:0"
+	env["TALLY_OPS_PPROF"] = "true"
+	cfg, err := config.Load(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := app.New(context.Background(), cfg, slog.New(slog.NewJSONHandler(testWriter{t}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	api, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, api, ops) }()
+
+	// A 60 s execution trace: its answer streams, so once the headers are
+	// in, the request is running on the server.
+	rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer rcancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, "http://"+ops.Addr().String()+"/debug/pprof/trace?seconds=60", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("trace: %d", resp.StatusCode)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run with a profile running: %v, want a clean stop", err)
+	}
+}
