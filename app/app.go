@@ -1,7 +1,8 @@
 // Package app wires one Tally process together: configuration → stores
 // (Postgres or the embedded store, Redis or an in-process one) → the
-// per-user actors → the Gin HTTP edge. cmd/tally calls it; tests build whole
-// servers with it, so what is tested is what runs.
+// per-user actors → the Gin HTTP edge, and the ops listener beside it.
+// cmd/tally calls it; tests build whole servers with it, so what is tested
+// is what runs.
 package app
 
 import (
@@ -36,7 +37,18 @@ const (
 	maxHeaderTime  = 5 * time.Second
 )
 
-// App is one running Tally: its stores, actors and HTTP handler.
+// opsMaxConns caps the ops listener's connections: a scraper, a probe and
+// an operator's profile need a handful, and a runaway client must not take
+// the process's file descriptors.
+const opsMaxConns = 64
+
+// opsShutdownTimeout bounds the ops listener's own drain, after the API's:
+// a scrape takes milliseconds, and a profile still running is cut off
+// rather than holding up the exit (whose whole budget the API's drain,
+// TALLY_SHUTDOWN_TIMEOUT, may already have used).
+const opsShutdownTimeout = 2 * time.Second
+
+// App is one running Tally: its stores, actors and HTTP handlers.
 type App struct {
 	cfg      config.Config
 	log      *slog.Logger
@@ -47,6 +59,7 @@ type App struct {
 	cache    *rediscache.Cache
 	accounts *actors.Service
 	handler  http.Handler
+	ops      http.Handler // the ops listener's (transport.NewOps)
 	registry *prometheus.Registry
 	conns    connGauge
 }
@@ -135,6 +148,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	if err != nil {
 		return nil, err
 	}
+	checkers := []transport.Checker{storeChecker{a.store, cfg.Embedded()}, a.cache}
 	a.handler, err = transport.New(transport.Options{
 		Accounts:      a.accounts,
 		Catalog:       cfg.Plans,
@@ -149,9 +163,13 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Providers:     cfg.STTProviders,
 		Logger:        log,
 		Registry:      a.registry,
-		Checkers:      []transport.Checker{storeChecker{a.store, cfg.Embedded()}, a.cache},
+		Checkers:      checkers,
 		MaxInFlight:   cfg.MaxInFlight,
 	})
+	if err != nil {
+		return nil, err
+	}
+	a.ops, err = transport.NewOps(transport.OpsOptions{Registry: a.registry, Checkers: checkers, Pprof: cfg.OpsPprof})
 	if err != nil {
 		return nil, err
 	}
@@ -182,8 +200,14 @@ func openRedis(cfg config.Config) (redis.UniversalClient, *miniredis.Miniredis, 
 	}
 }
 
-// Handler is the HTTP handler of the service.
+// Handler is the HTTP handler of the service: the API, /healthz, a bare
+// /readyz and /openapi.yaml.
 func (a *App) Handler() http.Handler { return a.handler }
+
+// OpsHandler is the ops listener's handler: /metrics, /readyz with each
+// check's detail, /healthz, and /debug/pprof when TALLY_OPS_PPROF is true.
+// It is never to be served where API clients reach it.
+func (a *App) OpsHandler() http.Handler { return a.ops }
 
 // Accounts is the accounting core (for tools and tests).
 func (a *App) Accounts() *actors.Service { return a.accounts }
@@ -221,6 +245,69 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	if a.cfg.MaxConns > 0 {
 		ln = netutil.LimitListener(ln, a.cfg.MaxConns)
 	}
+	return a.serve(ctx, srv, ln, "shutting down: draining in-flight requests", a.cfg.ShutdownTimeout)
+}
+
+// Run serves the API on api and, when ops is not nil, the ops handler on
+// ops, until ctx is done or either fails; then it shuts both down and
+// returns their errors. The ops listener outlives the API's drain (Serve),
+// so that the drain can be watched on /metrics, and is shut down after it.
+func (a *App) Run(ctx context.Context, api, ops net.Listener) error {
+	if ops == nil {
+		return a.Serve(ctx, api)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	opsCtx, stopOps := context.WithCancel(context.Background())
+	defer stopOps()
+	opsErr := make(chan error, 1)
+	go func() {
+		err := a.serveOps(opsCtx, ops)
+		if err != nil {
+			cancel() // an ops listener that failed takes the process down, as the API's would
+		}
+		opsErr <- err
+	}()
+	err := a.Serve(ctx, api)
+	stopOps()
+	if e := <-opsErr; e != nil {
+		err = errors.Join(err, fmt.Errorf("ops listener: %w", e))
+	}
+	return err
+}
+
+// serveOps answers the ops handler on ln until ctx is done, with the API's
+// timeouts (Serve), except that with pprof there is no write timeout: a
+// CPU profile or trace writes for as long as it was asked to
+// (?seconds=N), and net/http/pprof refuses any N past the server's write
+// timeout. At most opsMaxConns connections are served at once. Requests
+// still running opsShutdownTimeout after ctx is done are cut off, which is
+// no error: nothing a client was promised is lost.
+func (a *App) serveOps(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           a.ops,
+		ReadHeaderTimeout: headerTimeout(a.cfg.HTTPReadTimeout),
+		ReadTimeout:       a.cfg.HTTPReadTimeout,
+		WriteTimeout:      a.cfg.HTTPWriteTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	if a.cfg.OpsPprof {
+		srv.WriteTimeout = 0
+	}
+	err := a.serve(ctx, srv, netutil.LimitListener(ln, opsMaxConns), "ops listener shutting down", opsShutdownTimeout)
+	if errors.Is(err, context.DeadlineExceeded) {
+		a.log.Warn("ops listener: requests still running at shutdown were cut off", "timeout", opsShutdownTimeout.String())
+		return nil
+	}
+	return err
+}
+
+// serve runs srv on ln until ctx is done, then shuts it down gracefully:
+// it stops accepting and lets in-flight requests finish, bounded by
+// timeout; what is still running then is cut off.
+func (a *App) serve(ctx context.Context, srv *http.Server, ln net.Listener, stopping string, timeout time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -228,10 +315,11 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
-	a.log.Info("shutting down: draining in-flight requests", "timeout", a.cfg.ShutdownTimeout.String())
-	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	a.log.Info(stopping, "timeout", timeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close() // what did not finish in time is cut off, not leaked
 		return fmt.Errorf("graceful shutdown: %w", err)
 	}
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -272,7 +360,7 @@ func (a *App) Close() {
 	}
 }
 
-// storeChecker reports the store's reachability to /readyz.
+// storeChecker reports the store's reachability to both /readyz.
 type storeChecker struct {
 	store    persistence.Store
 	embedded bool

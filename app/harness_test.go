@@ -70,10 +70,12 @@ func embeddedEnv(t *testing.T) map[string]string {
 	return env
 }
 
-// server is one Tally instance serving on a loopback port.
+// server is one Tally instance serving its API and its ops listener on
+// loopback ports.
 type server struct {
-	URL string
-	App *app.App
+	URL    string // the API listener
+	OpsURL string // the ops listener: /metrics, the detailed /readyz
+	App    *app.App
 }
 
 func startServer(t *testing.T, env map[string]string) *server {
@@ -93,8 +95,12 @@ func startServer(t *testing.T, env map[string]string) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
+	opsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, ln) }()
+	go func() { done <- a.Run(ctx, ln, opsLn) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -102,7 +108,23 @@ func startServer(t *testing.T, env map[string]string) *server {
 		}
 		a.Close()
 	})
-	return &server{URL: "http://" + ln.Addr().String(), App: a}
+	return &server{URL: "http://" + ln.Addr().String(), OpsURL: "http://" + opsLn.Addr().String(), App: a}
+}
+
+// opsGet reads path from s's ops listener. openapi.yaml describes the API
+// listener only, so the answer is not checked against it.
+func opsGet(t *testing.T, s *server, path string) response {
+	t.Helper()
+	resp, err := http.Get(s.OpsURL + path)
+	if err != nil {
+		t.Fatalf("GET %s%s: %v", s.OpsURL, path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s%s: %v", s.OpsURL, path, err)
+	}
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: body}
 }
 
 // testWriter sends the service's logs to the test log.

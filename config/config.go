@@ -109,12 +109,17 @@ type Config struct {
 	// IdleTimeout is how long a user's actor stays in memory unused before
 	// it is passivated (TALLY_IDLE_TIMEOUT).
 	IdleTimeout time.Duration
-	// DebugAddr, when set, serves net/http/pprof on a separate listener
-	// (TALLY_DEBUG_ADDR), for profiling. It must be a loopback address
-	// unless DebugAllowRemote: pprof hands out heap contents (tokens,
+	// OpsAddr, when set, is the ops listener (TALLY_OPS_ADDR), host:port:
+	// /metrics, the detailed /readyz, /healthz, and pprof when OpsPprof.
+	// Empty: no ops listener, and none of these but /healthz and the bare
+	// /readyz of the API listener.
+	OpsAddr string
+	// OpsPprof mounts net/http/pprof on the ops listener (TALLY_OPS_PPROF).
+	// It needs a loopback OpsAddr unless OpsPprofAllowRemote
+	// (TALLY_OPS_PPROF_ALLOW_REMOTE): pprof hands out heap contents (tokens,
 	// request bodies) and goroutine stacks to whoever can reach it.
-	DebugAddr        string
-	DebugAllowRemote bool
+	OpsPprof            bool
+	OpsPprofAllowRemote bool
 
 	// HTTPReadTimeout bounds reading one whole request, headers and body
 	// (TALLY_HTTP_READ_TIMEOUT): a client that stalls mid-body is cut off.
@@ -382,8 +387,8 @@ var vars = []Var{
 		get:     func(c Config) string { return c.IdleTimeout.String() },
 	},
 	{
-		Name:    "TALLY_DEBUG_ADDR",
-		Meaning: "host:port of a separate listener serving /debug/pprof (profiling); unset: off",
+		Name:    "TALLY_OPS_ADDR",
+		Meaning: "host:port of the ops listener: /metrics, /readyz with each check's detail, /healthz, and /debug/pprof with TALLY_OPS_PPROF; keep it off the public network; unset: no ops listener (no metrics)",
 		parse: func(c *Config, v string) error {
 			if v == "" {
 				return nil
@@ -391,23 +396,22 @@ var vars = []Var{
 			if err := checkHostPort(v, false); err != nil {
 				return err
 			}
-			c.DebugAddr = v
+			c.OpsAddr = v
 			return nil
 		},
-		get: func(c Config) string { return c.DebugAddr },
+		get: func(c Config) string { return c.OpsAddr },
 	},
 	{
-		Name: "TALLY_DEBUG_ALLOW_REMOTE", Default: "false",
-		Meaning: "true lets TALLY_DEBUG_ADDR listen on a non-loopback address (pprof exposes memory contents: only behind a firewall)",
-		parse: func(c *Config, v string) error {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return errors.New("want true or false")
-			}
-			c.DebugAllowRemote = b
-			return nil
-		},
-		get: func(c Config) string { return strconv.FormatBool(c.DebugAllowRemote) },
+		Name: "TALLY_OPS_PPROF", Default: "false",
+		Meaning: "true serves /debug/pprof (profiling) on the ops listener; needs TALLY_OPS_ADDR on loopback (127.0.0.1, [::1], localhost)",
+		parse:   boolInto(func(c *Config) *bool { return &c.OpsPprof }),
+		get:     func(c Config) string { return strconv.FormatBool(c.OpsPprof) },
+	},
+	{
+		Name: "TALLY_OPS_PPROF_ALLOW_REMOTE", Default: "false",
+		Meaning: "true lets TALLY_OPS_PPROF serve on a non-loopback TALLY_OPS_ADDR (pprof exposes memory contents: only behind a firewall)",
+		parse:   boolInto(func(c *Config) *bool { return &c.OpsPprofAllowRemote }),
+		get:     func(c Config) string { return strconv.FormatBool(c.OpsPprofAllowRemote) },
 	},
 	{
 		Name: "TALLY_STT_PROVIDERS", Default: "google,assemblyai",
@@ -471,6 +475,14 @@ var vars = []Var{
 	},
 }
 
+// retired are variables Tally no longer reads, with what replaced them.
+// Load refuses them: a deployment that still sets one would otherwise lose
+// what it asked for without a word.
+var retired = []struct{ name, problem string }{
+	{"TALLY_DEBUG_ADDR", "is no longer read: pprof is served on the ops listener; set TALLY_OPS_ADDR=127.0.0.1:PORT and TALLY_OPS_PPROF=true instead"},
+	{"TALLY_DEBUG_ALLOW_REMOTE", "is no longer read: set TALLY_OPS_PPROF_ALLOW_REMOTE instead"},
+}
+
 // Vars lists every variable Load reads, with its default and meaning, in a
 // stable order; it is what --help and the README table are made from.
 func Vars() []Var { return append([]Var(nil), vars...) }
@@ -518,6 +530,11 @@ func Load(getenv func(string) string) (Config, error) {
 			bad[v.Name] = true
 		}
 	}
+	for _, r := range retired {
+		if getenv(r.name) != "" {
+			errs = append(errs, &VarError{r.name, r.problem})
+		}
+	}
 	errs = append(errs, c.crossCheck(bad)...)
 	if len(errs) > 0 {
 		return Config{}, errors.Join(errs...)
@@ -544,8 +561,11 @@ func (c Config) crossCheck(bad map[string]bool) []error {
 	if len(c.RedisSentinels) == 0 && c.RedisMaster != "" {
 		add("TALLY_REDIS_SENTINELS", "is required when TALLY_REDIS_MASTER is set: want a comma-separated list of host:port")
 	}
-	if c.DebugAddr != "" && !c.DebugAllowRemote && !loopback(c.DebugAddr) {
-		add("TALLY_DEBUG_ADDR", "serves pprof (heap contents, goroutine stacks) and must listen on loopback: want 127.0.0.1:PORT, [::1]:PORT or localhost:PORT, or set TALLY_DEBUG_ALLOW_REMOTE=true")
+	if c.OpsPprof && c.OpsAddr == "" {
+		add("TALLY_OPS_PPROF", "is true but TALLY_OPS_ADDR is unset: pprof is served on the ops listener only; set TALLY_OPS_ADDR=127.0.0.1:PORT")
+	}
+	if c.OpsPprof && c.OpsAddr != "" && !c.OpsPprofAllowRemote && !loopback(c.OpsAddr) {
+		add("TALLY_OPS_PPROF", fmt.Sprintf("is true but TALLY_OPS_ADDR (%s) is not a loopback address, and pprof hands out heap contents and goroutine stacks: want TALLY_OPS_ADDR=127.0.0.1:PORT, [::1]:PORT or localhost:PORT, or set TALLY_OPS_PPROF_ALLOW_REMOTE=true", c.OpsAddr))
 	}
 	if c.UploadSecret != "" && (c.UploadSecret == c.JWTSecret || c.UploadSecret == c.AdminToken) {
 		add("TALLY_UPLOAD_SECRET", "must differ from TALLY_JWT_SECRET and TALLY_ADMIN_TOKEN: the service that checks uploads holds it")
@@ -642,6 +662,17 @@ func setSecret(dst *string, v string) error {
 	}
 	*dst = v
 	return nil
+}
+
+func boolInto(field func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("want true or false")
+		}
+		*field(c) = b
+		return nil
+	}
 }
 
 func intInto(least int, field func(*Config) *int) func(*Config, string) error {

@@ -379,26 +379,60 @@ func TestRedacted(t *testing.T) {
 // TestVarsAreTheSingleSource checks that Load reads exactly the variables
 // Vars documents, that each is documented, and that each default survives
 // a round trip through Load and Redacted.
-// pprof hands out memory contents: TALLY_DEBUG_ADDR is refused on any
-// address but loopback, unless TALLY_DEBUG_ALLOW_REMOTE says otherwise.
-func TestDebugAddrIsLoopbackUnlessAllowed(t *testing.T) {
+// pprof hands out memory contents: TALLY_OPS_PPROF is refused unless the
+// ops listener is on loopback, or TALLY_OPS_PPROF_ALLOW_REMOTE says
+// otherwise; the ops listener itself (metrics, readiness) may listen
+// anywhere.
+func TestOpsPprofIsLoopbackUnlessAllowed(t *testing.T) {
 	for _, addr := range []string{"127.0.0.1:6060", "[::1]:6060", "localhost:6060"} {
-		if c := mustLoad(t, map[string]string{"TALLY_DEBUG_ADDR": addr}); c.DebugAddr != addr {
-			t.Errorf("%s: DebugAddr %q", addr, c.DebugAddr)
+		c := mustLoad(t, map[string]string{"TALLY_OPS_ADDR": addr, "TALLY_OPS_PPROF": "true"})
+		if c.OpsAddr != addr || !c.OpsPprof {
+			t.Errorf("%s: OpsAddr %q, OpsPprof %v", addr, c.OpsAddr, c.OpsPprof)
 		}
 	}
-	for _, addr := range []string{":6060", "0.0.0.0:6060", "10.1.2.3:6060", "[::]:6060", "debug.internal:6060"} {
-		_, err := Load(env(map[string]string{"TALLY_DEBUG_ADDR": addr}))
-		if err == nil || !strings.Contains(err.Error(), "TALLY_DEBUG_ADDR") || !strings.Contains(err.Error(), "loopback") {
-			t.Errorf("%s: %v, want a refusal naming TALLY_DEBUG_ADDR and loopback", addr, err)
+	for _, addr := range []string{":6060", "0.0.0.0:6060", "10.1.2.3:6060", "[::]:6060", "ops.internal:6060"} {
+		if c := mustLoad(t, map[string]string{"TALLY_OPS_ADDR": addr}); c.OpsAddr != addr || c.OpsPprof {
+			t.Errorf("%s without pprof: %+v", addr, c)
 		}
-		c := mustLoad(t, map[string]string{"TALLY_DEBUG_ADDR": addr, "TALLY_DEBUG_ALLOW_REMOTE": "true"})
-		if c.DebugAddr != addr || !c.DebugAllowRemote {
+		_, err := Load(env(map[string]string{"TALLY_OPS_ADDR": addr, "TALLY_OPS_PPROF": "true"}))
+		if err == nil || !strings.Contains(err.Error(), "TALLY_OPS_PPROF ") || !strings.Contains(err.Error(), "loopback") ||
+			!strings.Contains(err.Error(), "TALLY_OPS_PPROF_ALLOW_REMOTE=true") {
+			t.Errorf("%s: %v, want a refusal naming TALLY_OPS_PPROF, loopback and the way out", addr, err)
+		}
+		c := mustLoad(t, map[string]string{"TALLY_OPS_ADDR": addr, "TALLY_OPS_PPROF": "true", "TALLY_OPS_PPROF_ALLOW_REMOTE": "true"})
+		if c.OpsAddr != addr || !c.OpsPprof || !c.OpsPprofAllowRemote {
 			t.Errorf("%s allowed: %+v", addr, c)
 		}
 	}
-	if _, err := Load(env(map[string]string{"TALLY_DEBUG_ALLOW_REMOTE": "yes please"})); err == nil || !strings.Contains(err.Error(), "true or false") {
-		t.Errorf("a non-boolean TALLY_DEBUG_ALLOW_REMOTE: %v", err)
+	// pprof with nowhere to serve it is a mistake, not a silent no-op.
+	if _, err := Load(env(map[string]string{"TALLY_OPS_PPROF": "true"})); err == nil || !strings.Contains(err.Error(), "TALLY_OPS_PPROF is true but TALLY_OPS_ADDR is unset") {
+		t.Errorf("pprof without an ops listener: %v", err)
+	}
+	for _, v := range []string{"TALLY_OPS_PPROF", "TALLY_OPS_PPROF_ALLOW_REMOTE"} {
+		if _, err := Load(env(map[string]string{v: "yes please"})); err == nil || !strings.Contains(err.Error(), v) || !strings.Contains(err.Error(), "true or false") {
+			t.Errorf("a non-boolean %s: %v", v, err)
+		}
+	}
+	if _, err := Load(env(map[string]string{"TALLY_OPS_ADDR": "nonsense"})); err == nil || !strings.Contains(err.Error(), "TALLY_OPS_ADDR") {
+		t.Errorf("a bad TALLY_OPS_ADDR: %v", err)
+	}
+	// Off by default: no ops listener, no pprof.
+	if c := mustLoad(t, nil); c.OpsAddr != "" || c.OpsPprof || c.OpsPprofAllowRemote {
+		t.Errorf("defaults: %+v", c)
+	}
+}
+
+// The variables the ops listener replaced are refused with what to set
+// instead, rather than silently ignored.
+func TestRetiredDebugVarsAreRefused(t *testing.T) {
+	for v, want := range map[string]string{
+		"TALLY_DEBUG_ADDR":         "TALLY_OPS_PPROF=true",
+		"TALLY_DEBUG_ALLOW_REMOTE": "TALLY_OPS_PPROF_ALLOW_REMOTE",
+	} {
+		_, err := Load(env(map[string]string{v: "127.0.0.1:6060"}))
+		if err == nil || !strings.HasPrefix(err.Error(), v+" ") || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s set: %v, want a refusal naming it and %s", v, err, want)
+		}
 	}
 }
 
@@ -426,6 +460,9 @@ func TestVarsAreTheSingleSource(t *testing.T) {
 				t.Errorf("%s: default %q comes back as %q", v.Name, v.Default, v.get(back))
 			}
 		}
+	}
+	for _, r := range retired {
+		seen[r.name] = true // read only to be refused
 	}
 	for k := range read {
 		if !seen[k] {

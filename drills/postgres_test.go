@@ -283,7 +283,7 @@ func TestLostCommitRepliesAreCountedOnce(t *testing.T) {
 		DatabaseURL: direct, Redis: rc, RedisPrefix: rprefix,
 		Allowed5xx: []int{http.StatusServiceUnavailable, http.StatusGatewayTimeout}, Fault: fault, Heal: heal,
 	}).Run(t)
-	resolved := metric(t, client, s.URL, `tally_unknown_outcomes_total{found="committed"}`)
+	resolved := metric(t, s, `tally_unknown_outcomes_total{found="committed"}`)
 	t.Logf("%d outcomes committed while their client got no answer (replayed to its retry); %v more found committed by the service itself", sum.LostReplies, resolved)
 	if sum.LostReplies == 0 {
 		t.Errorf("no outcome was committed while its client got no answer: the drill never lost a COMMIT reply to a client, so it proved nothing")

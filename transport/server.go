@@ -1,9 +1,10 @@
 // Package transport is Tally's HTTP edge (Gin): it authenticates callers,
 // decodes and validates requests strictly, forwards them to the accounting
 // core through the Accounts interface, and maps every error to one status
-// code in one place (errors.go). It also serves the ops endpoints (/healthz,
-// /readyz, /metrics, /openapi.yaml) and the OpenAPI document that describes
-// all of it.
+// code in one place (errors.go). Beside the API it serves /healthz, a bare
+// /readyz and the OpenAPI document (/openapi.yaml) that describes all of it;
+// the ops handler (NewOps, ops.go) serves /metrics, the detailed /readyz and
+// pprof on a listener of their own.
 package transport
 
 import (
@@ -22,7 +23,6 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tally-dev/tally/domain"
 )
@@ -53,10 +53,10 @@ type Options struct {
 	UploadBaseURL string
 	Providers     []string // the configured speech-to-text providers
 	Logger        *slog.Logger
-	// Registry receives the HTTP and admission metrics and is what /metrics
-	// serves. Nil means a private registry.
+	// Registry receives the HTTP and admission metrics; the ops handler
+	// (NewOps) serves it. Nil means a private registry.
 	Registry *prometheus.Registry
-	Checkers []Checker // run by /readyz
+	Checkers []Checker // run by /readyz, which answers ready or not only
 	// MaxInFlight bounds the API and admin requests being served at once;
 	// more are answered 503 with Retry-After at once instead of queueing
 	// in the actors' unbounded mailboxes. Zero means no bound.
@@ -105,12 +105,8 @@ func New(opts Options) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	seen := make(map[string]bool, len(opts.Checkers))
-	for _, ch := range opts.Checkers {
-		if ch == nil || ch.Name() == "" || seen[ch.Name()] {
-			return nil, errors.New("transport: every readiness checker needs a distinct, non-empty name")
-		}
-		seen[ch.Name()] = true
+	if err := checkCheckers(opts.Checkers); err != nil {
+		return nil, err
 	}
 	s := &server{
 		accounts:   opts.Accounts,
@@ -146,7 +142,7 @@ func New(opts Options) (http.Handler, error) {
 	if s.metrics, err = newMetrics(reg, s.slots); err != nil {
 		return nil, err
 	}
-	engine := s.routes(reg)
+	engine := s.routes()
 	if s.slots == nil {
 		return engine, nil
 	}
@@ -161,7 +157,7 @@ func parseUploadBase(raw string) (string, error) {
 	return strings.TrimRight(raw, "/"), nil
 }
 
-func (s *server) routes(reg *prometheus.Registry) *gin.Engine {
+func (s *server) routes() *gin.Engine {
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
 	// The API has one spelling per resource: no redirects that a client
@@ -175,7 +171,6 @@ func (s *server) routes(reg *prometheus.Registry) *gin.Engine {
 
 	r.GET("/healthz", s.healthz)
 	r.GET("/readyz", s.readyz)
-	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
 	r.GET("/openapi.yaml", s.openAPI)
 	r.GET("/api/v1/plans", s.listPlans)
 
@@ -240,10 +235,10 @@ func (s *server) record(c *gin.Context, id string, start time.Time) {
 	status := c.Writer.Status()
 	s.metrics.request(route, method, status, latency.Seconds())
 
-	// Probes hit the ops endpoints every few seconds; their lines would
-	// drown the ones that matter.
+	// Probes hit these every few seconds; their lines would drown the ones
+	// that matter.
 	level := slog.LevelInfo
-	if route == "/healthz" || route == "/readyz" || route == "/metrics" {
+	if route == "/healthz" || route == "/readyz" {
 		level = slog.LevelDebug
 	}
 	if !s.log.Enabled(c.Request.Context(), level) {
@@ -349,9 +344,9 @@ func (p *prereadBody) Close() error { return nil }
 // it (and turn them into 504s). A request's body (at most 64 KiB) is read
 // before it takes a slot; everything else — routing, authentication, the
 // access log line — comes after, so that shedding costs a fraction of
-// serving; tally_http_shed_total counts what it refuses. Ops endpoints
-// (/healthz, /readyz, /metrics, /openapi.yaml) are never shed: probes and
-// scrapes must see an overloaded process.
+// serving; tally_http_shed_total counts what it refuses. /healthz, /readyz
+// and /openapi.yaml are never shed: probes must see an overloaded process
+// (nothing on the ops listener, NewOps, is shed either).
 type bounded struct {
 	s    *server
 	next http.Handler
@@ -359,7 +354,7 @@ type bounded struct {
 
 func (b *bounded) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
-	case "/healthz", "/readyz", "/metrics", "/openapi.yaml":
+	case "/healthz", "/readyz", "/openapi.yaml":
 		b.next.ServeHTTP(w, r)
 		return
 	}

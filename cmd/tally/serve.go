@@ -12,8 +12,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"time"
@@ -57,22 +55,34 @@ func runServe(ctx context.Context, args []string, env func(string) string, stdou
 	if err != nil {
 		return fmt.Errorf("listen on %s (TALLY_HTTP_ADDR): %w", cfg.HTTPAddr, err)
 	}
+	var opsLn net.Listener // nil: no ops listener
+	if cfg.OpsAddr != "" {
+		if opsLn, err = net.Listen("tcp", cfg.OpsAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("listen on %s (TALLY_OPS_ADDR): %w", cfg.OpsAddr, err)
+		}
+	}
 	a, err := app.New(ctx, cfg, log)
 	if err != nil {
 		ln.Close()
+		if opsLn != nil {
+			opsLn.Close()
+		}
 		return err
 	}
 	defer a.Close()
 	log.Info("tally serving", "addr", ln.Addr().String(), "config", cfg)
-	if cfg.DebugAddr != "" {
-		go serveDebug(cfg.DebugAddr, log)
+	if opsLn != nil {
+		log.Info("ops listener serving /metrics, /readyz, /healthz", "addr", opsLn.Addr().String(), "pprof", cfg.OpsPprof)
+	} else {
+		log.Info("ops listener off: no /metrics and no detailed /readyz; set TALLY_OPS_ADDR (e.g. 127.0.0.1:9090) to serve them")
 	}
 	if demo {
 		if err := printDemo(stdout, cfg, ln.Addr().String()); err != nil {
 			return err
 		}
 	}
-	return a.Serve(ctx, ln)
+	return a.Run(ctx, ln, opsLn)
 }
 
 // credentials are the generated secrets of embedded mode, kept in the data
@@ -142,20 +152,4 @@ Try it:
 
 `, base, cfg.DataDir, cfg.AdminToken, tok)
 	return err
-}
-
-// serveDebug serves net/http/pprof on its own listener, never on the API's:
-// profiles reveal internals and must not be reachable by API clients.
-func serveDebug(addr string, log *slog.Logger) {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	log.Info("debug listener (pprof)", "addr", addr)
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	if err := srv.ListenAndServe(); err != nil {
-		log.Warn("debug listener stopped", "err", err)
-	}
 }

@@ -779,7 +779,8 @@ func (r *runner) runGin(ctx context.Context, p *Phase, round int) error {
 
 // tallyEnv is the configuration of a Tally child: the run's database,
 // Redis and prefix, fresh secrets, warn-level logs (no access log line per
-// request), and gogc as GOGC ("": Go's default).
+// request), an ops listener on a free loopback port (liveActors reads its
+// /metrics), and gogc as GOGC ("": Go's default).
 func (r *runner) tallyEnv(idle time.Duration, gogc string) []string {
 	return r.tallyEnvOn(r.st.tallyDB, r.st.redisPrefix, idle, gogc)
 }
@@ -789,6 +790,7 @@ func (r *runner) tallyEnv(idle time.Duration, gogc string) []string {
 func (r *runner) tallyEnvOn(db, redisPrefix string, idle time.Duration, gogc string) []string {
 	env := []string{
 		"TALLY_HTTP_ADDR=127.0.0.1:0",
+		"TALLY_OPS_ADDR=127.0.0.1:0",
 		"TALLY_DATABASE_URL=" + r.st.dbURL(db),
 		"TALLY_REDIS_URL=redis://" + r.st.redisAddr + "/0",
 		"TALLY_REDIS_KEY_PREFIX=" + redisPrefix,
@@ -979,12 +981,12 @@ func (r *runner) phaseOverLimit(ctx context.Context, p *Phase) error {
 	return nil
 }
 
-// liveActors reads tally_live_actors from the child's /metrics (-1 when
-// it cannot).
+// liveActors reads tally_live_actors from the child's /metrics, on its ops
+// listener (-1 when it cannot).
 func liveActors(ctx context.Context, c *child) float64 {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url()+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.opsURL()+"/metrics", nil)
 	if err != nil {
 		return -1
 	}

@@ -41,9 +41,12 @@ const (
 // commands (for a test binary's TestMain, which must dispatch them too).
 func IsChildCommand(arg string) bool { return arg == cmdServeGin || arg == cmdServeTally }
 
-// The child → parent protocol is lines on the child's stdout: first
-// "listening ADDR" once it serves, then "gc-done" after each forced GC.
+// The child → parent protocol is lines on the child's stdout: a Tally
+// child first says "ops ADDR", where its ops listener (/metrics) is; every
+// child then says "listening ADDR" once it serves, and "gc-done" after each
+// forced GC.
 const (
+	lineOps       = "ops "
 	lineListening = "listening "
 	lineGCDone    = "gc-done"
 )
@@ -89,7 +92,8 @@ func onGCRequest(ctx context.Context, say func(string)) {
 }
 
 // serveTally is a whole Tally, built by app.New from TALLY_* variables
-// exactly as `tally serve` does, on TALLY_HTTP_ADDR (port 0 for a free one).
+// exactly as `tally serve` does, on TALLY_HTTP_ADDR (port 0 for a free
+// one), with its ops listener on TALLY_OPS_ADDR when that is set.
 func serveTally(ctx context.Context, say func(string), stderr io.Writer) error {
 	cfg, err := config.Load(os.Getenv)
 	if err != nil {
@@ -100,9 +104,19 @@ func serveTally(ctx context.Context, say func(string), stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var opsLn net.Listener
+	if cfg.OpsAddr != "" {
+		if opsLn, err = net.Listen("tcp", cfg.OpsAddr); err != nil {
+			ln.Close()
+			return err
+		}
+	}
 	a, err := app.New(ctx, cfg, log)
 	if err != nil {
 		ln.Close()
+		if opsLn != nil {
+			opsLn.Close()
+		}
 		return err
 	}
 	defer a.Close()
@@ -110,8 +124,11 @@ func serveTally(ctx context.Context, say func(string), stderr io.Writer) error {
 	// the address (a signal before signal.Notify was lost, and the memory
 	// phase timed out waiting for its GC).
 	onGCRequest(ctx, say)
+	if opsLn != nil {
+		say(lineOps + opsLn.Addr().String()) // before "listening": the parent stops reading for it there
+	}
 	say(lineListening + ln.Addr().String())
-	return a.Serve(ctx, ln)
+	return a.Run(ctx, ln, opsLn)
 }
 
 // ginSession is the baseline's answer: a small object marshalled from a
@@ -194,6 +211,7 @@ type child struct {
 	name    string
 	cmd     *exec.Cmd
 	addr    string
+	opsAddr string // a Tally child's ops listener; "" for the others
 	logPath string
 	gcDone  chan struct{}
 	exited  chan struct{}
@@ -278,6 +296,10 @@ func launch(ctx context.Context, name string, cmd *exec.Cmd, env []string, logPa
 		for sc.Scan() {
 			line := sc.Text()
 			switch {
+			case strings.HasPrefix(line, lineOps):
+				// Written before addrc is sent to, and read after it is
+				// received from: the channel orders the two.
+				c.opsAddr = strings.TrimPrefix(line, lineOps)
 			case strings.HasPrefix(line, lineListening):
 				addrc <- strings.TrimPrefix(line, lineListening)
 			case line == lineGCDone:
@@ -328,6 +350,9 @@ func filterEnv(env []string) []string {
 func (c *child) pid() int { return c.cmd.Process.Pid }
 
 func (c *child) url() string { return "http://" + c.addr }
+
+// opsURL is the base URL of a Tally child's ops listener (/metrics).
+func (c *child) opsURL() string { return "http://" + c.opsAddr }
 
 // gc asks the child for a full GC with memory returned to the OS, and
 // waits for it to finish.
