@@ -20,6 +20,37 @@ const MaxPeriodLength = 31 * 24 * time.Hour
 // would give a first period ending in year 10000.
 var AnchorLimit = time.Date(9999, 12, 1, 0, 0, 0, 0, time.UTC)
 
+// EarliestTime and LatestTime bound every instant Tally takes from a
+// request and every one it answers with. RFC 3339 writes the year in four
+// digits, so nothing after year 9999 can be written at all; year 0000 can
+// be, but is no year to many clients' date types (Python's datetime and
+// .NET's DateTime start at year 1), so it is refused too.
+var (
+	EarliestTime = time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)
+	LatestTime   = time.Date(9999, 12, 31, 23, 59, 59, 999_999_999, time.UTC)
+)
+
+// Writable reports whether t lies within [EarliestTime, LatestTime]: written
+// in UTC, it is an RFC 3339 date-time every client can read back.
+func Writable(t time.Time) bool {
+	return !t.Before(EarliestTime) && !t.After(LatestTime)
+}
+
+// ValidateAnchor checks a billing anchor taken from a request. The anchor
+// is answered back (billing_anchor), and so is every period it starts, so
+// all of them must be Writable: the anchor at or after EarliestTime (no
+// period starts before its anchor, see User.Period), and before
+// AnchorLimit.
+func ValidateAnchor(anchor time.Time) error {
+	switch a := anchor.UTC(); {
+	case a.Before(EarliestTime):
+		return validation([]FieldError{{"billing_anchor", "must be at or after " + EarliestTime.Format(time.RFC3339)}})
+	case !a.Before(AnchorLimit):
+		return validation([]FieldError{{"billing_anchor", "must be before " + AnchorLimit.Format(time.RFC3339) + ", so that every period ends within year 9999"}})
+	}
+	return nil
+}
+
 // Contains reports whether t falls inside the period.
 func (p Period) Contains(t time.Time) bool {
 	return !t.Before(p.Start) && t.Before(p.End)

@@ -186,3 +186,94 @@ func TestAnchorLimitKeepsPeriodsInYear9999(t *testing.T) {
 		t.Errorf("anchor %s still ends its first period in %d: the limit could be later", AnchorLimit, p.End.Year())
 	}
 }
+
+// ValidateAnchor takes exactly the anchors from EarliestTime up to, not
+// including, AnchorLimit, whatever the offset they were written with.
+func TestValidateAnchorEdges(t *testing.T) {
+	east := time.FixedZone("+01:00", 3600)
+	west := time.FixedZone("-01:00", -3600)
+	for _, tc := range []struct {
+		anchor time.Time
+		ok     bool
+	}{
+		{EarliestTime, true},
+		{EarliestTime.Add(-time.Nanosecond), false},
+		{time.Date(1, 1, 1, 0, 30, 0, 0, east), false}, // 0000-12-31T23:30Z
+		{time.Date(1, 1, 1, 0, 0, 0, 0, west), true},
+		{time.Date(0, 6, 1, 0, 0, 0, 0, time.UTC), false},
+		{time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC), false},
+		{time.Date(9999, 11, 30, 0, 0, 0, 0, time.UTC), true},
+		{AnchorLimit.Add(-time.Nanosecond), true},
+		{AnchorLimit, false},
+		{time.Date(9999, 11, 30, 23, 0, 0, 0, west), false}, // AnchorLimit itself
+		{time.Date(9999, 12, 1, 0, 30, 0, 0, east), true},   // 9999-11-30T23:30Z
+		{time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), false},
+	} {
+		err := ValidateAnchor(tc.anchor)
+		if (err == nil) != tc.ok {
+			t.Errorf("ValidateAnchor(%s) = %v, want ok %v", tc.anchor, err, tc.ok)
+			continue
+		}
+		if err != nil {
+			if ErrorCode(err) != CodeValidation {
+				t.Errorf("ValidateAnchor(%s): code %s, want %s", tc.anchor, ErrorCode(err), CodeValidation)
+			}
+			if de, _ := err.(*Error); de == nil || len(de.Fields) != 1 || de.Fields[0].Field != "billing_anchor" {
+				t.Errorf("ValidateAnchor(%s) = %#v, want one field billing_anchor", tc.anchor, err)
+			}
+		}
+	}
+}
+
+// Every period of an accepted anchor is Writable, from the first (the
+// clock behind the anchor) to the one current at the last instant before
+// AnchorLimit, for anchors near both ends of the range: what the anchor
+// check promises for any clock before 9999-12-01.
+func TestAcceptedAnchorsGiveWritablePeriods(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 18))
+	span := AnchorLimit.Sub(EarliestTime) // saturates at the largest Duration: ~292 years
+	anchors := []time.Time{EarliestTime, AnchorLimit.Add(-time.Nanosecond), AnchorLimit.Add(-time.Microsecond),
+		time.Date(1, 1, 31, 23, 59, 59, 999_999_999, time.UTC), time.Date(9999, 10, 31, 12, 0, 0, 0, time.UTC)}
+	for range 200 {
+		anchors = append(anchors, EarliestTime.Add(time.Duration(r.Int64N(int64(span)))),
+			AnchorLimit.Add(-time.Duration(r.Int64N(int64(span)))))
+	}
+	for _, a := range anchors {
+		if err := ValidateAnchor(a); err != nil {
+			t.Fatalf("anchor %s refused: %v", a, err)
+		}
+		u := User{BillingAnchor: a}
+		for _, now := range []time.Time{EarliestTime, a.Add(-time.Hour), a, a.AddDate(0, 0, 45), AnchorLimit.Add(-time.Nanosecond)} {
+			if !now.Before(AnchorLimit) {
+				continue
+			}
+			p := u.Period(now)
+			if !Writable(p.Start) || !Writable(p.End) || !Writable(a) {
+				t.Fatalf("anchor %s, now %s: period %s – %s is not writable", a, now, p.Start, p.End)
+			}
+		}
+	}
+}
+
+func TestWritable(t *testing.T) {
+	for _, tc := range []struct {
+		t  time.Time
+		ok bool
+	}{
+		{EarliestTime, true},
+		{LatestTime, true},
+		{EarliestTime.Add(-time.Nanosecond), false},
+		{LatestTime.Add(time.Nanosecond), false},
+		{time.Date(1, 1, 1, 0, 30, 0, 0, time.FixedZone("", 3600)), false},
+		{time.Date(9999, 12, 31, 23, 30, 0, 0, time.FixedZone("", -3600)), false},
+	} {
+		if got := Writable(tc.t); got != tc.ok {
+			t.Errorf("Writable(%s) = %v, want %v", tc.t, got, tc.ok)
+		}
+		// What Writable promises: in UTC, RFC 3339 with a four-digit year.
+		s := tc.t.UTC().Format(time.RFC3339Nano)
+		if four := len(s) > 4 && s[4] == '-' && s[:4] != "0000"; four != tc.ok {
+			t.Errorf("%s written as %q", tc.t, s)
+		}
+	}
+}

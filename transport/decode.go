@@ -3,7 +3,6 @@ package transport
 import (
 	"bytes"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +18,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/tally-dev/tally/domain"
 )
@@ -102,53 +103,75 @@ func badRequest(format string, args ...any) error {
 	return &domain.Error{Code: domain.CodeBadRequest, Message: fmt.Sprintf(format, args...)}
 }
 
-// decodeJSON decodes exactly one JSON object into v: unknown fields, wrong
-// types, malformed JSON, a top level that is not an object, and anything
-// after the object are 400s. Values are checked afterwards (422).
+// The decoder's options. Both refuse members no field is named after
+// (RejectUnknownMembers) and, by the v2 decoder's defaults, match names
+// exactly — `TITLE` is not `title` — and refuse a name given twice in an
+// object at any depth, where encoding/json matched names regardless of
+// case and let the last duplicate win, so that `{"TITLE":"a","title":"b"}`
+// was a create titled "b". The strict one also refuses text that is not
+// valid Unicode: invalid UTF-8 bytes and unpaired \ud800–\udfff escapes,
+// which any decoder that accepts them turns into U+FFFD, so that the
+// service would keep, and answer with, something other than what the
+// client sent. The lenient one accepts such text; it is only used to tell
+// a body whose one fault is its text (a 422 naming each field) from a
+// malformed one (a 400).
+var (
+	decodeStrict      = json.JoinOptions(json.RejectUnknownMembers(true))
+	decodeLenientText = json.JoinOptions(json.RejectUnknownMembers(true), jsontext.AllowInvalidUTF8(true))
+)
+
+// decodeJSON decodes exactly one JSON object into v: malformed JSON, a top
+// level that is not an object, anything after the object, unknown fields,
+// fields whose names differ from the schema's only by case, duplicate
+// names (in nested objects too) and wrong types are 400s. Values are
+// checked afterwards (422).
 func decodeJSON(data []byte, v any) error {
 	trimmed := bytes.TrimLeft(data, " \t\r\n")
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return badRequest("the request body must be a JSON object")
 	}
-	dec := json.NewDecoder(bytes.NewReader(trimmed))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return jsonError(err)
+	err := json.Unmarshal(trimmed, v, decodeStrict)
+	if err == nil {
+		return nil
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return badRequest("unexpected data after the JSON object")
+	if _, ok := errors.AsType[*jsontext.SyntacticError](err); ok {
+		// Text that is not valid Unicode is a syntactic error to the
+		// strict decoder; if that was all, the lenient one decodes it.
+		// Otherwise its error is the structural fault, found past any
+		// such text.
+		if err = json.Unmarshal(trimmed, v, decodeLenientText); err == nil {
+			return invalidText(trimmed)
+		}
 	}
-	if !utf8.Valid(trimmed) {
-		return invalidUTF8(trimmed)
-	}
-	return nil
+	return jsonError(err, v)
 }
 
-// invalidUTF8 is the answer to a well-formed body with bytes that are not
-// UTF-8. encoding/json would have turned each into U+FFFD, so the service
-// would keep, and answer with, something other than what the client sent;
-// the fields that hold such bytes are named instead (422, in body order),
-// like any other value no store should keep. Invalid bytes can only be
-// inside strings (the decoder refused them anywhere else), and keys are
-// known fields by now.
-func invalidUTF8(data []byte) error {
+// invalidText is the answer to a well-formed body with strings that are
+// not valid Unicode: the fields that hold them are named (422, in body
+// order), like any other value no store should keep. Keys are known
+// fields by now (the lenient decode succeeded).
+func invalidText(data []byte) error {
 	bad := badRequest("the request body must be UTF-8")
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if _, err := dec.Token(); err != nil {
+	dec := jsontext.NewDecoder(bytes.NewReader(data), decodeLenientText)
+	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
 		return bad
 	}
 	var f fieldErrors
-	for dec.More() {
-		key, err := dec.Token()
+	for dec.PeekKind() == '"' {
+		key, err := dec.ReadToken()
 		if err != nil {
 			return bad
 		}
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
+		name := key.String() // the token is void after the next read
+		raw, err := dec.ReadValue()
+		if err != nil {
 			return bad
 		}
-		if name, _ := key.(string); !utf8.Valid(raw) {
+		switch {
+		case !utf8.Valid(raw):
 			f.add(name, "must be valid UTF-8")
+		case !raw.IsValid():
+			f.add(name, `must not contain an unpaired surrogate escape (\ud800 to \udfff)`)
 		}
 	}
 	if len(f) == 0 {
@@ -157,27 +180,68 @@ func invalidUTF8(data []byte) error {
 	return f.err()
 }
 
-// jsonError turns encoding/json's errors into client messages that name the
-// problem without echoing Go types.
-func jsonError(err error) error {
-	if se, ok := errors.AsType[*json.SyntaxError](err); ok {
-		return badRequest("malformed JSON at byte %d", se.Offset)
-	}
-	if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
-		if te.Field == "" {
-			return badRequest("the request body must be a JSON object")
+// jsonError turns the decoder's errors into client messages that name the
+// problem without echoing Go types. v is what was decoded into, for the
+// names of its fields.
+func jsonError(err error, v any) error {
+	if se, ok := errors.AsType[*jsontext.SyntacticError](err); ok {
+		switch {
+		case se.Err == jsontext.ErrDuplicateName:
+			if parent := se.JSONPointer.Parent(); parent != "" {
+				return badRequest("duplicate field %q in %q", se.JSONPointer.LastToken(), string(parent))
+			}
+			return badRequest("duplicate field %q", se.JSONPointer.LastToken())
+		case errors.Is(se.Err, io.ErrUnexpectedEOF):
+			return badRequest("malformed JSON: unexpected end of input")
 		}
-		return badRequest("field %q must be %s", te.Field, jsonKind(te.Type))
+		return badRequest("malformed JSON at byte %d: %v", se.ByteOffset, se.Err)
 	}
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 		return badRequest("malformed JSON: unexpected end of input")
 	}
-	// DisallowUnknownFields reports with an untyped error; its text is the
-	// only handle encoding/json gives.
-	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return badRequest("unknown field %s", name)
+	if se, ok := errors.AsType[*json.SemanticError](err); ok {
+		name := fieldName(se.JSONPointer)
+		switch {
+		case se.Err == json.ErrUnknownName:
+			if known, ok := sameButCase(v, name); ok {
+				return badRequest("unknown field %q: field names are case-sensitive; did you mean %q?", name, known)
+			}
+			return badRequest("unknown field %q", name)
+		case se.JSONPointer == "":
+			return badRequest("the request body must be a JSON object")
+		case se.GoType != nil:
+			return badRequest("field %q must be %s", name, jsonKind(se.GoType))
+		}
 	}
 	return badRequest("malformed JSON")
+}
+
+// fieldName is a member's name at the top level, else its JSON Pointer
+// (RFC 6901): the request bodies are flat objects.
+func fieldName(p jsontext.Pointer) string {
+	if p.Parent() == "" {
+		return p.LastToken()
+	}
+	return string(p)
+}
+
+// sameButCase returns the field of the struct v points to whose JSON name
+// equals name but for case: the likely intent of a client that sent it.
+func sameButCase(v any, name string) (string, bool) {
+	t := reflect.TypeOf(v)
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil || t.Kind() != reflect.Struct {
+		return "", false
+	}
+	for i := range t.NumField() {
+		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		if tag != "" && tag != "-" && strings.EqualFold(tag, name) {
+			return tag, true
+		}
+	}
+	return "", false
 }
 
 func jsonKind(t reflect.Type) string {
@@ -292,19 +356,33 @@ func (r putUserRequest) validate(catalog *domain.Catalog, f *fieldErrors) (ancho
 		}
 	}
 	if r.BillingAnchor != nil {
-		t, err := time.Parse(time.RFC3339, *r.BillingAnchor)
-		if err != nil {
+		t, ok := parseRFC3339(*r.BillingAnchor)
+		if !ok {
 			f.add("billing_anchor", "must be an RFC 3339 timestamp such as 2026-11-01T00:00:00Z")
 			return nil
 		}
-		t = t.UTC()
-		if !t.Before(domain.AnchorLimit) {
-			f.add("billing_anchor", "must be before "+domain.AnchorLimit.Format(time.RFC3339)+", so that every period ends within year 9999")
+		if err := domain.ValidateAnchor(t); err != nil {
+			_ = f.merge(err) // a validation error: merged, never returned
 			return nil
 		}
+		t = t.UTC()
 		anchor = &t
 	}
 	return anchor
+}
+
+// parseRFC3339 parses s strictly as RFC 3339. time.Parse and
+// Time.UnmarshalText also take what RFC 3339 does not allow — an offset of
+// +24:00 or +00:60, a comma before the fraction, a one-digit hour: Go 1.26
+// ships its strict checks disabled — and the v2 JSON decoder's time.Time
+// makes those checks, so a string goes through it.
+func parseRFC3339(s string) (time.Time, bool) {
+	var t time.Time
+	q, err := jsontext.AppendQuote(nil, s)
+	if err != nil || json.Unmarshal(q, &t) != nil {
+		return time.Time{}, false
+	}
+	return t, true
 }
 
 // maxIdempotencyKey bounds the Idempotency-Key header (docs/contract.md, "Validation": ≤ 255 bytes).
@@ -372,9 +450,12 @@ func decodeCursor(raw string) (domain.Cursor, error) {
 	if !ok || !validSessionID(id) {
 		return domain.Cursor{}, errors.New("bad cursor")
 	}
-	t, err := time.Parse(time.RFC3339Nano, ts)
-	if err != nil {
-		return domain.Cursor{}, err
+	// Only what encodeCursor writes: a Writable instant in UTC, written
+	// as timestamp writes it. A time with an offset could name an instant
+	// in year 10000 or 0000, which no next_cursor can hold.
+	t, ok := parseRFC3339(ts)
+	if !ok || !domain.Writable(t) || timestamp(t) != ts {
+		return domain.Cursor{}, errors.New("bad cursor time")
 	}
 	return domain.Cursor{CreatedAt: t.UTC(), ID: id}, nil
 }

@@ -1,6 +1,8 @@
 package transport_test
 
 import (
+	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -8,9 +10,12 @@ import (
 	"net/http/httptest"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tally-dev/tally/domain"
 )
 
 // unsafeText is one string per kind of character no store should keep,
@@ -306,5 +311,241 @@ func TestAdminUserIDRefusesUnsafeText(t *testing.T) {
 	}
 	if calls := e.accounts.Calls(); len(calls) != 0 {
 		t.Errorf("Accounts called: %q", calls)
+	}
+}
+
+// Field names are matched exactly and given once. encoding/json matched
+// them regardless of case and let the last duplicate win, so that
+// {"TITLE":"upper",…,"title":"x"} was a 200 creating "x", and a client's
+// typo or a proxy's rewrite changed what was stored without a word. Each
+// body here is refused with a 400 naming the key, on every endpoint that
+// takes a body, before Accounts hears of it — with the headers every
+// answer carries.
+func TestDuplicateAndCaseVariantKeysAreRefused(t *testing.T) {
+	e := newEnv(t)
+	user := e.token("u1")
+	for _, ep := range []struct {
+		method, path, token string
+		key, value, rest    string // a valid body: {"key":value,rest}
+	}{
+		{"POST", "/api/v1/sessions", user, "title", `"x"`, `"language":"en","stt_provider":"google"`},
+		{"POST", "/api/v1/sessions/s-1/upload-url", user, "filename", `"a.wav"`, `"file_size_mb":1`},
+		{"PUT", "/admin/v1/users/bob", adminToken, "plan", `"pro"`, `"billing_anchor":"2026-11-01T00:00:00Z"`},
+		{"POST", "/admin/v1/sessions/s-1/complete", adminToken, "duration_seconds", `60`, ``},
+	} {
+		member := func(name string) string { return `"` + name + `":` + ep.value }
+		obj := func(members ...string) string {
+			return "{" + strings.Join(slices.DeleteFunc(members, func(m string) bool { return m == "" }), ",") + "}"
+		}
+		upper := strings.ToUpper(ep.key)
+		title := strings.ToUpper(ep.key[:1]) + ep.key[1:]
+		escaped := fmt.Sprintf(`\u%04x`, ep.key[0]) + ep.key[1:] // the same name, spelled otherwise
+		valid := obj(member(ep.key), ep.rest)
+		for _, tc := range []struct {
+			name, body string
+			says       []string // the message names these
+		}{
+			{"duplicate", obj(member(ep.key), ep.rest, member(ep.key)),
+				[]string{`duplicate field "` + ep.key + `"`}},
+			{"duplicate, escaped", obj(member(ep.key), ep.rest, member(escaped)),
+				[]string{`duplicate field "` + ep.key + `"`}},
+			{"upper case", obj(member(upper), ep.rest),
+				[]string{`unknown field "` + upper + `"`, `did you mean "` + ep.key + `"`}},
+			{"title case", obj(member(title), ep.rest),
+				[]string{`unknown field "` + title + `"`, `did you mean "` + ep.key + `"`}},
+			{"case variant before the name", obj(member(upper), member(ep.key), ep.rest),
+				[]string{`unknown field "` + upper + `"`}},
+			{"case variant after the name", obj(member(ep.key), ep.rest, member(title)),
+				[]string{`unknown field "` + title + `"`}},
+		} {
+			n := len(e.accounts.Calls())
+			r := e.do(ep.method, ep.path, ep.token, tc.body)
+			b := wantError(t, r, 400, "bad_request")
+			for _, s := range tc.says {
+				if !strings.Contains(b.Detail.Message, s) {
+					t.Errorf("%s %s, %s %s: message %q does not say %s", ep.method, ep.path, tc.name, tc.body, b.Detail.Message, s)
+				}
+			}
+			wantSecureHeaders(t, ep.path+" "+tc.name, r)
+			if calls := e.accounts.Calls(); len(calls) != n {
+				t.Errorf("%s %s, %s: Accounts called: %q", ep.method, ep.path, tc.name, calls[n:])
+			}
+		}
+		// The valid body itself is served: the refusals are about the keys.
+		if r := e.do(ep.method, ep.path, ep.token, valid); r.Status != 200 {
+			t.Errorf("%s %s %s: %d %s", ep.method, ep.path, valid, r.Status, r.Body)
+		}
+	}
+}
+
+// A name given twice in a nested object is refused too, wherever it is: no
+// request body has a nested object, but the duplicate is what the client
+// is told about, and where.
+func TestDuplicateKeyInNestedObjectIsRefused(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct{ body, says string }{
+		{`{"title":{"a":1,"a":2},"language":"en","stt_provider":"google"}`, `duplicate field "a" in "/title"`},
+		{`{"title":"x","language":[{"b":1},{"a":1,"a":2}],"stt_provider":"google"}`, `duplicate field "a" in "/language/1"`},
+		{`{"title":"x","language":"en","stt_provider":{"o":{"x":{},"x":{}}}}`, `duplicate field "x" in "/stt_provider/o"`},
+	} {
+		r := e.do("POST", "/api/v1/sessions", e.token("u1"), tc.body)
+		b := wantError(t, r, 400, "bad_request")
+		if !strings.Contains(b.Detail.Message, tc.says) {
+			t.Errorf("%s: message %q, want it to say %s", tc.body, b.Detail.Message, tc.says)
+		}
+		wantSecureHeaders(t, tc.body, r)
+	}
+	if calls := e.accounts.Calls(); len(calls) != 0 {
+		t.Errorf("Accounts called: %q", calls)
+	}
+}
+
+// The endpoints without input refuse any member, whatever its case.
+func TestEmptyBodyEndpointsRefuseEveryKey(t *testing.T) {
+	e := newEnv(t)
+	for _, path := range []string{"/admin/v1/users/bob/reset-usage", "/admin/v1/sessions/s-1/fail"} {
+		for _, body := range []string{`{"a":1}`, `{"a":1,"a":1}`, `{"":1}`} {
+			r := e.do("POST", path, adminToken, body)
+			b := wantError(t, r, 400, "bad_request")
+			if !strings.Contains(b.Detail.Message, "unknown field") {
+				t.Errorf("%s %s: message %q", path, body, b.Detail.Message)
+			}
+			wantSecureHeaders(t, path, r)
+		}
+	}
+	if calls := e.accounts.Calls(); len(calls) != 0 {
+		t.Errorf("Accounts called: %q", calls)
+	}
+}
+
+// A \ud800–\udfff escape without its pair is well-formed JSON but no text:
+// every decoder that takes it stores U+FFFD instead, so the service would
+// keep, and answer with, something other than what was sent. Like invalid
+// UTF-8 it is a 422 naming each field that holds one; a proper pair is text
+// like any other.
+func TestUnpairedSurrogateEscapesAreRefused(t *testing.T) {
+	e := newEnv(t)
+	for _, s := range []string{`\ud800`, `a\udbffb`, `\udc00`, `\ud83c\u0041`, `\udf89\ud83c`} {
+		body := `{"title":"` + s + `","language":"en","stt_provider":"google"}`
+		b := wantError(t, e.do("POST", "/api/v1/sessions", e.token("u1"), body), 422, "validation_failed")
+		wantFields(t, b, "title")
+		if m := b.Detail.Fields[0].Message; !strings.Contains(m, "surrogate") {
+			t.Errorf("%s: message %q", s, m)
+		}
+		body = `{"filename":"` + s + `.wav","file_size_mb":1}`
+		wantFields(t, wantError(t, e.do("POST", "/api/v1/sessions/s-1/upload-url", e.token("u1"), body), 422, "validation_failed"), "filename")
+	}
+	// Every such field at once, next to one with invalid UTF-8.
+	body := "{\"title\":\"\\ud800\",\"language\":\"e\xffn\",\"stt_provider\":\"\\udfff\"}"
+	wantFields(t, wantError(t, e.do("POST", "/api/v1/sessions", e.token("u1"), body), 422, "validation_failed"),
+		"title", "language", "stt_provider")
+	if calls := e.accounts.Calls(); len(calls) != 0 {
+		t.Errorf("Accounts called: %q", calls)
+	}
+	// A structural fault after such text is still the 400 it would be.
+	body = `{"title":"\ud800","language":"en","stt_provider":"google","title":"x"}`
+	wantError(t, e.do("POST", "/api/v1/sessions", e.token("u1"), body), 400, "bad_request")
+
+	r := e.do("POST", "/api/v1/sessions", e.token("u1"), `{"title":"party \ud83c\udf89","language":"en","stt_provider":"google"}`)
+	if r.Status != 200 {
+		t.Fatalf("a surrogate pair: %d %s", r.Status, r.Body)
+	}
+	var created struct {
+		Title string `json:"title"`
+	}
+	r.Decode(t, &created)
+	if created.Title != "party 🎉" {
+		t.Errorf("title %q, want the pair decoded", created.Title)
+	}
+}
+
+// A billing anchor is answered back, and so is every period it starts: an
+// anchor is taken only when it is strictly RFC 3339 and both it and every
+// period end are writable as RFC 3339 in UTC — years 0001 to 9999
+// (domain.ValidateAnchor). Every answer is checked by apitest, which holds
+// each date-time to the same rule.
+func TestBillingAnchorEdges(t *testing.T) {
+	e := newEnv(t)
+	e.accounts.putUser = func(_ context.Context, id string, plan *string, anchor *time.Time) (domain.User, domain.Report, error) {
+		u := domain.User{ID: id, Plan: *plan, BillingAnchor: *anchor, CreatedAt: t0, UpdatedAt: t0}
+		p, _ := domain.DefaultCatalog().Plan(*plan)
+		return u, domain.Report{UserID: id, Plan: p, Period: u.Period(e.clock.Now())}, nil
+	}
+	for _, tc := range []struct {
+		anchor string
+		ok     bool
+		utc    string // the anchor Accounts gets, when ok
+	}{
+		{"9999-11-30T23:59:59.999999999Z", true, "9999-11-30T23:59:59.999999999Z"},
+		{"9999-11-30T00:00:00Z", true, "9999-11-30T00:00:00Z"},
+		{"9999-12-01T00:59:59+01:00", true, "9999-11-30T23:59:59Z"},
+		{"9999-12-01T00:00:00Z", false, ""},
+		{"9999-11-30T23:00:00-01:00", false, ""}, // 9999-12-01T00:00:00Z
+		{"9999-12-31T23:59:59-01:00", false, ""}, // year 10000 in UTC
+		{"0001-01-01T00:00:00Z", true, "0001-01-01T00:00:00Z"},
+		{"0001-01-01T00:00:00-00:01", true, "0001-01-01T00:01:00Z"},
+		{"0001-01-01T00:00:00+00:01", false, ""}, // year 0000 in UTC
+		{"0000-06-01T00:00:00Z", false, ""},
+		{"10000-01-01T00:00:00Z", false, ""},
+		{"2026-11-01T00:00:00+23:59", true, "2026-10-31T00:01:00Z"},
+		// Not RFC 3339, though time.Parse takes them.
+		{"2026-11-01T00:00:00+24:00", false, ""},
+		{"2026-11-01T00:00:00+00:60", false, ""},
+		{"2026-11-01T00:00:00,5Z", false, ""},
+		{"2026-11-01T0:00:00Z", false, ""},
+	} {
+		n := len(e.accounts.Calls())
+		r := e.do("PUT", "/admin/v1/users/bob", adminToken, `{"plan":"pro","billing_anchor":"`+tc.anchor+`"}`)
+		if !tc.ok {
+			wantFields(t, wantError(t, r, 422, "validation_failed"), "billing_anchor")
+			if calls := e.accounts.Calls(); len(calls) != n {
+				t.Errorf("%s: Accounts called: %q", tc.anchor, calls[n:])
+			}
+			continue
+		}
+		if r.Status != 200 {
+			t.Errorf("%s: %d %s", tc.anchor, r.Status, r.Body)
+			continue
+		}
+		want, _ := time.Parse(time.RFC3339Nano, tc.utc)
+		if got, wantCall := e.accounts.Calls()[n], "PutUser bob pro "+want.String(); got != wantCall {
+			t.Errorf("%s: call %q, want %q", tc.anchor, got, wantCall)
+		}
+		var u struct {
+			BillingAnchor string `json:"billing_anchor"`
+		}
+		r.Decode(t, &u)
+		if u.BillingAnchor != tc.utc {
+			t.Errorf("%s: billing_anchor %q, want %q", tc.anchor, u.BillingAnchor, tc.utc)
+		}
+	}
+}
+
+// A cursor names a position by a time encodeCursor wrote: UTC, RFC 3339,
+// a year from 0001 to 9999. Any other time — one whose offset puts it in
+// year 10000 or 0000, or that only a lax parser takes — is a 422 naming
+// cursor, never a position handed to Accounts.
+func TestCursorTimeMustBeWritable(t *testing.T) {
+	e := newEnv(t)
+	cursor := func(ts string) string { return base64.RawURLEncoding.EncodeToString([]byte(ts + "|s-1")) }
+	for _, ts := range []string{
+		"9999-12-31T23:59:59-01:00",
+		"0001-01-01T00:00:00+01:00",
+		"0000-06-01T00:00:00Z",
+		"2026-11-14T09:30:00+00:00",
+		"2026-11-14T10:30:00+01:00",
+		"2026-11-14T09:30:00,5Z",
+		"2026-11-14T09:30:00.500Z",
+	} {
+		r := e.do("GET", "/api/v1/sessions?cursor="+cursor(ts), e.token("u1"), nil)
+		wantFields(t, wantError(t, r, 422, "validation_failed"), "cursor")
+	}
+	if calls := e.accounts.Calls(); len(calls) != 0 {
+		t.Errorf("Accounts called: %q", calls)
+	}
+	for _, ts := range []string{"9999-12-31T23:59:59.999999999Z", "0001-01-01T00:00:00Z", "2026-11-14T09:30:00.5Z"} {
+		if r := e.do("GET", "/api/v1/sessions?cursor="+cursor(ts), e.token("u1"), nil); r.Status != 200 {
+			t.Errorf("%s: %d %s", ts, r.Status, r.Body)
+		}
 	}
 }

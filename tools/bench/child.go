@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,6 +22,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	jsonv2 "github.com/go-json-experiment/json"
 
 	"github.com/tally-dev/tally/app"
 	"github.com/tally-dev/tally/config"
@@ -150,8 +150,9 @@ type ginNewSession struct {
 }
 
 // ginCreate is "Gin decoding the same body with no accounting": the same
-// size cap and strict decoding as Tally's transport (unknown fields and
-// trailing data refused), no auth, no actor, no store.
+// size cap and strict decoding as Tally's transport (the v2 JSON decoder:
+// unknown, case-variant and duplicate names, trailing data and text that
+// is not Unicode refused), no auth, no actor, no store.
 func ginCreate(c *gin.Context) {
 	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, 64<<10))
 	if err != nil {
@@ -159,13 +160,7 @@ func ginCreate(c *gin.Context) {
 		return
 	}
 	var in ginNewSession
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&in); err != nil {
-		c.Data(http.StatusBadRequest, "application/json", []byte(`{"detail":{"error":"bad_request"}}`))
-		return
-	}
-	if _, err := dec.Token(); err != io.EOF {
+	if err := jsonv2.Unmarshal(body, &in, jsonv2.RejectUnknownMembers(true)); err != nil {
 		c.Data(http.StatusBadRequest, "application/json", []byte(`{"detail":{"error":"bad_request"}}`))
 		return
 	}

@@ -36,7 +36,10 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/legacy"
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 
+	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/transport"
 )
 
@@ -95,15 +98,25 @@ func newValidator() (*Validator, error) {
 }
 
 // utcTimestamp enforces the contract's "timestamps are RFC 3339 strings in UTC" (docs/contract.md)
-// on every date-time the service sends.
+// on every date-time the service sends: strictly RFC 3339 (the v2 JSON decoder's time.Time, not
+// time.Parse, which takes an offset of +24:00 or a comma before the fraction), and within years
+// 0001–9999 (domain.Writable).
 type utcTimestamp struct{}
 
 func (utcTimestamp) Validate(s string) error {
-	if _, err := time.Parse(time.RFC3339Nano, s); err != nil {
+	var t time.Time
+	q, err := jsontext.AppendQuote(nil, s)
+	if err == nil {
+		err = jsonv2.Unmarshal(q, &t)
+	}
+	if err != nil {
 		return fmt.Errorf("not an RFC 3339 timestamp: %v", err)
 	}
 	if !strings.HasSuffix(s, "Z") {
 		return fmt.Errorf("timestamp %q is not in UTC (Z)", s)
+	}
+	if !domain.Writable(t) {
+		return fmt.Errorf("timestamp %q is outside years 0001 to 9999", s)
 	}
 	return nil
 }
