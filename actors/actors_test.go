@@ -44,6 +44,9 @@ func newService(t testing.TB, store persistence.Store, idle time.Duration) *acto
 
 var in = domain.NewSession{Title: "t", Language: "en", STTProvider: "google"}
 
+// testAdmin is who the tests' admin changes are made by.
+var testAdmin = domain.Origin{Admin: "actors-test", RequestID: "req-actors-test"}
+
 func ctxFor(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -59,7 +62,7 @@ func TestPassivationLosesNoMessage(t *testing.T) {
 	svc := newService(t, store, time.Millisecond) // sweep every 10 ms
 	const users, rounds = 8, 40
 	for u := 0; u < users; u++ {
-		if _, _, err := svc.PutUser(ctxFor(t, 5*time.Second), fmt.Sprintf("p%d", u), ptr("enterprise"), nil); err != nil {
+		if _, _, err := svc.PutUser(ctxFor(t, 5*time.Second), testAdmin, fmt.Sprintf("p%d", u), ptr("enterprise"), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -252,13 +255,13 @@ func TestPlanChangeAppliesToNextAdmission(t *testing.T) {
 	if _, err := svc.CreateSession(ctx, "up", in, ""); domain.ErrorCode(err) != domain.CodeSessionLimit {
 		t.Fatalf("11th on free: %v", err)
 	}
-	if _, _, err := svc.PutUser(ctx, "up", ptr("student"), nil); err != nil {
+	if _, _, err := svc.PutUser(ctx, testAdmin, "up", ptr("student"), nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := svc.CreateSession(ctx, "up", in, ""); err != nil {
 		t.Fatalf("after upgrade: %v", err)
 	}
-	if _, _, err := svc.PutUser(ctx, "up", ptr("no-such-plan"), nil); domain.ErrorCode(err) != domain.CodeValidation {
+	if _, _, err := svc.PutUser(ctx, testAdmin, "up", ptr("no-such-plan"), nil); domain.ErrorCode(err) != domain.CodeValidation {
 		t.Fatalf("unknown plan: %v", err)
 	}
 }
@@ -379,7 +382,7 @@ func TestIdempotencyKeySemantics(t *testing.T) {
 	if !errors.As(err, &le) || le.Usage != 10 {
 		t.Fatalf("at the limit: %v", err)
 	}
-	if _, _, err := svc.PutUser(ctx, "idem", ptr("student"), nil); err != nil {
+	if _, _, err := svc.PutUser(ctx, testAdmin, "idem", ptr("student"), nil); err != nil {
 		t.Fatal(err)
 	}
 	_, err = svc.CreateSession(ctx, "idem", in, "k-full")
@@ -446,7 +449,7 @@ func (c *countingStore) Admit(ctx context.Context, reqs []persistence.AdmitReque
 func TestHotUserIsPipelined(t *testing.T) {
 	cs := &countingStore{Store: openStore(t)}
 	svc := newService(t, cs, time.Minute)
-	if _, _, err := svc.PutUser(ctxFor(t, 5*time.Second), "hot", ptr("enterprise"), nil); err != nil {
+	if _, _, err := svc.PutUser(ctxFor(t, 5*time.Second), testAdmin, "hot", ptr("enterprise"), nil); err != nil {
 		t.Fatal(err)
 	}
 	const n = 400

@@ -58,7 +58,7 @@ func runPoison(t *testing.T, svc *actors.Service, prefix string, users, per, lim
 	t.Helper()
 	ctx := ctxFor(t, 30*time.Second)
 	poisoner := prefix + "poisoner"
-	if _, _, err := svc.PutUser(ctx, poisoner, ptr("enterprise"), nil); err != nil {
+	if _, _, err := svc.PutUser(ctx, testAdmin, poisoner, ptr("enterprise"), nil); err != nil {
 		t.Fatal(err)
 	}
 	stop := make(chan struct{})

@@ -61,6 +61,7 @@ type (
 		user   string
 		plan   *string
 		anchor *time.Time
+		by     domain.Origin
 	}
 	getUser struct {
 		call
@@ -69,15 +70,18 @@ type (
 	resetUsage struct {
 		call
 		user string
+		by   domain.Origin
 	}
 	completeSession struct {
 		call
 		user, session string
 		seconds       int64
+		by            domain.Origin
 	}
 	failSession struct {
 		call
 		user, session string
+		by            domain.Origin
 	}
 )
 

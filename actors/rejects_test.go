@@ -90,7 +90,7 @@ func TestOverLimitIsPostedUntilTheUserChanges(t *testing.T) {
 	if _, err := svc.CreateSession(ctx, "full", in, ""); domain.ErrorCode(err) != domain.CodeSessionLimit {
 		t.Fatalf("12th on free: %v", err)
 	}
-	if _, _, err := svc.PutUser(ctx, "full", ptrTo("student"), nil); err != nil {
+	if _, _, err := svc.PutUser(ctx, testAdmin, "full", ptrTo("student"), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := svc.deps.rejects.get("full", now); err != nil {
@@ -100,6 +100,9 @@ func TestOverLimitIsPostedUntilTheUserChanges(t *testing.T) {
 		t.Fatalf("after upgrade: %v", err)
 	}
 }
+
+// testAdmin is who the tests' admin changes are made by.
+var testAdmin = domain.Origin{Admin: "actors-test", RequestID: "req-actors-test"}
 
 func ptrTo[T any](v T) *T { return &v }
 
@@ -143,7 +146,7 @@ func TestRefusalFromMemoryExpiresAfterAChangeElsewhere(t *testing.T) {
 		t.Fatalf("11th on free: %v", err)
 	}
 	// Another process upgrades the user: this actor is not told.
-	if _, err := store.PutUser(ctx, persistence.UserChange{ID: "elsewhere", Plan: ptrTo("student"), Now: start}); err != nil {
+	if _, err := store.PutUser(ctx, persistence.UserChange{ID: "elsewhere", Plan: ptrTo("student"), Now: start, By: testAdmin}); err != nil {
 		t.Fatal(err)
 	}
 	clock.Store(start.Add(rejectFreshness + time.Millisecond).UnixNano())

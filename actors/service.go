@@ -376,10 +376,11 @@ func (s *Service) Usage(ctx context.Context, userID string) (domain.Report, erro
 	return r.accountOf().report, r.err
 }
 
-// PutUser creates the user or changes plan and/or anchor.
-func (s *Service) PutUser(ctx context.Context, userID string, plan *string, anchor *time.Time) (domain.User, domain.Report, error) {
+// PutUser creates the user or changes plan and/or anchor; the change is
+// recorded in the audit trail as made by by.
+func (s *Service) PutUser(ctx context.Context, by domain.Origin, userID string, plan *string, anchor *time.Time) (domain.User, domain.Report, error) {
 	d := s.deadline(ctx)
-	r := s.ask(ctx, &putUser{user: userID, plan: plan, anchor: anchor, call: newCall(d)}, d)
+	r := s.ask(ctx, &putUser{user: userID, plan: plan, anchor: anchor, by: by, call: newCall(d)}, d)
 	a := r.accountOf()
 	return a.user, a.report, r.err
 }
@@ -392,16 +393,17 @@ func (s *Service) GetUser(ctx context.Context, userID string) (domain.User, doma
 	return a.user, a.report, r.err
 }
 
-// ResetUsage starts a new billing period now.
-func (s *Service) ResetUsage(ctx context.Context, userID string) (domain.Report, error) {
+// ResetUsage starts a new billing period now, recorded as made by by.
+func (s *Service) ResetUsage(ctx context.Context, by domain.Origin, userID string) (domain.Report, error) {
 	d := s.deadline(ctx)
-	r := s.ask(ctx, &resetUsage{user: userID, call: newCall(d)}, d)
+	r := s.ask(ctx, &resetUsage{user: userID, by: by, call: newCall(d)}, d)
 	return r.accountOf().report, r.err
 }
 
 // CompleteSession records a session's duration through its user's actor,
-// which keeps that user's minutes current in memory.
-func (s *Service) CompleteSession(ctx context.Context, sessionID string, seconds int64) (domain.Session, error) {
+// which keeps that user's minutes current in memory; the change is recorded
+// as made by by.
+func (s *Service) CompleteSession(ctx context.Context, by domain.Origin, sessionID string, seconds int64) (domain.Session, error) {
 	d := s.deadline(ctx)
 	lctx, cancel := bounded(ctx, d)
 	sess, err := s.store.GetSession(lctx, sessionID)
@@ -409,12 +411,13 @@ func (s *Service) CompleteSession(ctx context.Context, sessionID string, seconds
 	if err != nil {
 		return domain.Session{}, err
 	}
-	r := s.ask(ctx, &completeSession{user: sess.UserID, session: sessionID, seconds: seconds, call: newCall(d)}, d)
+	r := s.ask(ctx, &completeSession{user: sess.UserID, session: sessionID, seconds: seconds, by: by, call: newCall(d)}, d)
 	return r.session, r.err
 }
 
-// FailSession marks a session failed through its user's actor.
-func (s *Service) FailSession(ctx context.Context, sessionID string) (domain.Session, error) {
+// FailSession marks a session failed through its user's actor, recorded as
+// made by by.
+func (s *Service) FailSession(ctx context.Context, by domain.Origin, sessionID string) (domain.Session, error) {
 	d := s.deadline(ctx)
 	lctx, cancel := bounded(ctx, d)
 	sess, err := s.store.GetSession(lctx, sessionID)
@@ -422,6 +425,14 @@ func (s *Service) FailSession(ctx context.Context, sessionID string) (domain.Ses
 	if err != nil {
 		return domain.Session{}, err
 	}
-	r := s.ask(ctx, &failSession{user: sess.UserID, session: sessionID, call: newCall(d)}, d)
+	r := s.ask(ctx, &failSession{user: sess.UserID, session: sessionID, by: by, call: newCall(d)}, d)
 	return r.session, r.err
+}
+
+// ListUserEvents reads the user's audit events from the store, newest
+// first: each was committed with its change, so any process can read it.
+func (s *Service) ListUserEvents(ctx context.Context, userID string, limit int, after *domain.EventCursor) ([]domain.UserEvent, error) {
+	ctx, cancel := bounded(ctx, s.deadline(ctx))
+	defer cancel()
+	return s.store.ListUserEvents(ctx, userID, limit, after)
 }

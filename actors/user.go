@@ -104,10 +104,12 @@ func (a *userActor) handle(m userMessage) *reply {
 	case *prepareUpload:
 		return a.prepareUpload(ctx, m)
 	case *putUser:
-		return a.putUser(ctx, m.plan, m.anchor)
+		return a.putUser(ctx, a.deps.now(), m.by, domain.EventPutUser, m.plan, m.anchor)
 	case *resetUsage:
+		// The new period starts at the change's time: the reset's event
+		// says when, and its after says the period starts then.
 		now := a.deps.now()
-		return a.putUser(ctx, nil, &now)
+		return a.putUser(ctx, now, m.by, domain.EventResetUsage, nil, &now)
 	case *getUser:
 		return a.getUser(ctx)
 	case *completeSession:
@@ -251,19 +253,20 @@ func (a *userActor) getUser(ctx context.Context) *reply {
 	return &reply{err: err, account: &account{user: *a.user, report: rep}}
 }
 
-func (a *userActor) putUser(ctx context.Context, plan *string, anchor *time.Time) *reply {
+// putUser makes an admin change of the user at now; the store records it
+// in the audit trail as kind, by by, in the change's transaction.
+func (a *userActor) putUser(ctx context.Context, now time.Time, by domain.Origin, kind domain.EventKind, plan *string, anchor *time.Time) *reply {
 	if plan != nil {
 		if _, ok := a.deps.catalog.Plan(*plan); !ok {
 			return &reply{err: &domain.Error{Code: domain.CodeValidation, Message: "invalid request",
 				Fields: []domain.FieldError{{Field: "plan", Message: "must be one of the catalog's plans"}}}}
 		}
 	}
-	now := a.deps.now()
 	if anchor != nil {
 		t := anchor.UTC().Truncate(time.Microsecond)
 		anchor = &t
 	}
-	u, err := a.deps.store.PutUser(ctx, persistence.UserChange{ID: a.id, Plan: plan, Anchor: anchor, Now: now})
+	u, err := a.deps.store.PutUser(ctx, persistence.UserChange{ID: a.id, Plan: plan, Anchor: anchor, Now: now, Kind: kind, By: by})
 	if err != nil {
 		a.forget()
 		return &reply{err: err}
@@ -304,7 +307,7 @@ func (a *userActor) prepareUpload(ctx context.Context, m *prepareUpload) *reply 
 }
 
 func (a *userActor) complete(ctx context.Context, m *completeSession) *reply {
-	s, c, err := a.deps.store.CompleteSession(ctx, m.session, m.seconds, a.deps.now())
+	s, c, err := a.deps.store.CompleteSession(ctx, m.by, m.session, m.seconds, a.deps.now())
 	if err != nil {
 		if !isClientError(err) {
 			a.forget()
@@ -316,7 +319,7 @@ func (a *userActor) complete(ctx context.Context, m *completeSession) *reply {
 }
 
 func (a *userActor) fail(ctx context.Context, m *failSession) *reply {
-	s, err := a.deps.store.FailSession(ctx, m.session, a.deps.now())
+	s, err := a.deps.store.FailSession(ctx, m.by, m.session, a.deps.now())
 	return &reply{session: s, err: err}
 }
 

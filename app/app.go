@@ -92,8 +92,8 @@ func OpenStore(ctx context.Context, cfg config.Config) (persistence.Store, error
 // New opens the stores, applies migrations and starts the actors. The
 // caller must Close the App.
 func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err error) {
-	if cfg.JWTSecret == "" || cfg.AdminToken == "" {
-		return nil, errors.New("app: the JWT secret and admin token must be set (embedded mode generates them in cmd/tally)")
+	if cfg.JWTSecret == "" || len(cfg.AdminCredentials()) == 0 {
+		return nil, errors.New("app: the JWT secret and an admin token must be set (embedded mode generates them in cmd/tally)")
 	}
 	a := &App{cfg: cfg, log: log, registry: prometheus.NewRegistry()}
 	defer func() {
@@ -159,6 +159,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		JWKS:          a.jwks,
 		UploadSecret:  []byte(cfg.UploadSecret),
 		AdminToken:    cfg.AdminToken,
+		AdminTokens:   adminTokens(cfg.AdminTokens),
 		UploadBaseURL: cfg.UploadBaseURL,
 		Providers:     cfg.STTProviders,
 		Logger:        log,
@@ -358,6 +359,15 @@ func (a *App) Close() {
 	if a.jwks != nil {
 		a.jwks.Close()
 	}
+}
+
+// adminTokens hands TALLY_ADMIN_TOKENS to the transport.
+func adminTokens(named []config.NamedToken) []transport.AdminCredential {
+	out := make([]transport.AdminCredential, len(named))
+	for i, t := range named {
+		out[i] = transport.AdminCredential{Name: t.Name, Token: t.Token}
+	}
+	return out
 }
 
 // storeChecker reports the store's reachability to both /readyz.

@@ -81,9 +81,13 @@ type Config struct {
 	// UploadSecret, when set, signs upload URLs (TALLY_UPLOAD_SECRET), so
 	// that the service checking uploads holds no key that mints tokens.
 	UploadSecret string
-	// AdminToken is the bearer token of admin endpoints (TALLY_ADMIN_TOKEN).
-	// Empty only in embedded mode, where the caller generates one.
+	// AdminToken is the bearer token of admin endpoints (TALLY_ADMIN_TOKEN),
+	// the credential named "admin". Empty in embedded mode, where the
+	// caller generates one, or when AdminTokens has credentials.
 	AdminToken string
+	// AdminTokens are named admin credentials (TALLY_ADMIN_TOKENS): the
+	// name is who the audit trail says made a change.
+	AdminTokens []NamedToken
 
 	// PlansFile is the YAML file the catalog was read from
 	// (TALLY_PLANS_FILE); empty for the built-in catalog.
@@ -311,6 +315,18 @@ var vars = []Var{
 		Meaning: fmt.Sprintf("bearer token of admin endpoints, at least %d bytes; required with TALLY_DATABASE_URL, generated and printed in embedded mode", MinSecretLen),
 		parse:   func(c *Config, v string) error { return setSecret(&c.AdminToken, v) },
 		get:     func(c Config) string { return c.AdminToken },
+	},
+	{
+		Name: "TALLY_ADMIN_TOKENS", Secret: true,
+		Meaning: fmt.Sprintf("more admin credentials, comma-separated name:token pairs: names of [a-z0-9._-] (1-64), tokens at least %d bytes, all distinct; the name is who the audit trail records; TALLY_ADMIN_TOKEN, when set, is the credential named admin", MinSecretLen),
+		parse:   func(c *Config, v string) error { return parseAdminTokens(&c.AdminTokens, v) },
+		get: func(c Config) string {
+			pairs := make([]string, len(c.AdminTokens))
+			for i, t := range c.AdminTokens {
+				pairs[i] = t.Name + ":" + t.Token
+			}
+			return strings.Join(pairs, ",")
+		},
 	},
 	{
 		Name:    "TALLY_PLANS_FILE",
@@ -573,6 +589,9 @@ func (c Config) crossCheck(bad map[string]bool) []error {
 	if c.AdminToken != "" && c.AdminToken == c.JWTSecret {
 		add("TALLY_ADMIN_TOKEN", "must differ from TALLY_JWT_SECRET: whoever holds the admin token could otherwise sign any user's token, and a leaked signing secret would open the admin API")
 	}
+	if problem := c.adminTokensClash(); problem != "" {
+		add("TALLY_ADMIN_TOKENS", problem)
+	}
 	if c.HTTPWriteTimeout <= c.RequestTimeout {
 		add("TALLY_HTTP_WRITE_TIMEOUT", fmt.Sprintf("must be longer than TALLY_REQUEST_TIMEOUT (%s), or the answer to a request that used its whole deadline could not be written", c.RequestTimeout))
 	}
@@ -583,8 +602,8 @@ func (c Config) crossCheck(bad map[string]bool) []error {
 		if c.JWTSecret == "" {
 			add("TALLY_JWT_SECRET", want)
 		}
-		if c.AdminToken == "" {
-			add("TALLY_ADMIN_TOKEN", want)
+		if c.AdminToken == "" && len(c.AdminTokens) == 0 {
+			add("TALLY_ADMIN_TOKEN", want+" (or set TALLY_ADMIN_TOKENS)")
 		}
 	}
 	return errs
@@ -921,4 +940,94 @@ func deref(n *yaml.Node) *yaml.Node {
 		n = n.Alias
 	}
 	return n
+}
+
+// NamedToken is one admin credential: a bearer token and the name the audit
+// trail records for the changes made with it. Printing one never shows the
+// token.
+type NamedToken struct {
+	Name  string
+	Token string
+}
+
+func (t NamedToken) String() string   { return t.Name + ":[redacted]" }
+func (t NamedToken) GoString() string { return "config.NamedToken{" + t.String() + "}" }
+
+// AdminTokenName is the name of the credential TALLY_ADMIN_TOKEN gives.
+const AdminTokenName = "admin"
+
+// AdminCredentials lists every admin credential: TALLY_ADMIN_TOKEN's, named
+// AdminTokenName, then TALLY_ADMIN_TOKENS'.
+func (c Config) AdminCredentials() []NamedToken {
+	var out []NamedToken
+	if c.AdminToken != "" {
+		out = append(out, NamedToken{Name: AdminTokenName, Token: c.AdminToken})
+	}
+	return append(out, c.AdminTokens...)
+}
+
+// parseAdminTokens reads TALLY_ADMIN_TOKENS. Its errors name an entry by
+// its position, never by its name: a value written token:name has a token
+// where the name goes, and a hex token is a valid name.
+func parseAdminTokens(dst *[]NamedToken, v string) error {
+	if v == "" {
+		return nil
+	}
+	var out []NamedToken
+	names := map[string]int{}  // entry of each name
+	tokens := map[string]int{} // entry of each token
+	for i, entry := range strings.Split(v, ",") {
+		entry = strings.TrimSpace(entry)
+		name, token, ok := strings.Cut(entry, ":")
+		switch {
+		case entry == "":
+			return fmt.Errorf("entry %d is empty; want comma-separated name:token pairs", i+1)
+		case !ok:
+			return fmt.Errorf("entry %d is not name:token", i+1)
+		case !validCredentialName(name):
+			return fmt.Errorf("entry %d: the name before ':' must be 1 to 64 characters of [a-z0-9._-]", i+1)
+		case len(token) < MinSecretLen:
+			return fmt.Errorf("entry %d: want a token of at least %d bytes, got %d (e.g. openssl rand -hex 32)", i+1, MinSecretLen, len(token))
+		case names[name] != 0:
+			return fmt.Errorf("entry %d has the name of entry %d; every credential needs its own", i+1, names[name])
+		case tokens[token] != 0:
+			return fmt.Errorf("entry %d has the token of entry %d; tokens must be distinct, or the trail could not tell who acted", i+1, tokens[token])
+		}
+		names[name], tokens[token] = i+1, i+1
+		out = append(out, NamedToken{Name: name, Token: token})
+	}
+	*dst = out
+	return nil
+}
+
+func validCredentialName(n string) bool {
+	if n == "" || len(n) > 64 {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// adminTokensClash says how TALLY_ADMIN_TOKENS clashes with the other
+// secrets, or "". Entries are named by position, as in parseAdminTokens.
+func (c Config) adminTokensClash() string {
+	for i, t := range c.AdminTokens {
+		entry := fmt.Sprintf("entry %d", i+1)
+		switch {
+		case c.AdminToken != "" && t.Name == AdminTokenName:
+			return entry + " is named " + AdminTokenName + ", which is TALLY_ADMIN_TOKEN's name: rename it, or unset TALLY_ADMIN_TOKEN"
+		case t.Token == c.AdminToken:
+			return entry + " has the token of TALLY_ADMIN_TOKEN; tokens must be distinct, or the trail could not tell who acted"
+		case t.Token == c.JWTSecret:
+			return entry + " has the token TALLY_JWT_SECRET is: it must differ, or its holder could sign any user's token"
+		case t.Token == c.UploadSecret:
+			return entry + " has the token TALLY_UPLOAD_SECRET is: it must differ, the service that checks uploads holds that one"
+		}
+	}
+	return ""
 }

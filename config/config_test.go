@@ -568,3 +568,65 @@ func TestJWKSURL(t *testing.T) {
 		t.Errorf("redacted as %q", got)
 	}
 }
+
+func TestAdminTokens(t *testing.T) {
+	ops, bot := strings.Repeat("o", 32), "billing-bot-token-0123456789abcdef"
+	// Named credentials next to TALLY_ADMIN_TOKEN, which is "admin";
+	// spaces around entries are dropped, a token may hold ':'.
+	c := mustLoad(t, withDB(map[string]string{"TALLY_ADMIN_TOKENS": " ops.alice:" + ops + " , billing-bot:" + bot + ":x"}))
+	want := []NamedToken{{"admin", secretB}, {"ops.alice", ops}, {"billing-bot", bot + ":x"}}
+	if got := c.AdminCredentials(); !reflect.DeepEqual(got, want) {
+		t.Errorf("AdminCredentials = %q, want %q", got, want)
+	}
+	// They are enough without TALLY_ADMIN_TOKEN; with neither, the message
+	// names TALLY_ADMIN_TOKEN and the alternative.
+	m := withDB(map[string]string{"TALLY_ADMIN_TOKENS": "ops:" + ops})
+	delete(m, "TALLY_ADMIN_TOKEN")
+	if got := mustLoad(t, m).AdminCredentials(); !reflect.DeepEqual(got, []NamedToken{{"ops", ops}}) {
+		t.Errorf("AdminCredentials = %q", got)
+	}
+	delete(m, "TALLY_ADMIN_TOKENS")
+	_, err := Load(env(m))
+	assertOneError(t, err, "TALLY_ADMIN_TOKEN", "is required when TALLY_DATABASE_URL is set: want at least 32 bytes (or set TALLY_ADMIN_TOKENS)")
+
+	for value, problem := range map[string]string{
+		ops:                                 "entry 1 is not name:token",
+		"ops:" + ops + ",":                  "entry 2 is empty",
+		"Ops:" + ops:                        "entry 1: the name before ':' must be 1 to 64 characters of [a-z0-9._-]",
+		strings.Repeat("n", 65) + ":" + ops: "entry 1: the name before ':' must be",
+		":" + ops:                           "entry 1: the name before ':' must be",
+		// token:name: the token, a valid name, is not printed.
+		ops + ":ops":                          "entry 1: want a token of at least 32 bytes, got 3",
+		"ops:" + ops + ",bot:short-token":     "entry 2: want a token of at least 32 bytes, got 11",
+		"ops:" + ops + ",ops:" + bot:          "entry 2 has the name of entry 1",
+		"ops:" + ops + ",bot:" + ops:          "entry 2 has the token of entry 1; tokens must be distinct",
+		"ops:" + ops + ",admin:" + bot:        "entry 2 is named admin, which is TALLY_ADMIN_TOKEN's name",
+		"ops:" + secretB:                      "entry 1 has the token of TALLY_ADMIN_TOKEN",
+		"ops:" + secretA:                      "entry 1 has the token TALLY_JWT_SECRET is",
+		"ops:" + strings.Repeat("u", 32) + "": "entry 1 has the token TALLY_UPLOAD_SECRET is",
+	} {
+		_, err := Load(env(withDB(map[string]string{"TALLY_ADMIN_TOKENS": value, "TALLY_UPLOAD_SECRET": strings.Repeat("u", 32)})))
+		assertOneError(t, err, "TALLY_ADMIN_TOKENS", problem)
+		for _, secret := range []string{ops, bot, secretA, secretB, "short-token", strings.Repeat("u", 32)} {
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("%q: error %q shows a token", value, err)
+			}
+		}
+	}
+	// "admin" is free when TALLY_ADMIN_TOKEN is not set.
+	m = withDB(map[string]string{"TALLY_ADMIN_TOKENS": "admin:" + ops})
+	delete(m, "TALLY_ADMIN_TOKEN")
+	mustLoad(t, m)
+
+	// Printed or logged, the tokens are redacted.
+	var logged bytes.Buffer
+	slog.New(slog.NewJSONHandler(&logged, nil)).Info("config", "config", c)
+	for _, out := range []string{c.String(), fmt.Sprintf("%v %+v %#v", c, c.AdminTokens, c.AdminTokens), logged.String()} {
+		if strings.Contains(out, ops) || strings.Contains(out, bot) {
+			t.Errorf("a token is printed: %s", out)
+		}
+	}
+	if r := c.Redacted()["TALLY_ADMIN_TOKENS"]; r != "[redacted]" {
+		t.Errorf("Redacted TALLY_ADMIN_TOKENS = %q", r)
+	}
+}

@@ -30,15 +30,23 @@ type Accounts interface {
 	// Usage reports the user's current period.
 	Usage(ctx context.Context, userID string) (Report, error)
 
+	// The admin changes below are recorded in the audit trail, in the
+	// same transaction as the change, with by as who asked
+	// (docs/contract.md, "Audit trail").
+
 	// PutUser creates the user or changes its plan and/or billing anchor
 	// (nil keeps the current value).
-	PutUser(ctx context.Context, userID string, plan *string, anchor *time.Time) (User, Report, error)
+	PutUser(ctx context.Context, by Origin, userID string, plan *string, anchor *time.Time) (User, Report, error)
 	// GetUser returns the user with its current usage, or ErrNotFound.
 	GetUser(ctx context.Context, userID string) (User, Report, error)
 	// ResetUsage starts a new billing period now.
-	ResetUsage(ctx context.Context, userID string) (Report, error)
+	ResetUsage(ctx context.Context, by Origin, userID string) (Report, error)
 	// CompleteSession records a session's duration.
-	CompleteSession(ctx context.Context, sessionID string, seconds int64) (Session, error)
+	CompleteSession(ctx context.Context, by Origin, sessionID string, seconds int64) (Session, error)
 	// FailSession marks a session failed.
-	FailSession(ctx context.Context, sessionID string) (Session, error)
+	FailSession(ctx context.Context, by Origin, sessionID string) (Session, error)
+	// ListUserEvents returns up to limit of the user's audit events, newest
+	// first, after the cursor when one is given; ErrNotFound when the user
+	// does not exist.
+	ListUserEvents(ctx context.Context, userID string, limit int, after *EventCursor) ([]UserEvent, error)
 }

@@ -11,3 +11,10 @@ const (
 	KeyColumns = `user_id, key, request_hash, outcome, session_id, plan_name,
 	max_sessions, max_seconds, usage_sessions, usage_seconds, period_start, period_end, created_at`
 )
+
+// EventColumns are the columns of an audit event (user_events, each
+// store's migrations/0004_user_events.sql), in the order the stores' scans
+// read them: NULLs of a user change's session and a session change's
+// version are read as "" and 0, as domain.UserEvent has them.
+const EventColumns = `id, user_id, COALESCE(session_id, ''), kind, actor, request_id, occurred_at,
+	COALESCE(user_version, 0), before, after`

@@ -2,6 +2,7 @@ package persistence
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	"github.com/tally-dev/tally/domain"
@@ -24,6 +25,8 @@ type SessionTx interface {
 	// AddSeconds adds seconds to one period's usage, creating its row when
 	// it is missing, and returns the counters after.
 	AddSeconds(ctx context.Context, userID string, periodStart time.Time, seconds int64) (Counters, error)
+	// InsertEvent records an admin change in the audit trail.
+	InsertEvent(ctx context.Context, e domain.UserEvent) error
 }
 
 // SessionStatus implements Store's MarkUploading, CompleteSession and
@@ -39,34 +42,40 @@ type SessionStatus struct {
 // MarkUploading moves a created session to uploading. It is a no-op on an
 // uploading session and a CodeConflict error on a finished one.
 func (s SessionStatus) MarkUploading(ctx context.Context, id string, now time.Time) (domain.Session, error) {
-	sess, _, err := s.change(ctx, "mark uploading", id, domain.StatusUploading, 0, now)
+	sess, _, err := s.change(ctx, "mark uploading", nil, id, domain.StatusUploading, 0, now)
 	return sess, err
 }
 
 // CompleteSession records the duration and adds it to the usage of the
-// period the session was admitted in, in one transaction. Completing again
-// with the same duration returns the session and the current counters
-// unchanged, so that a retried completion is harmless.
-func (s SessionStatus) CompleteSession(ctx context.Context, id string, seconds int64, now time.Time) (domain.Session, Counters, error) {
-	return s.change(ctx, "complete session", id, domain.StatusCompleted, seconds, now)
+// period the session was admitted in, in one transaction with the change's
+// event. Completing again with the same duration returns the session and
+// the current counters unchanged, and records nothing, so that a retried
+// completion is harmless.
+func (s SessionStatus) CompleteSession(ctx context.Context, by domain.Origin, id string, seconds int64, now time.Time) (domain.Session, Counters, error) {
+	return s.change(ctx, "complete session", &by, id, domain.StatusCompleted, seconds, now)
 }
 
 // FailSession marks a created or uploading session failed; its admission
 // stays counted and no seconds are recorded. Failing a failed session is a
-// no-op; a completed one is a CodeConflict error.
-func (s SessionStatus) FailSession(ctx context.Context, id string, now time.Time) (domain.Session, error) {
-	sess, _, err := s.change(ctx, "fail session", id, domain.StatusFailed, 0, now)
+// no-op; a completed one is a CodeConflict error. A change records its
+// event in the same transaction.
+func (s SessionStatus) FailSession(ctx context.Context, by domain.Origin, id string, now time.Time) (domain.Session, error) {
+	sess, _, err := s.change(ctx, "fail session", &by, id, domain.StatusFailed, 0, now)
 	return sess, err
 }
 
 // change moves session id to status `to` in one transaction: the session is
 // locked, domain.Session.Transition decides (a no-op, a conflict, or the
 // change), and only a change is written. Completion also counts seconds;
-// its counters are those of the session's period, after.
-func (s SessionStatus) change(ctx context.Context, op, id string, to domain.Status, seconds int64, now time.Time) (domain.Session, Counters, error) {
+// its counters are those of the session's period, after. An admin change
+// (by set) is recorded in the audit trail in the same transaction: the
+// event commits with the change or not at all. A no-op writes nothing, so
+// it records nothing either.
+func (s SessionStatus) change(ctx context.Context, op string, by *domain.Origin, id string, to domain.Status, seconds int64, now time.Time) (domain.Session, Counters, error) {
 	var (
 		sess domain.Session
 		c    Counters
+		ev   domain.UserEvent
 	)
 	err := s.InTx(ctx, op, func(tx SessionTx) error {
 		var err error
@@ -83,18 +92,53 @@ func (s SessionStatus) change(ctx context.Context, op, id string, to domain.Stat
 		case noop:
 			return nil
 		}
-		var duration *int64 // NULL unless completed
-		if to == domain.StatusCompleted {
-			duration = &seconds
-		}
-		if sess, err = tx.SetStatus(ctx, id, to, duration, now); err != nil || to != domain.StatusCompleted {
+		if by == nil {
+			sess, err = tx.SetStatus(ctx, id, to, nil, now)
 			return err
 		}
-		c, err = tx.AddSeconds(ctx, sess.UserID, sess.PeriodStart, seconds)
-		return err
+		if sess, c, ev, err = applySessionChange(ctx, tx, *by, sess, to, seconds, now); err != nil {
+			return err
+		}
+		return tx.InsertEvent(ctx, ev)
 	})
 	if err != nil {
 		return domain.Session{}, Counters{}, err
 	}
 	return sess, c, nil
+}
+
+// applySessionChange completes or fails the locked session sess in tx and
+// returns it, the counters of its period after, and the event recording
+// the change: the session's status and duration and its period's seconds,
+// before and after.
+func applySessionChange(ctx context.Context, tx SessionTx, by domain.Origin, sess domain.Session, to domain.Status, seconds int64, now time.Time) (domain.Session, Counters, domain.UserEvent, error) {
+	ev := domain.UserEvent{UserID: sess.UserID, SessionID: sess.ID, Kind: domain.EventFailSession,
+		Actor: by.Admin, RequestID: by.RequestID, OccurredAt: micro(now)}
+	before, err := tx.LoadCounters(ctx, sess.UserID, sess.PeriodStart)
+	if err != nil {
+		return domain.Session{}, Counters{}, ev, err
+	}
+	var duration *int64 // NULL unless completed
+	if to == domain.StatusCompleted {
+		ev.Kind, duration = domain.EventCompleteSession, &seconds
+	}
+	if ev.Before, err = sessionState(sess, before); err != nil {
+		return domain.Session{}, Counters{}, ev, err
+	}
+	if sess, err = tx.SetStatus(ctx, sess.ID, to, duration, now); err != nil {
+		return domain.Session{}, Counters{}, ev, err
+	}
+	after := before
+	if to == domain.StatusCompleted {
+		if after, err = tx.AddSeconds(ctx, sess.UserID, sess.PeriodStart, seconds); err != nil {
+			return domain.Session{}, Counters{}, ev, err
+		}
+	}
+	ev.After, err = sessionState(sess, after)
+	return sess, after, ev, err
+}
+
+func sessionState(s domain.Session, c Counters) (json.RawMessage, error) {
+	return json.Marshal(domain.SessionState{Status: s.Status, DurationSeconds: s.DurationSeconds,
+		PeriodStart: s.PeriodStart.UTC(), PeriodSeconds: c.Seconds})
 }

@@ -124,11 +124,20 @@ type UsageRow struct {
 // UserChange creates a user or changes its plan and/or billing anchor. A nil
 // Plan keeps the current plan (the DefaultPlan for a new user); a nil Anchor
 // keeps the current anchor (Now for a new user).
+//
+// It is an admin change: the store records it in the audit trail, in the
+// same transaction, as an event of Kind by By at Now (users.go).
 type UserChange struct {
 	ID     string
 	Plan   *string
 	Anchor *time.Time
 	Now    time.Time
+	// Kind is domain.EventResetUsage for a reset (Anchor = Now); empty or
+	// domain.EventPutUser otherwise.
+	Kind domain.EventKind
+	// By is who asked. A change without By.Admin is refused by the store
+	// (the event's actor may not be empty) and changes nothing.
+	By domain.Origin
 }
 
 // UserLoad asks EnsureUsersUsage for one user as of Now: the user,
@@ -163,7 +172,8 @@ type Store interface {
 	EnsureUser(ctx context.Context, id string, now time.Time) (domain.User, error)
 	// GetUser returns the user or domain.ErrNotFound.
 	GetUser(ctx context.Context, id string) (domain.User, error)
-	// PutUser applies a UserChange and bumps the user's version.
+	// PutUser applies a UserChange, bumps the user's version and records
+	// the change's event, in one transaction.
 	PutUser(ctx context.Context, c UserChange) (domain.User, error)
 
 	// LoadUsage returns the usage of the period starting at periodStart;
@@ -214,10 +224,18 @@ type Store interface {
 	// period the session was created in. Completing again with the same
 	// duration returns the session unchanged; with another duration, or a
 	// failed session, a CodeConflict *domain.Error. Counters are the period's usage after.
-	CompleteSession(ctx context.Context, id string, seconds int64, now time.Time) (domain.Session, Counters, error)
+	// A completion that changes the session records its event (by) in the
+	// same transaction; a no-op records none.
+	CompleteSession(ctx context.Context, by domain.Origin, id string, seconds int64, now time.Time) (domain.Session, Counters, error)
 	// FailSession marks the session failed (no usage recorded). Failing a
 	// failed session is a no-op; a completed one is a CodeConflict *domain.Error.
-	FailSession(ctx context.Context, id string, now time.Time) (domain.Session, error)
+	// Like CompleteSession, a change records its event, a no-op none.
+	FailSession(ctx context.Context, by domain.Origin, id string, now time.Time) (domain.Session, error)
+
+	// ListUserEvents returns up to limit of the user's audit events ordered
+	// by (OccurredAt, ID) descending, strictly after the cursor when one is
+	// given; domain.ErrNotFound when the user does not exist.
+	ListUserEvents(ctx context.Context, userID string, limit int, after *domain.EventCursor) ([]domain.UserEvent, error)
 }
 
 // The stored outcomes of an idempotency key (the outcome column of

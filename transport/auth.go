@@ -2,8 +2,6 @@ package transport
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -17,10 +15,17 @@ import (
 	"github.com/tally-dev/tally/domain"
 )
 
-// ctxUserID is the gin context key of the authenticated user id.
-type ctxUserIDKey struct{}
+// ctxUserID is the gin context key of the authenticated user id, ctxAdmin
+// that of the admin credential's name.
+type (
+	ctxUserIDKey struct{}
+	ctxAdminKey  struct{}
+)
 
-var ctxUserID = ctxUserIDKey{}
+var (
+	ctxUserID = ctxUserIDKey{}
+	ctxAdmin  = ctxAdminKey{}
+)
 
 // IssueToken signs an HS256 user token for userID, valid for ttl from now.
 // `tally token` and tests use it; the service itself never issues tokens.
@@ -68,7 +73,7 @@ const (
 	tokenCacheMaxLen = 1024
 )
 
-// authenticator verifies user tokens and the admin token.
+// authenticator verifies user tokens (admin tokens: admins.go).
 //
 // Verifying an HS256 token (base64, JSON, HMAC) cost as much as the rest of
 // an over-limit answer, so verified tokens are cached. The cache is safe
@@ -88,7 +93,6 @@ type authenticator struct {
 	secret    []byte
 	jwks      *JWKS // nil: HS256 tokens only
 	maxTTL    time.Duration
-	adminHash [sha256.Size]byte
 	parser    *jwt.Parser
 	now       func() time.Time
 	seeds     [2]maphash.Seed
@@ -116,7 +120,7 @@ type tokenClaims struct{ issuer, audience string }
 // newAuthenticator verifies HS256 tokens with secret and, when jwks is not
 // nil, RS256, ES256 and EdDSA tokens with the keys of the identity
 // provider (keyFor decides which).
-func newAuthenticator(secret []byte, jwks *JWKS, adminToken string, maxTTL time.Duration, now func() time.Time, want tokenClaims) *authenticator {
+func newAuthenticator(secret []byte, jwks *JWKS, maxTTL time.Duration, now func() time.Time, want tokenClaims) *authenticator {
 	if maxTTL <= 0 {
 		maxTTL = DefaultJWTMaxTTL
 	}
@@ -139,7 +143,6 @@ func newAuthenticator(secret []byte, jwks *JWKS, adminToken string, maxTTL time.
 		secret:    append([]byte(nil), secret...),
 		jwks:      jwks,
 		maxTTL:    maxTTL,
-		adminHash: sha256.Sum256([]byte(adminToken)),
 		parser:    jwt.NewParser(opts...),
 		now:       now,
 		seeds:     [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
@@ -292,13 +295,6 @@ func (a *authenticator) remember(key tokenKey, v verifiedToken, now time.Time) {
 	a.cache[key] = v
 }
 
-// admin reports whether token is the admin token. Comparing digests in
-// constant time leaks neither the token's bytes nor its length.
-func (a *authenticator) admin(token string) bool {
-	h := sha256.Sum256([]byte(token))
-	return subtle.ConstantTimeCompare(h[:], a.adminHash[:]) == 1
-}
-
 // bearer extracts the credential of an `Authorization: Bearer …` header.
 // The scheme is case-insensitive (RFC 9110). A missing credential is
 // errNoToken, one over maxTokenBytes errLongToken.
@@ -335,16 +331,18 @@ func (s *server) requireUser(c *gin.Context) {
 	c.Next()
 }
 
-// requireAdmin admits requests with the admin token. An authentic user
-// token is told it lacks the right (403), whatever its sub, which admin
-// paths do not use; anything else lacks a credential (401).
+// requireAdmin admits requests with an admin credential and records its
+// name for the handlers (the audit trail's who). An authentic user token
+// is told it lacks the right (403), whatever its sub, which admin paths do
+// not use; anything else lacks a credential (401).
 func (s *server) requireAdmin(c *gin.Context) {
 	tok, err := bearer(c)
 	if err != nil {
 		s.fail(c, err)
 		return
 	}
-	if s.auth.admin(tok) {
+	if name, ok := s.admins.lookup(tok); ok {
+		c.Set(ctxAdmin, name)
 		c.Next()
 		return
 	}

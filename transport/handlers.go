@@ -156,7 +156,7 @@ func (s *server) putUser(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	u, r, err := s.accounts.PutUser(c.Request.Context(), id, in.Plan, anchor)
+	u, r, err := s.accounts.PutUser(c.Request.Context(), origin(c), id, in.Plan, anchor)
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -190,7 +190,7 @@ func (s *server) resetUsage(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	r, err := s.accounts.ResetUsage(c.Request.Context(), id)
+	r, err := s.accounts.ResetUsage(c.Request.Context(), origin(c), id)
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -215,7 +215,7 @@ func (s *server) completeSession(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	sess, err := s.accounts.CompleteSession(c.Request.Context(), id, *in.DurationSeconds)
+	sess, err := s.accounts.CompleteSession(c.Request.Context(), origin(c), id, *in.DurationSeconds)
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -233,7 +233,7 @@ func (s *server) failSession(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	sess, err := s.accounts.FailSession(c.Request.Context(), id)
+	sess, err := s.accounts.FailSession(c.Request.Context(), origin(c), id)
 	if err != nil {
 		s.fail(c, err)
 		return

@@ -60,7 +60,7 @@ func TestClassify(t *testing.T) {
 func TestTokenCacheIsBounded(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
-	a := newAuthenticator([]byte("k"), nil, "admin", 0, clock, tokenClaims{})
+	a := newAuthenticator([]byte("k"), nil, 0, clock, tokenClaims{})
 	a.cacheSize = 100
 	for i := range a.cacheSize + 10 {
 		tok, err := IssueToken([]byte("k"), fmt.Sprintf("u%d", i), time.Hour, now)

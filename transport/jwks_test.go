@@ -70,7 +70,7 @@ func newJWKSEnv(t *testing.T, keys ...*testenv.SigningKey) *jwksEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.jwks.Close)
-	e.auth = newAuthenticator(jwksSecret, e.jwks, "admin", 0, e.clock.Now, tokenClaims{})
+	e.auth = newAuthenticator(jwksSecret, e.jwks, 0, e.clock.Now, tokenClaims{})
 	return e
 }
 

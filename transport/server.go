@@ -28,7 +28,7 @@ import (
 )
 
 // Options configures the HTTP edge. Accounts, Catalog, JWTSecret,
-// AdminToken, UploadBaseURL and Providers are required.
+// AdminToken or AdminTokens, UploadBaseURL and Providers are required.
 type Options struct {
 	Accounts  domain.Accounts
 	Catalog   *domain.Catalog
@@ -46,8 +46,12 @@ type Options struct {
 	// JWKS, when set, is the identity provider's key set: RS256, ES256
 	// and EdDSA user tokens are verified with its keys, beside HS256 ones
 	// with JWTSecret (authenticator.keyFor). The caller closes it.
-	JWKS       *JWKS
-	AdminToken string
+	JWKS *JWKS
+	// AdminToken is the admin credential named AdminTokenName ("admin");
+	// AdminTokens are more, each with its name. Names and tokens must be
+	// distinct: the name is who the audit trail says made a change.
+	AdminToken  string
+	AdminTokens []AdminCredential
 	// UploadBaseURL is the absolute http(s) URL signed upload URLs are
 	// built under: <base>/<session id>/<filename>?expires=…&size_mb=…&sig=….
 	UploadBaseURL string
@@ -72,6 +76,7 @@ type server struct {
 	plansJSON  []byte // the catalog never changes, so its answer is encoded once
 	providers  []string
 	auth       *authenticator
+	admins     *admins
 	uploadBase string
 	uploadKey  []byte
 	log        *slog.Logger
@@ -94,9 +99,13 @@ func New(opts Options) (http.Handler, error) {
 	if len(opts.JWTSecret) == 0 {
 		return nil, errors.New("transport: JWTSecret is required")
 	}
-	if opts.AdminToken == "" {
-		// An empty admin token would match an empty bearer credential.
-		return nil, errors.New("transport: AdminToken is required")
+	creds := opts.AdminTokens
+	if opts.AdminToken != "" {
+		creds = append([]AdminCredential{{Name: AdminTokenName, Token: opts.AdminToken}}, creds...)
+	}
+	admins, err := newAdmins(creds)
+	if err != nil {
+		return nil, err
 	}
 	if len(opts.Providers) == 0 {
 		return nil, errors.New("transport: at least one STT provider is required")
@@ -117,6 +126,7 @@ func New(opts Options) (http.Handler, error) {
 		log:        opts.Logger,
 		checkers:   append([]Checker(nil), opts.Checkers...),
 		now:        opts.Now,
+		admins:     admins,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -130,7 +140,7 @@ func New(opts Options) (http.Handler, error) {
 	if len(opts.UploadSecret) > 0 {
 		s.uploadKey = append([]byte(nil), opts.UploadSecret...)
 	}
-	s.auth = newAuthenticator(opts.JWTSecret, opts.JWKS, opts.AdminToken, opts.JWTMaxTTL, s.now,
+	s.auth = newAuthenticator(opts.JWTSecret, opts.JWKS, opts.JWTMaxTTL, s.now,
 		tokenClaims{issuer: opts.JWTIssuer, audience: opts.JWTAudience})
 	if s.plansJSON, err = encodePlans(opts.Catalog); err != nil {
 		return nil, err
@@ -184,6 +194,7 @@ func (s *server) routes() *gin.Engine {
 	admin := r.Group("/admin/v1", s.requireAdmin)
 	admin.PUT("/users/:id", s.putUser)
 	admin.GET("/users/:id", s.getUser)
+	admin.GET("/users/:id/events", s.listUserEvents)
 	admin.POST("/users/:id/reset-usage", s.resetUsage)
 	admin.POST("/sessions/:id/complete", s.completeSession)
 	admin.POST("/sessions/:id/fail", s.failSession)

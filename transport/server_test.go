@@ -50,6 +50,9 @@ type fakeAccounts struct {
 	resetUsage      func(ctx context.Context, userID string) (domain.Report, error)
 	completeSession func(ctx context.Context, sessionID string, seconds int64) (domain.Session, error)
 	failSession     func(ctx context.Context, sessionID string) (domain.Session, error)
+	listUserEvents  func(ctx context.Context, userID string, limit int, after *domain.EventCursor) ([]domain.UserEvent, error)
+
+	origins []domain.Origin // of the admin changes, in call order
 }
 
 var _ domain.Accounts = (*fakeAccounts)(nil)
@@ -58,6 +61,19 @@ func (f *fakeAccounts) record(format string, args ...any) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, fmt.Sprintf(format, args...))
+}
+
+// origin records who an admin change is made by.
+func (f *fakeAccounts) origin(by domain.Origin) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.origins = append(f.origins, by)
+}
+
+func (f *fakeAccounts) Origins() []domain.Origin {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.origins)
 }
 
 func (f *fakeAccounts) Calls() []string {
@@ -123,8 +139,9 @@ func (f *fakeAccounts) Usage(ctx context.Context, userID string) (domain.Report,
 	return report(userID, freePlan(), domain.Usage{Sessions: 3, Seconds: 125}), nil
 }
 
-func (f *fakeAccounts) PutUser(ctx context.Context, userID string, plan *string, anchor *time.Time) (domain.User, domain.Report, error) {
+func (f *fakeAccounts) PutUser(ctx context.Context, by domain.Origin, userID string, plan *string, anchor *time.Time) (domain.User, domain.Report, error) {
 	f.record("PutUser %s %v %v", userID, deref(plan), anchor)
+	f.origin(by)
 	if f.putUser != nil {
 		return f.putUser(ctx, userID, plan, anchor)
 	}
@@ -142,8 +159,9 @@ func (f *fakeAccounts) GetUser(ctx context.Context, userID string) (domain.User,
 		report(userID, freePlan(), domain.Usage{Sessions: 1}), nil
 }
 
-func (f *fakeAccounts) ResetUsage(ctx context.Context, userID string) (domain.Report, error) {
+func (f *fakeAccounts) ResetUsage(ctx context.Context, by domain.Origin, userID string) (domain.Report, error) {
 	f.record("ResetUsage %s", userID)
+	f.origin(by)
 	if f.resetUsage != nil {
 		return f.resetUsage(ctx, userID)
 	}
@@ -152,8 +170,9 @@ func (f *fakeAccounts) ResetUsage(ctx context.Context, userID string) (domain.Re
 	return r, nil
 }
 
-func (f *fakeAccounts) CompleteSession(ctx context.Context, sessionID string, seconds int64) (domain.Session, error) {
+func (f *fakeAccounts) CompleteSession(ctx context.Context, by domain.Origin, sessionID string, seconds int64) (domain.Session, error) {
 	f.record("CompleteSession %s %d", sessionID, seconds)
+	f.origin(by)
 	if f.completeSession != nil {
 		return f.completeSession(ctx, sessionID, seconds)
 	}
@@ -162,14 +181,23 @@ func (f *fakeAccounts) CompleteSession(ctx context.Context, sessionID string, se
 	return s, nil
 }
 
-func (f *fakeAccounts) FailSession(ctx context.Context, sessionID string) (domain.Session, error) {
+func (f *fakeAccounts) FailSession(ctx context.Context, by domain.Origin, sessionID string) (domain.Session, error) {
 	f.record("FailSession %s", sessionID)
+	f.origin(by)
 	if f.failSession != nil {
 		return f.failSession(ctx, sessionID)
 	}
 	s := session(sessionID, "u1")
 	s.Status = domain.StatusFailed
 	return s, nil
+}
+
+func (f *fakeAccounts) ListUserEvents(ctx context.Context, userID string, limit int, after *domain.EventCursor) ([]domain.UserEvent, error) {
+	f.record("ListUserEvents %s %d %v", userID, limit, after)
+	if f.listUserEvents != nil {
+		return f.listUserEvents(ctx, userID, limit, after)
+	}
+	return []domain.UserEvent{}, nil
 }
 
 func deref(p *string) string {

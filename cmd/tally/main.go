@@ -34,7 +34,7 @@ func commands() []command {
 		{"token", "print a user JWT signed with TALLY_JWT_SECRET: token --user ID [--ttl 1h]", runToken},
 		{"healthcheck", "exit 0 when the service at --url answers /readyz with 200 (for container healthchecks)", runHealthcheck},
 		{"env", "list the TALLY_* environment variables with defaults and meanings", runEnv},
-		{"verify", "audit the store (and Redis) for limit overruns, lost or miscounted usage; exits non-zero on any violation", runVerify},
+		{"verify", "audit the store (and Redis) for limit overruns, lost or miscounted usage, admin changes without their audit event; exits non-zero on any violation", runVerify},
 		{"load", "fire concurrent creates at a running Tally and verify the invariants afterwards (see tally load --help)", runLoad},
 	}
 }

@@ -45,7 +45,7 @@ func runServe(ctx context.Context, args []string, env func(string) string, stdou
 	}
 	log := newLogger(stderr, cfg.LogLevel)
 	demo := false
-	if cfg.Embedded() && (cfg.JWTSecret == "" || cfg.AdminToken == "") {
+	if cfg.Embedded() && (cfg.JWTSecret == "" || len(cfg.AdminCredentials()) == 0) {
 		if err := embeddedCredentials(&cfg); err != nil {
 			return err
 		}
@@ -116,7 +116,7 @@ func embeddedCredentials(cfg *config.Config) error {
 	if cfg.JWTSecret == "" {
 		cfg.JWTSecret = cr.JWTSecret
 	}
-	if cfg.AdminToken == "" {
+	if len(cfg.AdminCredentials()) == 0 {
 		cfg.AdminToken = cr.AdminToken
 	}
 	return nil
@@ -134,6 +134,10 @@ func printDemo(w io.Writer, cfg config.Config, addr string) error {
 		return err
 	}
 	base := "http://" + addr
+	admin := cfg.AdminToken
+	if admin == "" {
+		admin = "(those of TALLY_ADMIN_TOKENS)"
+	}
 	_, err = fmt.Fprintf(w, `
 Tally is running on %[1]s (embedded store in %[2]s, in-process Redis).
 Credentials are kept in %[2]s/credentials.json.
@@ -150,6 +154,6 @@ Try it:
 
   curl -s %[1]s/api/v1/usage -H 'Authorization: Bearer %[4]s'
 
-`, base, cfg.DataDir, cfg.AdminToken, tok)
+`, base, cfg.DataDir, admin, tok)
 	return err
 }

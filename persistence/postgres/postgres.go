@@ -25,14 +25,19 @@ import (
 
 var _ persistence.Store = (*Store)(nil)
 
-// sessionStatus is embedded in Store under an unexported name: it provides
-// MarkUploading, CompleteSession and FailSession (persistence/sessions.go)
-// without exporting a field.
-type sessionStatus = persistence.SessionStatus
+// sessionStatus and userChanges are embedded in Store under unexported
+// names: they provide MarkUploading, CompleteSession and FailSession
+// (persistence/sessions.go) and PutUser (persistence/users.go) without
+// exporting a field.
+type (
+	sessionStatus = persistence.SessionStatus
+	userChanges   = persistence.UserChanges
+)
 
 // Store is persistence.Store on a pgx connection pool.
 type Store struct {
 	sessionStatus // on inSessionTx (sessions.go)
+	userChanges   // on inUserTx (events.go)
 	pool          *pgxpool.Pool
 	// closed makes Migrate, which dials its own connection, fail like the
 	// pool-backed methods once the store is closed.
@@ -74,6 +79,7 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 	}
 	s := &Store{pool: pool, pruneBatch: defaultPruneBatch}
 	s.sessionStatus.InTx = s.inSessionTx
+	s.userChanges.InTx = s.inUserTx
 	return s, nil
 }
 

@@ -54,30 +54,6 @@ func (s *Store) getUser(ctx context.Context, id string) (domain.User, error) {
 	return scanUser(s.pool.QueryRow(ctx, `SELECT `+persistence.UserColumns+` FROM users WHERE id = $1`, id))
 }
 
-// PutUser creates the user or changes its plan and/or anchor, bumping its
-// version on every call so that admissions decided under the old version
-// are refused by the fence. The plan name is not checked against a catalog:
-// that is the caller's concern.
-func (s *Store) PutUser(ctx context.Context, c persistence.UserChange) (domain.User, error) {
-	now := ts(c.Now)
-	var anchor *time.Time
-	if c.Anchor != nil {
-		a := ts(*c.Anchor)
-		anchor = &a
-	}
-	u, err := scanUser(s.pool.QueryRow(ctx, `
-		INSERT INTO users AS u (`+persistence.UserColumns+`)
-		VALUES ($1, COALESCE($2::text, $4), COALESCE($3::timestamptz, $5::timestamptz), 1, $5, $5)
-		ON CONFLICT (id) DO UPDATE SET
-		    plan           = COALESCE($2::text, u.plan),
-		    billing_anchor = COALESCE($3::timestamptz, u.billing_anchor),
-		    version        = u.version + 1,
-		    updated_at     = $5
-		RETURNING `+persistence.UserColumns,
-		c.ID, c.Plan, anchor, domain.DefaultPlan, now))
-	return u, translate("put user", err)
-}
-
 // LoadUsage returns the counters of the period starting at periodStart, or
 // zero counters (version 0) when nothing was recorded in it.
 func (s *Store) LoadUsage(ctx context.Context, userID string, periodStart time.Time) (persistence.Counters, error) {

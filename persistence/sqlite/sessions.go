@@ -78,20 +78,21 @@ func (s *Store) ListSessions(ctx context.Context, userID string, limit int, afte
 	return out, nil
 }
 
-// sessionTx is persistence.SessionTx on a write transaction: the
-// statements of a status change, whose rules persistence.SessionStatus
-// holds.
-type sessionTx struct{ tx *sql.Tx }
+// writeTx is persistence.SessionTx and persistence.UserTx on a write
+// transaction: the statements of a status change and of a user change,
+// whose rules persistence.SessionStatus and persistence.UserChanges hold
+// (events.go has the user and event statements).
+type writeTx struct{ tx *sql.Tx }
 
 // inSessionTx is the SessionStatus's InTx: fn runs in one write
 // transaction.
 func (s *Store) inSessionTx(ctx context.Context, op string, fn func(persistence.SessionTx) error) error {
-	return s.inTx(ctx, op, func(tx *sql.Tx) error { return fn(sessionTx{tx}) })
+	return s.inTx(ctx, op, func(tx *sql.Tx) error { return fn(writeTx{tx}) })
 }
 
 // LockSession reads a session inside a write transaction, whose lock keeps
 // it from changing until the transaction ends.
-func (t sessionTx) LockSession(ctx context.Context, id string) (domain.Session, error) {
+func (t writeTx) LockSession(ctx context.Context, id string) (domain.Session, error) {
 	sess, err := scanSession(t.tx.QueryRowContext(ctx, `SELECT `+persistence.SessionColumns+` FROM sessions WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return domain.Session{}, domain.ErrNotFound
@@ -100,7 +101,7 @@ func (t sessionTx) LockSession(ctx context.Context, id string) (domain.Session, 
 }
 
 // SetStatus moves a session to status and returns the new row.
-func (t sessionTx) SetStatus(ctx context.Context, id string, status domain.Status, duration *int64, now time.Time) (domain.Session, error) {
+func (t writeTx) SetStatus(ctx context.Context, id string, status domain.Status, duration *int64, now time.Time) (domain.Session, error) {
 	var d any // NULL unless completed
 	if duration != nil {
 		d = *duration
@@ -114,7 +115,7 @@ func (t sessionTx) SetStatus(ctx context.Context, id string, status domain.Statu
 }
 
 // LoadCounters reads the period's usage row inside the transaction.
-func (t sessionTx) LoadCounters(ctx context.Context, userID string, periodStart time.Time) (persistence.Counters, error) {
+func (t writeTx) LoadCounters(ctx context.Context, userID string, periodStart time.Time) (persistence.Counters, error) {
 	return loadCounters(ctx, t.tx, userID, periodStart)
 }
 
@@ -122,7 +123,7 @@ func (t sessionTx) LoadCounters(ctx context.Context, userID string, periodStart 
 // admission created it with the session. Were it deleted by hand, the
 // seconds still count; its end is then a month after its start, the usual
 // period length.
-func (t sessionTx) AddSeconds(ctx context.Context, userID string, periodStart time.Time, seconds int64) (persistence.Counters, error) {
+func (t writeTx) AddSeconds(ctx context.Context, userID string, periodStart time.Time, seconds int64) (persistence.Counters, error) {
 	var c persistence.Counters
 	err := t.tx.QueryRowContext(ctx, `
 		INSERT INTO usage (user_id, period_start, period_end, sessions, seconds, version)

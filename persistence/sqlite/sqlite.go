@@ -34,14 +34,19 @@ const FileName = "tally.db"
 // failing with SQLITE_BUSY, which the store reports as CodeUnavailable.
 const busyTimeout = 5 * time.Second
 
-// sessionStatus is embedded in Store under an unexported name: it provides
-// MarkUploading, CompleteSession and FailSession (persistence/sessions.go)
-// without exporting a field.
-type sessionStatus = persistence.SessionStatus
+// sessionStatus and userChanges are embedded in Store under unexported
+// names: they provide MarkUploading, CompleteSession and FailSession
+// (persistence/sessions.go) and PutUser (persistence/users.go) without
+// exporting a field.
+type (
+	sessionStatus = persistence.SessionStatus
+	userChanges   = persistence.UserChanges
+)
 
 // Store is persistence.Store on a SQLite file.
 type Store struct {
 	sessionStatus // on inSessionTx (sessions.go)
+	userChanges   // on inUserTx (events.go)
 	// write has exactly one connection, whose transactions begin with
 	// BEGIN IMMEDIATE (the DSN's _txlock): this process's writes queue for
 	// it, and another process's writes wait on the file lock.
@@ -101,6 +106,7 @@ func open(ctx context.Context, dataDir string, busy time.Duration) (*Store, erro
 	read.SetMaxIdleConns(4)
 	s := &Store{write: write, read: read}
 	s.sessionStatus.InTx = s.inSessionTx
+	s.userChanges.InTx = s.inUserTx
 	return s, nil
 }
 

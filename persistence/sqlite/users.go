@@ -58,37 +58,6 @@ func (s *Store) getUser(ctx context.Context, q querier, id string) (domain.User,
 	return scanUser(q.QueryRowContext(ctx, `SELECT `+persistence.UserColumns+` FROM users WHERE id = ?`, id))
 }
 
-// PutUser creates the user or changes its plan and/or anchor, bumping its
-// version on every call so that admissions decided under the old version
-// are refused by the fence. The plan name is not checked against a catalog:
-// that is the caller's concern.
-func (s *Store) PutUser(ctx context.Context, c persistence.UserChange) (domain.User, error) {
-	var plan, anchor any // NULL keeps the current value
-	if c.Plan != nil {
-		plan = *c.Plan
-	}
-	if c.Anchor != nil {
-		anchor = micros(*c.Anchor)
-	}
-	var u domain.User
-	err := s.inTx(ctx, "put user", func(tx *sql.Tx) error {
-		var err error
-		u, err = scanUser(tx.QueryRowContext(ctx, `
-			INSERT INTO users (`+persistence.UserColumns+`)
-			VALUES (:id, COALESCE(:plan, :default_plan), COALESCE(:anchor, :now), 1, :now, :now)
-			ON CONFLICT (id) DO UPDATE SET
-			    plan           = COALESCE(:plan, plan),
-			    billing_anchor = COALESCE(:anchor, billing_anchor),
-			    version        = version + 1,
-			    updated_at     = :now
-			RETURNING `+persistence.UserColumns,
-			sql.Named("id", c.ID), sql.Named("plan", plan), sql.Named("anchor", anchor),
-			sql.Named("default_plan", domain.DefaultPlan), sql.Named("now", micros(c.Now))))
-		return err
-	})
-	return u, err
-}
-
 // LoadUsage returns the counters of the period starting at periodStart, or
 // zero counters (version 0) when nothing was recorded in it.
 func (s *Store) LoadUsage(ctx context.Context, userID string, periodStart time.Time) (persistence.Counters, error) {

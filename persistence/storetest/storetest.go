@@ -78,6 +78,11 @@ func Run(t *testing.T, open func(t *testing.T) persistence.Store) {
 		{"CompleteSessionZeroSeconds", testCompleteSessionZeroSeconds},
 		{"CompleteSessionCountsInAdmissionPeriod", testCompleteSessionCountsInAdmissionPeriod},
 		{"FailSession", testFailSession},
+		{"PutUserRecordsEvents", testPutUserRecordsEvents},
+		{"PutUserConcurrently", testPutUserConcurrently},
+		{"SessionChangesRecordEvents", testSessionChangesRecordEvents},
+		{"ChangeWithoutActorChangesNothing", testChangeWithoutActorChangesNothing},
+		{"ListUserEvents", testListUserEvents},
 		{"CanceledContextIsUnavailable", testCanceledContextIsUnavailable},
 		{"ClosedStoreIsUnavailable", testClosedStoreIsUnavailable},
 	}
@@ -111,8 +116,15 @@ func ensureUser(t *testing.T, s persistence.Store, id string) domain.User {
 	return u
 }
 
+// ops is who the suite's admin changes are made by.
+var ops = domain.Origin{Admin: "storetest", RequestID: "req-storetest"}
+
+// putUser applies c, made by ops unless c says who.
 func putUser(t *testing.T, s persistence.Store, c persistence.UserChange) domain.User {
 	t.Helper()
+	if c.By == (domain.Origin{}) {
+		c.By = ops
+	}
 	u, err := s.PutUser(t.Context(), c)
 	if err != nil {
 		t.Fatalf("PutUser(%s): %v", c.ID, err)
@@ -568,7 +580,7 @@ func testAdmitOverLimitSeconds(t *testing.T, s persistence.Store) {
 	period := u.Period(t0).Start
 	complete := func(id string, seconds int64, want persistence.Counters) {
 		t.Helper()
-		_, c, err := s.CompleteSession(t.Context(), id, seconds, t0)
+		_, c, err := s.CompleteSession(t.Context(), ops, id, seconds, t0)
 		if err != nil || c != want {
 			t.Fatalf("CompleteSession(%s, %d) counters = %+v, %v; want %+v", id, seconds, c, err, want)
 		}
@@ -608,7 +620,7 @@ func testAdmitUnlimited(t *testing.T, s persistence.Store) {
 	for i, r := range admit(t, s, reqs...) {
 		wantResult(t, reqs[i].Session.ID, r, persistence.Admitted, counters(int64(i+1), 0, int64(i+1)))
 	}
-	if _, _, err := s.CompleteSession(t.Context(), "s00", domain.MaxDurationSeconds, t0); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), ops, "s00", domain.MaxDurationSeconds, t0); err != nil {
 		t.Fatalf("CompleteSession: %v", err)
 	}
 	wantResult(t, "after a day of minutes", admit(t, s, request(u, "s25", t0, unlimited, unlimited))[0],
@@ -803,7 +815,7 @@ func testTimesRoundTrip(t *testing.T, s persistence.Store) {
 	}
 
 	done := at.Add(90*time.Minute + 1)
-	sess, _, err = s.CompleteSession(t.Context(), "s1", 60, done)
+	sess, _, err = s.CompleteSession(t.Context(), ops, "s1", 60, done)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -921,10 +933,10 @@ func testMarkUploading(t *testing.T, s persistence.Store) {
 	wantSession(t, "MarkUploading(uploading)", got, want)
 	wantSession(t, "GetSession after second MarkUploading", getSession(t, s, "s1"), want)
 
-	if _, _, err := s.CompleteSession(t.Context(), "done", 10, t1); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), ops, "done", 10, t1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.FailSession(t.Context(), "broken", t1); err != nil {
+	if _, err := s.FailSession(t.Context(), ops, "broken", t1); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"done", "broken"} {
@@ -950,7 +962,7 @@ func testCompleteSession(t *testing.T, s persistence.Store) {
 	want := created(reqs[0])
 	ninety := int64(90)
 	want.Status, want.DurationSeconds, want.UpdatedAt = domain.StatusCompleted, &ninety, us(t1)
-	got, c, err := s.CompleteSession(t.Context(), "s1", 90, t1)
+	got, c, err := s.CompleteSession(t.Context(), ops, "s1", 90, t1)
 	if err != nil {
 		t.Fatalf("CompleteSession: %v", err)
 	}
@@ -962,7 +974,7 @@ func testCompleteSession(t *testing.T, s persistence.Store) {
 	wantUsage(t, s, u.ID, period, counters(3, 90, 4))
 
 	// The same completion again (a retry): unchanged, counted once.
-	got, c, err = s.CompleteSession(t.Context(), "s1", 90, t2)
+	got, c, err = s.CompleteSession(t.Context(), ops, "s1", 90, t2)
 	if err != nil {
 		t.Fatalf("CompleteSession again: %v", err)
 	}
@@ -973,7 +985,7 @@ func testCompleteSession(t *testing.T, s persistence.Store) {
 	wantUsage(t, s, u.ID, period, counters(3, 90, 4))
 
 	// Another duration: a conflict, nothing changes.
-	_, _, err = s.CompleteSession(t.Context(), "s1", 91, t2)
+	_, _, err = s.CompleteSession(t.Context(), ops, "s1", 91, t2)
 	wantCode(t, "CompleteSession with another duration", err, domain.CodeConflict)
 	wantSession(t, "after refused completion", getSession(t, s, "s1"), want)
 	wantUsage(t, s, u.ID, period, counters(3, 90, 4))
@@ -982,7 +994,7 @@ func testCompleteSession(t *testing.T, s persistence.Store) {
 	if _, err := s.MarkUploading(t.Context(), "up", t1); err != nil {
 		t.Fatal(err)
 	}
-	got, c, err = s.CompleteSession(t.Context(), "up", 30, t2)
+	got, c, err = s.CompleteSession(t.Context(), ops, "up", 30, t2)
 	if err != nil || got.Status != domain.StatusCompleted || got.DurationSeconds == nil || *got.DurationSeconds != 30 {
 		t.Fatalf("CompleteSession(uploading) = %s, %v", sessionString(got), err)
 	}
@@ -991,34 +1003,34 @@ func testCompleteSession(t *testing.T, s persistence.Store) {
 	}
 
 	// A failed session cannot complete.
-	if _, err := s.FailSession(t.Context(), "broken", t1); err != nil {
+	if _, err := s.FailSession(t.Context(), ops, "broken", t1); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = s.CompleteSession(t.Context(), "broken", 10, t2)
+	_, _, err = s.CompleteSession(t.Context(), ops, "broken", 10, t2)
 	wantCode(t, "CompleteSession(failed)", err, domain.CodeConflict)
 	if got := getSession(t, s, "broken"); got.Status != domain.StatusFailed || got.DurationSeconds != nil {
 		t.Fatalf("after refused completion: %s", sessionString(got))
 	}
 	wantUsage(t, s, u.ID, period, counters(3, 120, 5))
 
-	_, _, err = s.CompleteSession(t.Context(), "nope", 10, t1)
+	_, _, err = s.CompleteSession(t.Context(), ops, "nope", 10, t1)
 	wantNotFound(t, "CompleteSession(nope)", err)
 }
 
 func testCompleteSessionZeroSeconds(t *testing.T, s persistence.Store) {
 	u := ensureUser(t, s, "alice")
 	admit(t, s, request(u, "s1", t0, unlimited, unlimited))
-	got, c, err := s.CompleteSession(t.Context(), "s1", 0, t0)
+	got, c, err := s.CompleteSession(t.Context(), ops, "s1", 0, t0)
 	if err != nil || got.Status != domain.StatusCompleted || got.DurationSeconds == nil || *got.DurationSeconds != 0 {
 		t.Fatalf("CompleteSession(0) = %s, %v; want completed with duration 0", sessionString(got), err)
 	}
 	if c != counters(1, 0, 2) {
 		t.Fatalf("CompleteSession(0) counters = %+v, want %+v", c, counters(1, 0, 2))
 	}
-	if _, _, err := s.CompleteSession(t.Context(), "s1", 0, t0); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), ops, "s1", 0, t0); err != nil {
 		t.Fatalf("CompleteSession(0) again: %v", err)
 	}
-	_, _, err = s.CompleteSession(t.Context(), "s1", 5, t0)
+	_, _, err = s.CompleteSession(t.Context(), ops, "s1", 5, t0)
 	wantCode(t, "CompleteSession(5) after 0", err, domain.CodeConflict)
 }
 
@@ -1033,7 +1045,7 @@ func testCompleteSessionCountsInAdmissionPeriod(t *testing.T, s persistence.Stor
 	if second.Start.Equal(first.Start) {
 		t.Fatal("test setup: the reset did not start a new period")
 	}
-	_, c, err := s.CompleteSession(t.Context(), "s1", 120, reset)
+	_, c, err := s.CompleteSession(t.Context(), ops, "s1", 120, reset)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1053,14 +1065,14 @@ func testFailSession(t *testing.T, s persistence.Store) {
 		reqs = append(reqs, request(u, id, t0, unlimited, unlimited))
 	}
 	admit(t, s, reqs...)
-	if _, _, err := s.CompleteSession(t.Context(), "done", 45, t0); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), ops, "done", 45, t0); err != nil {
 		t.Fatal(err)
 	}
 	wantUsage(t, s, u.ID, period, counters(3, 45, 4))
 
 	want := created(reqs[0])
 	want.Status, want.UpdatedAt = domain.StatusFailed, us(t1)
-	got, err := s.FailSession(t.Context(), "s1", t1)
+	got, err := s.FailSession(t.Context(), ops, "s1", t1)
 	if err != nil {
 		t.Fatalf("FailSession: %v", err)
 	}
@@ -1069,7 +1081,7 @@ func testFailSession(t *testing.T, s persistence.Store) {
 	// A failed session stays counted, with no seconds.
 	wantUsage(t, s, u.ID, period, counters(3, 45, 4))
 
-	got, err = s.FailSession(t.Context(), "s1", t2)
+	got, err = s.FailSession(t.Context(), ops, "s1", t2)
 	if err != nil {
 		t.Fatalf("FailSession again: %v", err)
 	}
@@ -1078,17 +1090,17 @@ func testFailSession(t *testing.T, s persistence.Store) {
 	if _, err := s.MarkUploading(t.Context(), "up", t1); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := s.FailSession(t.Context(), "up", t2); err != nil || got.Status != domain.StatusFailed || !got.UpdatedAt.Equal(us(t2)) {
+	if got, err := s.FailSession(t.Context(), ops, "up", t2); err != nil || got.Status != domain.StatusFailed || !got.UpdatedAt.Equal(us(t2)) {
 		t.Fatalf("FailSession(uploading) = %s, %v", sessionString(got), err)
 	}
 
 	before := getSession(t, s, "done")
-	_, err = s.FailSession(t.Context(), "done", t2)
+	_, err = s.FailSession(t.Context(), ops, "done", t2)
 	wantCode(t, "FailSession(completed)", err, domain.CodeConflict)
 	wantSession(t, "after refused FailSession", getSession(t, s, "done"), before)
 	wantUsage(t, s, u.ID, period, counters(3, 45, 4))
 
-	_, err = s.FailSession(t.Context(), "nope", t1)
+	_, err = s.FailSession(t.Context(), ops, "nope", t1)
 	wantNotFound(t, "FailSession(nope)", err)
 }
 
@@ -1101,7 +1113,7 @@ func everyMethod(ctx context.Context, s persistence.Store, u domain.User) map[st
 	errs["Ping"] = s.Ping(ctx)
 	_, errs["EnsureUser"] = s.EnsureUser(ctx, "newcomer", t0)
 	_, errs["GetUser"] = s.GetUser(ctx, u.ID)
-	_, errs["PutUser"] = s.PutUser(ctx, persistence.UserChange{ID: u.ID, Now: t0})
+	_, errs["PutUser"] = s.PutUser(ctx, persistence.UserChange{ID: u.ID, Now: t0, By: ops})
 	_, errs["LoadUsage"] = s.LoadUsage(ctx, u.ID, r.Session.PeriodStart)
 	_, errs["EnsureUsersUsage"] = s.EnsureUsersUsage(ctx, []persistence.UserLoad{{ID: u.ID, Now: t0}, {ID: "newcomer2", Now: t0}})
 	_, errs["Admit"] = s.Admit(ctx, []persistence.AdmitRequest{r})
@@ -1112,8 +1124,9 @@ func everyMethod(ctx context.Context, s persistence.Store, u domain.User) map[st
 	_, errs["GetSession"] = s.GetSession(ctx, "s1")
 	_, errs["ListSessions"] = s.ListSessions(ctx, u.ID, 10, nil)
 	_, errs["MarkUploading"] = s.MarkUploading(ctx, "s1", t0)
-	_, _, errs["CompleteSession"] = s.CompleteSession(ctx, "s1", 10, t0)
-	_, errs["FailSession"] = s.FailSession(ctx, "s1", t0)
+	_, _, errs["CompleteSession"] = s.CompleteSession(ctx, ops, "s1", 10, t0)
+	_, errs["FailSession"] = s.FailSession(ctx, ops, "s1", t0)
+	_, errs["ListUserEvents"] = s.ListUserEvents(ctx, u.ID, 10, nil)
 	return errs
 }
 

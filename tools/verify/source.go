@@ -26,6 +26,9 @@ type source struct {
 	label string
 	// micros turns a timestamp column into unix microseconds.
 	micros func(col string) string
+	// jsonInt reads an integer member of a JSON column (NULL when it is
+	// missing or null).
+	jsonInt func(col, key string) string
 	// snapshot is how the audit's read transaction begins: all its queries
 	// must see one state of the store.
 	snapshot *sql.TxOptions
@@ -66,6 +69,7 @@ func openPostgres(ctx context.Context, dsn string) (*source, error) {
 		db:       db,
 		label:    label,
 		micros:   func(col string) string { return "(extract(epoch FROM " + col + ") * 1000000)::bigint" },
+		jsonInt:  func(col, key string) string { return "(" + col + " ->> '" + key + "')::bigint" },
 		snapshot: &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true},
 		// The per-period aggregate sorts every session; with the default
 		// 4MB it spills to disk and takes twice as long on a million rows.
@@ -113,9 +117,10 @@ func openSQLite(ctx context.Context, dataDir string) (*source, error) {
 		return nil, fmt.Errorf("verify: sqlite %s: %w", path, err)
 	}
 	s := &source{
-		db:     db,
-		label:  "sqlite " + path,
-		micros: func(col string) string { return col }, // stored as unix microseconds
+		db:      db,
+		label:   "sqlite " + path,
+		micros:  func(col string) string { return col }, // stored as unix microseconds
+		jsonInt: func(col, key string) string { return "(" + col + " ->> '$." + key + "')" },
 		// A read transaction sees one snapshot of a WAL database.
 		snapshot: nil,
 	}
@@ -225,6 +230,12 @@ func (s *source) scan(ctx context.Context, a *audit) (err error) {
 	}
 	if err := rows.Err(); err != nil {
 		return wrap("aggregate usage and sessions", err)
+	}
+	if err := s.scanUserEvents(ctx, tx, a); err != nil {
+		return wrap("compare users with their audit events", err)
+	}
+	if err := s.scanSessionEvents(ctx, tx, a); err != nil {
+		return wrap("compare sessions with their audit events", err)
 	}
 	return nil
 }

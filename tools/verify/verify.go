@@ -28,6 +28,21 @@
 //     while verify ran is not reported);
 //   - redis_corrupt: a counter key that is not a hash of integers s, sec, v.
 //
+// And for every user and session, against the audit trail of admin
+// changes (events.go):
+//
+//   - user_events: a user's change events cover each version after its
+//     trail began (migration 0004; audit_baseline) exactly once and none
+//     beyond its own: every PUT and every usage reset bumps the version and
+//     records it, in one transaction, so a gap is a change without its
+//     event;
+//   - user_state: the user's plan and billing anchor are what its last
+//     event left (a reset's only trace is the anchor it set), or, with no
+//     change at all, what provisioning leaves;
+//   - session_events: a session completed or failed after the trail began
+//     has exactly one event of its kind, with its duration, and no other
+//     session has one.
+//
 // The store is read in one snapshot (a REPEATABLE READ, READ ONLY
 // transaction on Postgres; one read transaction on a read-only SQLite
 // connection) with one aggregate query over all periods (GROUP BY, one pass
@@ -66,6 +81,9 @@ const (
 	RedisMismatch Check = "redis_mismatch"
 	RedisOrphan   Check = "redis_orphan"
 	RedisCorrupt  Check = "redis_corrupt"
+	UserEvents    Check = "user_events"
+	UserState     Check = "user_state"
+	SessionEvents Check = "session_events"
 )
 
 // DefaultBatchSize is how many Redis keys one pipeline reads.
@@ -104,6 +122,8 @@ type Report struct {
 	Users    int64 `json:"users"`
 	Periods  int64 `json:"periods"`
 	Sessions int64 `json:"sessions"`
+	// Events is the audit events the trail's checks read.
+	Events int64 `json:"events"`
 
 	Redis RedisSummary `json:"redis"`
 
@@ -138,11 +158,12 @@ type RedisSummary struct {
 	Orphans int64 `json:"orphans"`
 }
 
-// Violation is one broken invariant of one user's period.
+// Violation is one broken invariant of one user's period, or of the user
+// (PeriodStart zero: user_events, user_state).
 type Violation struct {
 	Check       Check     `json:"check"`
 	UserID      string    `json:"user_id"`
-	PeriodStart time.Time `json:"period_start"`
+	PeriodStart time.Time `json:"period_start,omitzero"`
 	// Detail says what is wrong, with the numbers.
 	Detail string `json:"detail"`
 	// Numbers are the figures compared, by name (e.g. seq, max_sessions).
@@ -154,6 +175,9 @@ func (r *Report) OK() bool { return r.Total == 0 }
 
 // String is the violation's line in the text report.
 func (v Violation) String() string {
+	if v.PeriodStart.IsZero() {
+		return fmt.Sprintf("%-14s user=%s: %s", v.Check, v.UserID, v.Detail)
+	}
 	return fmt.Sprintf("%-14s user=%s period=%s: %s", v.Check, v.UserID, v.PeriodStart.UTC().Format(time.RFC3339), v.Detail)
 }
 
@@ -161,7 +185,7 @@ func (v Violation) String() string {
 func (r *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "store: %s\n", r.Store)
-	fmt.Fprintf(&b, "checked: %d users, %d periods, %d sessions in %s\n", r.Users, r.Periods, r.Sessions, r.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(&b, "checked: %d users, %d periods, %d sessions, %d audit events in %s\n", r.Users, r.Periods, r.Sessions, r.Events, r.Elapsed.Round(time.Millisecond))
 	if r.Redis.Checked {
 		fmt.Fprintf(&b, "redis: %d keys checked: %d equal, %d missing (a cold cache, not a violation), %d behind, %d ahead, %d mismatched, %d corrupt; %d counter keys scanned, %d orphans\n",
 			r.Redis.Keys, r.Redis.Equal, r.Redis.Missing, r.Redis.Behind, r.Redis.Ahead, r.Redis.Mismatched, r.Redis.Corrupt, r.Redis.Scanned, r.Redis.Orphans)

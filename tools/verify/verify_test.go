@@ -121,12 +121,14 @@ func replaceEach(s, old string, next func() string) string {
 }
 
 // fixture is the clean data every test starts from, created through the
-// store's own Admit and CompleteSession:
+// store's own Admit, CompleteSession, FailSession and PutUser, so that
+// every admin change has its event:
 //
 //	alice (limit 10): 10 sessions, the 11th rejected; 630 s completed
-//	bob (unlimited):  3 sessions; 100 s completed
+//	bob (unlimited):  3 sessions; 100 s completed, b3 failed
 //	carol (limit 10): 2 sessions in her first period, 1 in the next (50 s)
-//	dave (limit 10):  1 session
+//	dave (limit 10):  1 session, then moved to pro and his usage reset
+//	erin:             created by an admin on student, never used
 type fixture struct {
 	users   map[string]domain.User
 	periods map[string]domain.Period // each user's first period
@@ -134,10 +136,14 @@ type fixture struct {
 }
 
 const (
-	wantUsers    = 4
+	wantUsers    = 5
 	wantPeriods  = 5
 	wantSessions = 17
+	wantEvents   = 8 // 4 completions, 1 failure, dave's plan change and reset, erin's creation
 )
+
+// ops is who the fixture's admin changes are made by.
+var ops = domain.Origin{Admin: "verify-test", RequestID: "req-verify-test"}
 
 func seed(t *testing.T, b *backend) *fixture {
 	t.Helper()
@@ -173,7 +179,7 @@ func seed(t *testing.T, b *backend) *fixture {
 	}
 	complete := func(id string, seconds int64) {
 		t.Helper()
-		if _, _, err := b.store.CompleteSession(ctx, id, seconds, t0.Add(time.Hour)); err != nil {
+		if _, _, err := b.store.CompleteSession(ctx, ops, id, seconds, t0.Add(time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -194,6 +200,21 @@ func seed(t *testing.T, b *backend) *fixture {
 	admit("carol", "c3", later, 10, persistence.Admitted)
 	complete("c3", 50)
 	admit("dave", "d1", t0, 10, persistence.Admitted)
+	if _, err := b.store.FailSession(ctx, ops, "b3", t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	put := func(c persistence.UserChange) {
+		t.Helper()
+		c.By = ops
+		if _, err := b.store.PutUser(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pro, student := "pro", "student"
+	put(persistence.UserChange{ID: "dave", Plan: &pro, Now: t0.Add(time.Hour)})
+	reset := t0.Add(2 * time.Hour)
+	put(persistence.UserChange{ID: "dave", Anchor: &reset, Now: reset, Kind: domain.EventResetUsage})
+	put(persistence.UserChange{ID: "erin", Plan: &student, Now: t0})
 	return f
 }
 
@@ -244,9 +265,9 @@ func TestCleanStorePasses(t *testing.T) {
 			if !rep.OK() {
 				t.Fatalf("a clean store has %d violation(s): %v", rep.Total, rep.Violations)
 			}
-			if rep.Users != wantUsers || rep.Periods != wantPeriods || rep.Sessions != wantSessions {
-				t.Errorf("checked %d users, %d periods, %d sessions; want %d, %d, %d",
-					rep.Users, rep.Periods, rep.Sessions, wantUsers, wantPeriods, wantSessions)
+			if rep.Users != wantUsers || rep.Periods != wantPeriods || rep.Sessions != wantSessions || rep.Events != wantEvents {
+				t.Errorf("checked %d users, %d periods, %d sessions, %d events; want %d, %d, %d, %d",
+					rep.Users, rep.Periods, rep.Sessions, rep.Events, wantUsers, wantPeriods, wantSessions, wantEvents)
 			}
 			// Every cached key matched (so the key layout is the cache's),
 			// and carol's second period is a cold key, not a violation.
@@ -332,7 +353,69 @@ var storeCorruptions = []struct {
 			b.exec(t, `INSERT INTO sessions (id, user_id, title, language, stt_provider, status, duration_seconds, period_start, seq, max_sessions, created_at, updated_at)
 				VALUES ('d0', 'dave', 'x', 'en-US', 'google', 'completed', 40, ?, 1, 10, ?, ?)`, b.ts(start), b.ts(start), b.ts(start))
 		},
-		want: []want{{verify.MissingUsage, "dave", map[string]int64{"sessions": 1, "completed_seconds": 40}}},
+		// Completed by no admin, too.
+		want: []want{
+			{verify.MissingUsage, "dave", map[string]int64{"sessions": 1, "completed_seconds": 40}},
+			{verify.SessionEvents, "dave", map[string]int64{"events": 0}},
+		},
+	},
+	{
+		// A reset leaves nothing but its anchor and a version: without its
+		// event, the versions have a gap.
+		name: "a reset's event deleted",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `DELETE FROM user_events WHERE kind = 'reset_usage'`)
+		},
+		want: []want{{verify.UserEvents, "dave", map[string]int64{"version": 3, "baseline_version": 1, "events": 1, "max_version": 2}}},
+	},
+	{
+		name: "a plan change's event deleted",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `DELETE FROM user_events WHERE user_id = 'dave' AND kind = 'put_user'`)
+		},
+		want: []want{{verify.UserEvents, "dave", map[string]int64{"version": 3, "events": 1, "min_version": 3}}},
+	},
+	{
+		name: "a reset made by hand, version and all",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `UPDATE users SET billing_anchor = ?, version = version + 1 WHERE id = 'carol'`, b.ts(t0.AddDate(0, 2, 0)))
+		},
+		want: []want{{verify.UserEvents, "carol", map[string]int64{"version": 2, "events": 0}}},
+	},
+	{
+		name: "a plan changed by hand after admin changes",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `UPDATE users SET plan = 'enterprise' WHERE id = 'dave'`)
+		},
+		want: []want{{verify.UserState, "dave", map[string]int64{"version": 3}}},
+	},
+	{
+		name: "a plan changed by hand on a user no admin changed",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `UPDATE users SET plan = 'pro' WHERE id = 'bob'`)
+		},
+		want: []want{{verify.UserState, "bob", map[string]int64{"version": 1}}},
+	},
+	{
+		name: "an admin creation's event deleted",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `DELETE FROM user_events WHERE user_id = 'erin'`)
+		},
+		want: []want{{verify.UserState, "erin", map[string]int64{"version": 1}}},
+	},
+	{
+		name: "a completion's event deleted",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `DELETE FROM user_events WHERE session_id = 'a2'`)
+		},
+		want: []want{{verify.SessionEvents, "alice", map[string]int64{"events": 0}}},
+	},
+	{
+		name: "a failure's event without its failure",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `UPDATE sessions SET status = 'created' WHERE id = 'b3'`)
+		},
+		want: []want{{verify.SessionEvents, "bob", map[string]int64{"events": 1}}},
 	},
 	{
 		name: "duplicated seq",
@@ -528,5 +611,75 @@ func TestFromConfig(t *testing.T) {
 	}
 	if !rep.OK() || rep.Sessions != wantSessions || !rep.Redis.Checked || rep.Redis.Equal != 4 {
 		t.Fatalf("postgres and redis: %+v", rep)
+	}
+}
+
+// TestTrailBeginsAtTheMigration upgrades a store that was changed before
+// the audit trail existed (schema 0003, then Migrate): those changes have
+// no event and are not violations; the changes after the migration are
+// checked like any.
+func TestTrailBeginsAtTheMigration(t *testing.T) {
+	for _, bk := range backends() {
+		t.Run(bk.name, func(t *testing.T) {
+			b := bk.open(t)
+			dir := filepath.Join("..", "..", "persistence", bk.name, "migrations")
+			if bk.name == "postgres" {
+				b.exec(t, `CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`)
+			} else {
+				b.exec(t, `CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT`)
+			}
+			for v, name := range []string{"0001_init", "0002_idempotency_keys", "0003_group_commit"} {
+				sqlText, err := os.ReadFile(filepath.Join(dir, name+".sql"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				b.exec(t, string(sqlText))
+				b.exec(t, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`, v+1, name, b.ts(t0))
+			}
+			// Before the trail: legacy moved to pro and re-anchored
+			// (version 3), one session completed and one failed; newbie
+			// provisioned and untouched.
+			p := domain.PeriodAt(t0, t0)
+			b.exec(t, `INSERT INTO users (id, plan, billing_anchor, version, created_at, updated_at) VALUES ('legacy', 'pro', ?, 3, ?, ?)`,
+				b.ts(t0), b.ts(t0.AddDate(0, -2, 0)), b.ts(t0))
+			b.exec(t, `INSERT INTO users (id, plan, billing_anchor, version, created_at, updated_at) VALUES ('newbie', 'free', ?, 1, ?, ?)`,
+				b.ts(t0), b.ts(t0), b.ts(t0))
+			b.exec(t, `INSERT INTO usage (user_id, period_start, period_end, sessions, seconds, version) VALUES ('legacy', ?, ?, 3, 60, 4)`,
+				b.ts(p.Start), b.ts(p.End))
+			for i, st := range []struct {
+				status   string
+				duration any
+			}{{"completed", int64(60)}, {"failed", nil}, {"created", nil}} {
+				b.exec(t, `INSERT INTO sessions (id, user_id, title, language, stt_provider, status, duration_seconds, period_start, seq, max_sessions, created_at, updated_at)
+					VALUES (?, 'legacy', 'x', 'en-US', 'google', ?, ?, ?, ?, -1, ?, ?)`,
+					fmt.Sprintf("l%d", i+1), st.status, st.duration, b.ts(p.Start), i+1, b.ts(t0), b.ts(t0))
+			}
+
+			if err := b.store.Migrate(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if rep := run(t, b); !rep.OK() || rep.Users != 2 || rep.Events != 0 {
+				t.Fatalf("right after the migration: %d violation(s), %d users, %d events; want none, 2, 0", rep.Total, rep.Users, rep.Events)
+			}
+
+			// After it, every change has its event, and a missing one is
+			// found: the trail of legacy begins after version 3.
+			student := "student"
+			if _, err := b.store.PutUser(t.Context(), persistence.UserChange{ID: "legacy", Plan: &student, Now: t0.Add(time.Hour), By: ops}); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := b.store.CompleteSession(t.Context(), ops, "l3", 30, t0.Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			if rep := run(t, b); !rep.OK() || rep.Events != 2 {
+				t.Fatalf("after two admin changes: %d violation(s), %d events; want none, 2", rep.Total, rep.Events)
+			}
+			b.exec(t, `DELETE FROM user_events WHERE kind = 'put_user'`)
+			b.exec(t, `DELETE FROM user_events WHERE session_id = 'l3'`)
+			wantReport(t, run(t, b), []want{
+				{verify.UserEvents, "legacy", map[string]int64{"version": 4, "baseline_version": 3, "events": 0}},
+				{verify.SessionEvents, "legacy", map[string]int64{"events": 0}},
+			})
+		})
 	}
 }

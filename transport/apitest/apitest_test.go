@@ -128,20 +128,23 @@ func (fakeAccounts) PrepareUpload(context.Context, string, string, float64) (dom
 func (fakeAccounts) Usage(context.Context, string) (domain.Report, error) {
 	return domain.Report{}, domain.Unavailable("postgres", nil)
 }
-func (fakeAccounts) PutUser(context.Context, string, *string, *time.Time) (domain.User, domain.Report, error) {
+func (fakeAccounts) PutUser(context.Context, domain.Origin, string, *string, *time.Time) (domain.User, domain.Report, error) {
 	return domain.User{}, domain.Report{}, domain.ErrNotFound
 }
 func (fakeAccounts) GetUser(context.Context, string) (domain.User, domain.Report, error) {
 	return domain.User{}, domain.Report{}, domain.ErrNotFound
 }
-func (fakeAccounts) ResetUsage(context.Context, string) (domain.Report, error) {
+func (fakeAccounts) ResetUsage(context.Context, domain.Origin, string) (domain.Report, error) {
 	return domain.Report{}, domain.ErrNotFound
 }
-func (fakeAccounts) CompleteSession(context.Context, string, int64) (domain.Session, error) {
+func (fakeAccounts) CompleteSession(context.Context, domain.Origin, string, int64) (domain.Session, error) {
 	return domain.Session{}, domain.ErrNotFound
 }
-func (fakeAccounts) FailSession(context.Context, string) (domain.Session, error) {
+func (fakeAccounts) FailSession(context.Context, domain.Origin, string) (domain.Session, error) {
 	return domain.Session{}, domain.ErrNotFound
+}
+func (fakeAccounts) ListUserEvents(context.Context, string, int, *domain.EventCursor) ([]domain.UserEvent, error) {
+	return nil, domain.ErrNotFound
 }
 
 func TestClientAgainstServer(t *testing.T) {
