@@ -266,6 +266,24 @@ func TestPlanChangeAppliesToNextAdmission(t *testing.T) {
 	}
 }
 
+// An anchor whose periods RFC 3339 cannot write is refused by the core,
+// whoever calls it, and changes nothing.
+func TestPutUserRefusesAnUnwritableAnchor(t *testing.T) {
+	svc := newService(t, openStore(t), time.Minute)
+	ctx := ctxFor(t, 10*time.Second)
+	for _, a := range []time.Time{
+		time.Date(9999, 12, 15, 0, 0, 0, 0, time.UTC),
+		time.Date(0, 12, 31, 0, 0, 0, 0, time.UTC),
+	} {
+		if _, _, err := svc.PutUser(ctx, testAdmin, "anchored", ptr("student"), &a); domain.ErrorCode(err) != domain.CodeValidation {
+			t.Errorf("anchor %v: %v, want a validation error", a, err)
+		}
+	}
+	if _, _, err := svc.GetUser(ctx, "anchored"); !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("a refused PUT created the user: %v", err)
+	}
+}
+
 func ptr[T any](v T) *T { return &v }
 
 // recordingCache keeps the last counters put for each user.

@@ -379,6 +379,13 @@ func (s *Service) Usage(ctx context.Context, userID string) (domain.Report, erro
 // PutUser creates the user or changes plan and/or anchor; the change is
 // recorded in the audit trail as made by by.
 func (s *Service) PutUser(ctx context.Context, by domain.Origin, userID string, plan *string, anchor *time.Time) (domain.User, domain.Report, error) {
+	// The edge checks the anchor too, as it decodes; the core holds the
+	// rule for every caller, so no store keeps a period it cannot write.
+	if anchor != nil {
+		if err := domain.ValidateAnchor(*anchor); err != nil {
+			return domain.User{}, domain.Report{}, err
+		}
+	}
 	d := s.deadline(ctx)
 	r := s.ask(ctx, &putUser{user: userID, plan: plan, anchor: anchor, by: by, call: newCall(d)}, d)
 	a := r.accountOf()
