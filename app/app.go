@@ -7,6 +7,8 @@ package app
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -123,8 +125,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
 	// go-redis logs on its own (dial failures, Sentinel switches): into
-	// the service's JSON log, not plain text on stderr.
-	rediscache.RouteDriverLogs(log)
+	// the service's JSON log, not plain text on stderr, with the variables
+	// to check when an error says the Redis settings are wrong.
+	rediscache.RouteDriverLogs(log, cfg.RedisHint)
 	if a.redis, a.mini, err = openRedis(cfg); err != nil {
 		return nil, err
 	}
@@ -148,7 +151,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	if err != nil {
 		return nil, err
 	}
-	checkers := []transport.Checker{storeChecker{a.store, cfg.Embedded()}, a.cache}
+	checkers := []transport.Checker{storeChecker{a.store, cfg.Embedded()}, redisChecker{a.cache, cfg}}
 	a.handler, err = transport.New(transport.Options{
 		Accounts:      a.accounts,
 		Catalog:       cfg.Plans,
@@ -177,28 +180,44 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	return a, nil
 }
 
-// openRedis connects to Sentinel, a Redis URL, or starts an in-process
-// Redis (miniredis) when neither is configured.
+// openRedis connects to Sentinel or a Redis URL, with the configured
+// credentials and TLS (config/redis.go), or starts an in-process Redis
+// (miniredis) when neither is configured.
+//
+// The in-process Redis listens on a loopback port, which every local
+// process can reach: it requires a password generated here, which only
+// this process's client knows, so that no other process can read or
+// rewrite the counters.
 func openRedis(cfg config.Config) (redis.UniversalClient, *miniredis.Miniredis, error) {
-	switch {
-	case len(cfg.RedisSentinels) > 0:
-		return redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName:    cfg.RedisMaster,
-			SentinelAddrs: cfg.RedisSentinels,
-		}), nil, nil
-	case cfg.RedisURL != "":
-		opts, err := redis.ParseURL(cfg.RedisURL)
-		if err != nil {
-			return nil, nil, fmt.Errorf("TALLY_REDIS_URL: %w", err)
-		}
-		return redis.NewClient(opts), nil, nil
-	default:
-		mini := miniredis.NewMiniRedis()
-		if err := mini.Start(); err != nil {
-			return nil, nil, fmt.Errorf("start in-process redis: %w", err)
-		}
-		return redis.NewClient(&redis.Options{Addr: mini.Addr()}), mini, nil
+	if !cfg.EmbeddedRedis() {
+		client, err := cfg.NewRedisClient()
+		return client, nil, err
 	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, nil, fmt.Errorf("generate the in-process redis password: %w", err)
+	}
+	password := hex.EncodeToString(b)
+	mini := miniredis.NewMiniRedis()
+	mini.RequireAuth(password)
+	if err := mini.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start in-process redis: %w", err)
+	}
+	return redis.NewClient(&redis.Options{Addr: mini.Addr(), Password: password}), mini, nil
+}
+
+// redisChecker is the cache's readiness check, whose failure names the
+// variables to check when Redis refused Tally's credentials or
+// certificate: a misconfiguration that, unlike an outage, waiting will not
+// heal. Redis stays optional all the same: a refused Redis is a down one
+// (docs/decisions/0019-redis-credentials-and-tls.md).
+type redisChecker struct {
+	*rediscache.Cache
+	cfg config.Config
+}
+
+func (r redisChecker) Check(ctx context.Context) error {
+	return r.cfg.ExplainRedisError(r.Cache.Check(ctx))
 }
 
 // Handler is the HTTP handler of the service: the API, /healthz, a bare

@@ -60,6 +60,23 @@ type Config struct {
 	// RedisKeyPrefix starts every key Tally writes to Redis
 	// (TALLY_REDIS_KEY_PREFIX), so that one Redis can be shared.
 	RedisKeyPrefix string
+	// RedisUsername and RedisPassword authenticate Tally to the Redis
+	// that holds the data: TALLY_REDIS_URL's server, or the master the
+	// Sentinels name (TALLY_REDIS_USERNAME, TALLY_REDIS_PASSWORD). They
+	// exclude credentials in the URL itself (config/redis.go).
+	RedisUsername, RedisPassword string
+	// RedisSentinelUsername and RedisSentinelPassword authenticate Tally
+	// to the Sentinels themselves (TALLY_REDIS_SENTINEL_USERNAME,
+	// TALLY_REDIS_SENTINEL_PASSWORD).
+	RedisSentinelUsername, RedisSentinelPassword string
+	// RedisTLS turns TLS on in Sentinel mode, towards the Sentinels and
+	// the master (TALLY_REDIS_TLS); a URL asks for it with rediss://.
+	RedisTLS bool
+	// RedisTLSCAFile, RedisTLSCertFile and RedisTLSKeyFile are PEM files:
+	// the CA that signs Redis's certificates (unset: the system roots),
+	// and a client certificate with its key (TALLY_REDIS_TLS_CA_FILE,
+	// TALLY_REDIS_TLS_CERT_FILE, TALLY_REDIS_TLS_KEY_FILE).
+	RedisTLSCAFile, RedisTLSCertFile, RedisTLSKeyFile string
 
 	// JWTSecret is the HS256 secret user tokens are signed with
 	// (TALLY_JWT_SECRET). Empty only in embedded mode, where the caller
@@ -166,6 +183,9 @@ type Var struct {
 	Meaning string
 	// Secret values are never printed, in errors or in Redacted.
 	Secret bool
+	// optional marks a Secret that embedded mode does not generate: empty
+	// means unused, and Redacted prints it empty rather than "(generate)".
+	optional bool
 
 	// show turns a value into something safe to print (URL passwords
 	// masked); nil prints it as is.
@@ -226,8 +246,12 @@ var vars = []Var{
 			}
 			// go-redis is the client that will use the URL: if it cannot
 			// parse it (a bad db number, an unknown option), fail now.
-			if _, err := redis.ParseURL(v); err != nil {
+			o, err := redis.ParseURL(v)
+			if err != nil {
 				return fmt.Errorf("want redis://[user:password@]host:port/db (%s)", strings.TrimPrefix(err.Error(), "redis: "))
+			}
+			if o.TLSConfig != nil && o.TLSConfig.InsecureSkipVerify {
+				return errors.New("skip_verify is refused: Tally always verifies Redis's certificate (a private CA goes in TALLY_REDIS_TLS_CA_FILE)")
 			}
 			c.RedisURL = v
 			return nil
@@ -383,6 +407,63 @@ var vars = []Var{
 			return nil
 		},
 		get: func(c Config) string { return c.RedisKeyPrefix },
+	},
+	// The credentials and TLS of the Redis connection; config/redis.go
+	// checks how they combine with the URL or the Sentinels.
+	{
+		Name:    "TALLY_REDIS_USERNAME",
+		Meaning: "ACL user Tally logs in to Redis as (the master, in Sentinel mode); requires TALLY_REDIS_PASSWORD; unset: the default user",
+		parse:   func(c *Config, v string) error { return setRedisUser(&c.RedisUsername, v) },
+		get:     func(c Config) string { return c.RedisUsername },
+	},
+	{
+		Name: "TALLY_REDIS_PASSWORD", Secret: true, optional: true,
+		Meaning: "password of that user, or the requirepass of the default user; with TALLY_REDIS_URL or TALLY_REDIS_SENTINELS, and never with user info in TALLY_REDIS_URL",
+		parse:   func(c *Config, v string) error { c.RedisPassword = v; return nil },
+		get:     func(c Config) string { return c.RedisPassword },
+	},
+	{
+		Name:    "TALLY_REDIS_SENTINEL_USERNAME",
+		Meaning: "ACL user Tally logs in to the Sentinels as; requires TALLY_REDIS_SENTINEL_PASSWORD; unset: the default user",
+		parse:   func(c *Config, v string) error { return setRedisUser(&c.RedisSentinelUsername, v) },
+		get:     func(c Config) string { return c.RedisSentinelUsername },
+	},
+	{
+		Name: "TALLY_REDIS_SENTINEL_PASSWORD", Secret: true, optional: true,
+		Meaning: "password the Sentinels themselves require (their requirepass, or that user's); Sentinel mode only",
+		parse:   func(c *Config, v string) error { c.RedisSentinelPassword = v; return nil },
+		get:     func(c Config) string { return c.RedisSentinelPassword },
+	},
+	{
+		Name: "TALLY_REDIS_TLS", Default: "false",
+		Meaning: "true: TLS to the Sentinels and to the master they name, each certificate checked against the address dialled (Sentinel mode; a URL asks for TLS with rediss://)",
+		parse: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return errors.New("want true or false")
+			}
+			c.RedisTLS = b
+			return nil
+		},
+		get: func(c Config) string { return strconv.FormatBool(c.RedisTLS) },
+	},
+	{
+		Name:    "TALLY_REDIS_TLS_CA_FILE",
+		Meaning: "PEM file of the CA certificates that sign Redis's (and the Sentinels') certificates, for rediss:// or TALLY_REDIS_TLS; unset: the system's roots",
+		parse:   func(c *Config, v string) error { c.RedisTLSCAFile = v; return nil },
+		get:     func(c Config) string { return c.RedisTLSCAFile },
+	},
+	{
+		Name:    "TALLY_REDIS_TLS_CERT_FILE",
+		Meaning: "PEM client certificate Tally presents to Redis (for tls-auth-clients yes); with TALLY_REDIS_TLS_KEY_FILE, for rediss:// or TALLY_REDIS_TLS",
+		parse:   func(c *Config, v string) error { c.RedisTLSCertFile = v; return nil },
+		get:     func(c Config) string { return c.RedisTLSCertFile },
+	},
+	{
+		Name:    "TALLY_REDIS_TLS_KEY_FILE",
+		Meaning: "PEM private key of TALLY_REDIS_TLS_CERT_FILE",
+		parse:   func(c *Config, v string) error { c.RedisTLSKeyFile = v; return nil },
+		get:     func(c Config) string { return c.RedisTLSKeyFile },
 	},
 	{
 		Name: "TALLY_REQUEST_TIMEOUT", Default: "5s",
@@ -577,6 +658,7 @@ func (c Config) crossCheck(bad map[string]bool) []error {
 	if len(c.RedisSentinels) == 0 && c.RedisMaster != "" {
 		add("TALLY_REDIS_SENTINELS", "is required when TALLY_REDIS_MASTER is set: want a comma-separated list of host:port")
 	}
+	c.crossCheckRedis(bad, add)
 	if c.OpsPprof && c.OpsAddr == "" {
 		add("TALLY_OPS_PPROF", "is true but TALLY_OPS_ADDR is unset: pprof is served on the ops listener only; set TALLY_OPS_ADDR=127.0.0.1:PORT")
 	}
@@ -631,7 +713,7 @@ func (c Config) Redacted() map[string]string {
 		switch {
 		case v.Secret && val != "":
 			val = "[redacted]"
-		case v.Secret && c.Embedded():
+		case v.Secret && c.Embedded() && !v.optional:
 			val = "(generate)"
 		case v.show != nil:
 			val = v.show(val)

@@ -2,12 +2,12 @@ package testenv
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -48,6 +48,10 @@ type SentinelCluster struct {
 	name string
 	bin  string
 	dir  string
+	opts SentinelOptions
+	// dataTLS and sentinelTLS are the client TLS settings of the helper's
+	// own connections (nil without TLS), made once from the test's files.
+	dataTLS, sentinelTLS *tls.Config
 
 	mu        sync.Mutex
 	nodes     []*redisNode // data nodes: the first one starts as the primary
@@ -71,11 +75,48 @@ func (n *redisNode) addr() string { return fmt.Sprintf("127.0.0.1:%d", n.port) }
 // the test on.
 func StartSentinelCluster(tb testing.TB) *SentinelCluster {
 	tb.Helper()
+	return StartSentinelClusterWith(tb, SentinelOptions{})
+}
+
+// SentinelOptions guard a SentinelCluster. The zero value is an open
+// cluster without TLS.
+type SentinelOptions struct {
+	// Data guards the primary and the replica (its TLS is ignored: TLS
+	// below applies to every process). The replica and the Sentinels
+	// authenticate to them with it (masteruser/masterauth, sentinel
+	// auth-user/auth-pass).
+	Data RedisAuth
+	// Sentinels guards the Sentinels themselves (TLS ignored likewise);
+	// they authenticate to each other with it (sentinel sentinel-user/
+	// sentinel-pass).
+	Sentinels RedisAuth
+	// TLS, when set, makes every process, data node and Sentinel, speak
+	// TLS only, to clients and to each other (tls-replication yes).
+	TLS *TLSFiles
+}
+
+func (o SentinelOptions) data() RedisAuth {
+	a := o.Data
+	a.TLS, a.ClientCerts = o.TLS, false
+	return a
+}
+
+func (o SentinelOptions) sentinels() RedisAuth {
+	a := o.Sentinels
+	a.TLS, a.ClientCerts = o.TLS, false
+	return a
+}
+
+// StartSentinelClusterWith is StartSentinelCluster with passwords, ACL
+// users and TLS on the data nodes and on the Sentinels.
+func StartSentinelClusterWith(tb testing.TB, opts SentinelOptions) *SentinelCluster {
+	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		Unreachable(tb, "redis-server binary (apt-get install redis-server)", err)
 	}
-	c := &SentinelCluster{name: "tally", bin: bin, dir: tb.TempDir()}
+	c := &SentinelCluster{name: "tally", bin: bin, dir: tb.TempDir(), opts: opts}
+	c.dataTLS, c.sentinelTLS = opts.data().TLSConfig(tb), opts.sentinels().TLSConfig(tb)
 	tb.Cleanup(func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -137,11 +178,19 @@ func (c *SentinelCluster) NodeAddrs() []string {
 	return addrs
 }
 
-// Client returns a go-redis failover client on the cluster, closed when
-// the test ends.
+// Client returns a go-redis failover client on the cluster, with its
+// credentials and TLS, closed when the test ends.
 func (c *SentinelCluster) Client(tb testing.TB) *redis.Client {
 	tb.Helper()
-	client := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: c.name, SentinelAddrs: c.SentinelAddrs()})
+	client := redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName:       c.name,
+		SentinelAddrs:    c.SentinelAddrs(),
+		SentinelUsername: c.opts.Sentinels.User,
+		SentinelPassword: c.opts.Sentinels.Password,
+		Username:         c.opts.Data.User,
+		Password:         c.opts.Data.Password,
+		TLSConfig:        c.dataTLS,
+	})
 	tb.Cleanup(func() { _ = client.Close() })
 	return client
 }
@@ -151,7 +200,7 @@ func (c *SentinelCluster) Client(tb testing.TB) *redis.Client {
 func (c *SentinelCluster) MasterAddr(ctx context.Context) (string, error) {
 	var errs []error
 	for _, a := range c.SentinelAddrs() {
-		addr, err := askMaster(ctx, a, c.name)
+		addr, err := c.askMaster(ctx, a)
 		if err == nil {
 			return addr, nil
 		}
@@ -201,7 +250,7 @@ func (c *SentinelCluster) WaitForFailover(tb testing.TB, oldAddr string, timeout
 		if addr == oldAddr {
 			return fmt.Errorf("the Sentinels still name %s", oldAddr)
 		}
-		if role, err := nodeRole(addr); err != nil || role != "master" {
+		if role, err := c.nodeRole(addr); err != nil || role != "master" {
 			return fmt.Errorf("the Sentinels name %s, which answers role %q (%v)", addr, role, err)
 		}
 		newAddr = addr
@@ -271,7 +320,6 @@ func (c *SentinelCluster) newNode(tb testing.TB, name string) *redisNode {
 func (c *SentinelCluster) startData(tb testing.TB, n *redisNode, master string) {
 	tb.Helper()
 	conf := []string{
-		"port " + strconv.Itoa(n.port),
 		"bind 127.0.0.1",
 		"dir " + n.dir,
 		`logfile ""`,
@@ -282,6 +330,15 @@ func (c *SentinelCluster) startData(tb testing.TB, n *redisNode, master string) 
 		"repl-diskless-sync yes",
 		"repl-diskless-sync-delay 0",
 	}
+	conf = append(conf, confLines(c.opts.data().directives(n.port))...)
+	// Every node may be a replica one day (after a failover): each knows
+	// how to authenticate to the primary.
+	if a := c.opts.Data; a.Password != "" {
+		if a.User != "" {
+			conf = append(conf, "masteruser "+a.User)
+		}
+		conf = append(conf, "masterauth "+a.Password)
+	}
 	if master != "" {
 		host, port, _ := strings.Cut(master, ":")
 		conf = append(conf, "replicaof "+host+" "+port)
@@ -291,7 +348,7 @@ func (c *SentinelCluster) startData(tb testing.TB, n *redisNode, master string) 
 		tb.Fatal(err)
 	}
 	n.proc = startProcess(tb, n.name, filepath.Join(n.dir, "redis.log"), c.bin, path)
-	c.waitPing(tb, n)
+	c.waitPing(tb, n, c.dataOpts(n.addr()))
 }
 
 // startSentinel starts a Sentinel that monitors master.
@@ -299,7 +356,6 @@ func (c *SentinelCluster) startSentinel(tb testing.TB, n *redisNode, master stri
 	tb.Helper()
 	host, port, _ := strings.Cut(master, ":")
 	conf := []string{
-		"port " + strconv.Itoa(n.port),
 		"bind 127.0.0.1",
 		"dir " + n.dir,
 		`logfile ""`,
@@ -309,17 +365,52 @@ func (c *SentinelCluster) startSentinel(tb testing.TB, n *redisNode, master stri
 		fmt.Sprintf("sentinel failover-timeout %s %d", c.name, sentinelFailoverTimeout.Milliseconds()),
 		fmt.Sprintf("sentinel parallel-syncs %s 1", c.name),
 	}
+	conf = append(conf, confLines(c.opts.sentinels().directives(n.port))...)
+	if a := c.opts.Data; a.Password != "" {
+		if a.User != "" {
+			conf = append(conf, fmt.Sprintf("sentinel auth-user %s %s", c.name, a.User))
+		}
+		conf = append(conf, fmt.Sprintf("sentinel auth-pass %s %s", c.name, a.Password))
+	}
+	if a := c.opts.Sentinels; a.Password != "" {
+		if a.User != "" {
+			conf = append(conf, "sentinel sentinel-user "+a.User)
+		}
+		conf = append(conf, "sentinel sentinel-pass "+a.Password)
+	}
 	path := filepath.Join(n.dir, "sentinel.conf")
 	if err := os.WriteFile(path, []byte(strings.Join(conf, "\n")+"\n"), 0o644); err != nil {
 		tb.Fatal(err)
 	}
 	n.proc = startProcess(tb, n.name, filepath.Join(n.dir, "sentinel.log"), c.bin, path, "--sentinel")
-	c.waitPing(tb, n)
+	c.waitPing(tb, n, c.sentinelOpts(n.addr()))
 }
 
-func (c *SentinelCluster) waitPing(tb testing.TB, n *redisNode) {
+// confLines renders directives as redis.conf lines.
+func confLines(directives [][]string) []string {
+	lines := make([]string, len(directives))
+	for i, d := range directives {
+		lines[i] = strings.Join(d, " ")
+	}
+	return lines
+}
+
+// dataOpts and sentinelOpts are the options of the helper's own clients
+// of a data node and of a Sentinel, with the cluster's credentials and
+// TLS; a failed call is not retried (the callers poll).
+func (c *SentinelCluster) dataOpts(addr string) *redis.Options {
+	a := c.opts.Data
+	return &redis.Options{Addr: addr, Username: a.User, Password: a.Password, TLSConfig: c.dataTLS, MaxRetries: -1}
+}
+
+func (c *SentinelCluster) sentinelOpts(addr string) *redis.Options {
+	a := c.opts.Sentinels
+	return &redis.Options{Addr: addr, Username: a.User, Password: a.Password, TLSConfig: c.sentinelTLS, MaxRetries: -1}
+}
+
+func (c *SentinelCluster) waitPing(tb testing.TB, n *redisNode, opts *redis.Options) {
 	tb.Helper()
-	client := redis.NewClient(&redis.Options{Addr: n.addr(), MaxRetries: -1})
+	client := redis.NewClient(opts)
 	defer client.Close()
 	err := waitUntil(10*time.Second, 20*time.Millisecond, func() error {
 		if n.proc.exited() {
@@ -339,7 +430,7 @@ func (c *SentinelCluster) waitInSync(tb testing.TB, n *redisNode, master string,
 	tb.Helper()
 	host, port, _ := strings.Cut(master, ":")
 	err := waitUntil(timeout, 50*time.Millisecond, func() error {
-		info, err := replicationInfo(n.addr())
+		info, err := c.replicationInfo(n.addr())
 		if err != nil {
 			return err
 		}
@@ -360,7 +451,7 @@ func (c *SentinelCluster) waitSentinelsReady(tb testing.TB, master string, repli
 	tb.Helper()
 	err := waitUntil(timeout, 100*time.Millisecond, func() error {
 		for _, sa := range c.SentinelAddrs() {
-			if err := sentinelReady(sa, c.name, master, replicas, len(c.sentinels)-1); err != nil {
+			if err := c.sentinelReady(sa, master, replicas, len(c.sentinels)-1); err != nil {
 				return fmt.Errorf("sentinel %s: %w", sa, err)
 			}
 		}
@@ -371,12 +462,12 @@ func (c *SentinelCluster) waitSentinelsReady(tb testing.TB, master string, repli
 	}
 }
 
-func sentinelReady(addr, name, master string, replicas []string, peers int) error {
+func (c *SentinelCluster) sentinelReady(addr, master string, replicas []string, peers int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	s := redis.NewSentinelClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	s := redis.NewSentinelClient(c.sentinelOpts(addr))
 	defer s.Close()
-	m, err := s.Master(ctx, name).Result()
+	m, err := s.Master(ctx, c.name).Result()
 	if err != nil {
 		return err
 	}
@@ -386,7 +477,7 @@ func sentinelReady(addr, name, master string, replicas []string, peers int) erro
 	if m["flags"] != "master" {
 		return fmt.Errorf("primary flags %q", m["flags"])
 	}
-	reps, err := s.Replicas(ctx, name).Result()
+	reps, err := s.Replicas(ctx, c.name).Result()
 	if err != nil {
 		return err
 	}
@@ -401,7 +492,7 @@ func sentinelReady(addr, name, master string, replicas []string, peers int) erro
 			return fmt.Errorf("does not count %s as a healthy replica (%v)", want, reps)
 		}
 	}
-	sents, err := s.Sentinels(ctx, name).Result()
+	sents, err := s.Sentinels(ctx, c.name).Result()
 	if err != nil {
 		return err
 	}
@@ -417,7 +508,7 @@ func (c *SentinelCluster) agreedMaster() (string, error) {
 	var agreed string
 	for _, sa := range c.SentinelAddrs() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		addr, err := askMaster(ctx, sa, c.name)
+		addr, err := c.askMaster(ctx, sa)
 		cancel()
 		if err != nil {
 			return "", fmt.Errorf("sentinel %s: %w", sa, err)
@@ -435,7 +526,7 @@ func (c *SentinelCluster) sentinelViews() string {
 	var b strings.Builder
 	for _, sa := range c.SentinelAddrs() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		s := redis.NewSentinelClient(&redis.Options{Addr: sa, MaxRetries: -1})
+		s := redis.NewSentinelClient(c.sentinelOpts(sa))
 		m, err := s.Master(ctx, c.name).Result()
 		reps, _ := s.Replicas(ctx, c.name).Result()
 		_ = s.Close()
@@ -453,10 +544,10 @@ func (c *SentinelCluster) nodeAddrsLocked() []string {
 	return addrs
 }
 
-func askMaster(ctx context.Context, sentinel, name string) (string, error) {
-	s := redis.NewSentinelClient(&redis.Options{Addr: sentinel, MaxRetries: -1})
+func (c *SentinelCluster) askMaster(ctx context.Context, sentinel string) (string, error) {
+	s := redis.NewSentinelClient(c.sentinelOpts(sentinel))
 	defer s.Close()
-	hp, err := s.GetMasterAddrByName(ctx, name).Result()
+	hp, err := s.GetMasterAddrByName(ctx, c.name).Result()
 	if err != nil {
 		return "", err
 	}
@@ -467,10 +558,10 @@ func askMaster(ctx context.Context, sentinel, name string) (string, error) {
 }
 
 // replicationInfo is INFO replication of the node at addr as a map.
-func replicationInfo(addr string) (map[string]string, error) {
+func (c *SentinelCluster) replicationInfo(addr string) (map[string]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	client := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	client := redis.NewClient(c.dataOpts(addr))
 	defer client.Close()
 	text, err := client.Info(ctx, "replication").Result()
 	if err != nil {
@@ -485,8 +576,8 @@ func replicationInfo(addr string) (map[string]string, error) {
 	return info, nil
 }
 
-func nodeRole(addr string) (string, error) {
-	info, err := replicationInfo(addr)
+func (c *SentinelCluster) nodeRole(addr string) (string, error) {
+	info, err := c.replicationInfo(addr)
 	if err != nil {
 		return "", err
 	}

@@ -186,16 +186,20 @@ func RedisURL(addr string) string {
 // stopped when the test ends. The returned function kills it with SIGKILL.
 func StartRedis(tb testing.TB, extraArgs ...string) (addr string, kill func()) {
 	tb.Helper()
-	return startRedisOn(tb, FreePort(tb), extraArgs...)
+	return startRedisOn(tb, FreePort(tb), RedisAuth{}, extraArgs...)
 }
 
-func startRedisOn(tb testing.TB, port int, extraArgs ...string) (addr string, kill func()) {
+func startRedisOn(tb testing.TB, port int, auth RedisAuth, extraArgs ...string) (addr string, kill func()) {
 	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		Unreachable(tb, "redis-server binary", err)
 	}
-	args := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}, extraArgs...)
+	args := []string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}
+	for _, d := range auth.directives(port) {
+		args = append(args, append([]string{"--" + d[0]}, d[1:]...)...)
+	}
+	args = append(args, extraArgs...)
 	cmd := exec.Command(bin, args...)
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("start redis-server: %v", err)
@@ -209,7 +213,7 @@ func startRedisOn(tb testing.TB, port int, extraArgs ...string) (addr string, ki
 	}
 	tb.Cleanup(kill)
 	addr = fmt.Sprintf("127.0.0.1:%d", port)
-	c := redis.NewClient(&redis.Options{Addr: addr})
+	c := redis.NewClient(auth.ClientOptions(tb, addr))
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -234,6 +238,6 @@ func RestartRedisOnPort(tb testing.TB, port string) func() {
 	if err != nil {
 		tb.Fatalf("port %q: %v", port, err)
 	}
-	_, kill := startRedisOn(tb, p)
+	_, kill := startRedisOn(tb, p, RedisAuth{})
 	return kill
 }

@@ -683,3 +683,31 @@ func TestTrailBeginsAtTheMigration(t *testing.T) {
 		})
 	}
 }
+
+// `tally verify` reaches a Redis that requires a password with the
+// service's own variables (TALLY_REDIS_PASSWORD here), as the service does.
+func TestFromConfigUsesTheRedisCredentials(t *testing.T) {
+	auth := testenv.RedisAuth{User: "tally", Password: "verify-redis-password"}
+	addr, _ := testenv.StartRedisWith(t, auth)
+	cfg, err := config.Load(func(k string) string {
+		return map[string]string{
+			"TALLY_DATA_DIR":       t.TempDir(),
+			"TALLY_REDIS_URL":      testenv.RedisURL(addr),
+			"TALLY_REDIS_USERNAME": auth.User,
+			"TALLY_REDIS_PASSWORD": auth.Password,
+		}[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, release, err := verify.FromConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := opts.Redis.Ping(ctx).Err(); err != nil {
+		t.Fatalf("verify's Redis client: %v", err)
+	}
+}
