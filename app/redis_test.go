@@ -71,7 +71,7 @@ func newRedisAppLogs(t *testing.T, env map[string]string) (*App, *testenv.Locked
 	return a, logs
 }
 
-// redisReadiness returns /readyz's status and its redis check, polling
+// redisReadiness returns the ops listener's /readyz status and its redis check, polling
 // until the check passes accept (a pool's first dial may still be under
 // way) or 15 s pass.
 func redisReadiness(t *testing.T, a *App, accept func(check string) bool) (status, check string) {
@@ -79,7 +79,7 @@ func redisReadiness(t *testing.T, a *App, accept func(check string) bool) (statu
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		rec := httptest.NewRecorder()
-		a.Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/readyz", nil))
+		a.OpsHandler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/readyz", nil))
 		var body struct {
 			Status string            `json:"status"`
 			Checks map[string]string `json:"checks"`
