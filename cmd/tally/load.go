@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"golang.org/x/term"
@@ -42,7 +43,7 @@ Flags:
 		fs.PrintDefaults()
 	}
 	var cfg load.Config
-	fs.StringVar(&cfg.URL, "url", load.DefaultURL, "base URL of the Tally to load")
+	urls := fs.String("url", load.DefaultURL, "base URL of the Tally to load; several, comma-separated (the nodes of a cluster), spread the creates over them, worker by worker")
 	fs.StringVar(&cfg.Path, "path", load.DefaultPath, "path the creates are POSTed to")
 	fs.IntVar(&cfg.Users, "users", load.DefaultUsers, "number of users the requests are spread over, round robin")
 	fs.BoolVar(&cfg.Hot, "hot", false, "send every request as one user (--users 1, named)")
@@ -72,6 +73,11 @@ Flags:
 			return nil
 		}
 		return err
+	}
+	for _, u := range strings.Split(*urls, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			cfg.URLs = append(cfg.URLs, u)
+		}
 	}
 	if cfg.Secret == "" {
 		cfg.Secret = env("TALLY_JWT_SECRET")

@@ -39,8 +39,13 @@ const baselineSecret = "tally-load-baseline-secret-not-verified"
 
 // Config is one load run. The zero value of a field means its default.
 type Config struct {
-	// URL is the server's base URL, e.g. http://127.0.0.1:8080.
+	// URL is the server's base URL, e.g. http://127.0.0.1:8080. Users are
+	// provisioned and the run verified through it.
 	URL string
+	// URLs, when set, are several base URLs of one service (the nodes of a
+	// cluster): the creates are spread over them, worker by worker, so that
+	// each gets an equal share. URL defaults to the first.
+	URLs []string
 	// Path is the path creates are POSTed to (default /api/v1/sessions).
 	Path string
 	// Users is the number of distinct users the requests are spread over,
@@ -124,12 +129,22 @@ var defaultBody = []byte(`{"title":"tally load","language":"en-US","stt_provider
 // normalize fills in defaults and checks the fields, naming the one that is
 // wrong the way the command line spells it.
 func (c Config) normalize() (Config, error) {
+	if c.URL == "" && len(c.URLs) > 0 {
+		c.URL = c.URLs[0]
+	}
 	if c.URL == "" {
 		c.URL = DefaultURL
 	}
-	u, err := url.Parse(c.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return c, fmt.Errorf("--url must be an absolute http(s) URL, got %q", c.URL)
+	if len(c.URLs) == 0 {
+		c.URLs = []string{c.URL}
+	}
+	c.URLs = append([]string(nil), c.URLs...)
+	for i, raw := range c.URLs {
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return c, fmt.Errorf("--url must be absolute http(s) URLs, got %q", raw)
+		}
+		c.URLs[i] = strings.TrimRight(raw, "/")
 	}
 	c.URL = strings.TrimRight(c.URL, "/")
 	if c.Path == "" {

@@ -62,14 +62,20 @@ func newFake(t *testing.T) *fakeTally {
 
 // start serves the fake until the test ends.
 func (f *fakeTally) start() *httptest.Server {
+	srv := httptest.NewServer(f.handler())
+	f.t.Cleanup(srv.Close)
+	return srv
+}
+
+// handler routes the fake's endpoints; several servers may share one fake,
+// as the nodes of a cluster share one store.
+func (f *fakeTally) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /admin/v1/users/{id}", f.putUser)
 	mux.HandleFunc("POST /api/v1/sessions", f.create)
 	mux.HandleFunc("GET /api/v1/sessions/{id}", f.getSession)
 	mux.HandleFunc("GET /api/v1/usage", f.usage)
-	srv := httptest.NewServer(mux)
-	f.t.Cleanup(srv.Close)
-	return srv
+	return mux
 }
 
 func (f *fakeTally) user(w http.ResponseWriter, r *http.Request) (string, bool) {

@@ -528,3 +528,46 @@ func TestLatencyByStatusAndRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+// Several targets (the nodes of a cluster) share the creates evenly,
+// worker by worker, and the run is provisioned and verified through the
+// first: one fake store behind three servers.
+func TestSpreadsCreatesOverTargets(t *testing.T) {
+	f := newFake(t)
+	var counts [3]atomic.Int64
+	var urls []string
+	for i := range counts {
+		h := f.handler()
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && r.URL.Path == DefaultPath {
+				counts[i].Add(1)
+			}
+			h.ServeHTTP(w, r)
+		}))
+		t.Cleanup(srv.Close)
+		urls = append(urls, srv.URL)
+	}
+	for _, std := range []bool{false, true} {
+		for i := range counts {
+			counts[i].Store(0)
+		}
+		res := run(t, Config{URLs: urls, Users: 12, Concurrency: 6, Requests: 600, Secret: fakeSecret, AdminToken: fakeAdmin,
+			UserPrefix: fmt.Sprintf("spread-%v", std), StdClient: std})
+		if !res.Passed || res.Errors != 0 {
+			t.Fatalf("std client %v: passed %v, errors %d: %v", std, res.Passed, res.Errors, res.Violations)
+		}
+		var total int64
+		for i := range counts {
+			total += counts[i].Load()
+		}
+		for i := range counts {
+			// Two workers per target; a closed loop gives each about a third.
+			if n := counts[i].Load(); n < total/6 {
+				t.Errorf("std client %v: target %d got %d of %d creates", std, i, n, total)
+			}
+		}
+		if len(res.URLs) != 3 || res.URL != urls[0] {
+			t.Errorf("result names %q / %v, want the first target and all three", res.URL, res.URLs)
+		}
+	}
+}

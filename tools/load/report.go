@@ -103,7 +103,11 @@ func (r *Result) describeRun() string {
 	if r.Mode == "open" {
 		load = fmt.Sprintf("open loop at %g req/s, at most %d in flight", r.Rate, r.Concurrency)
 	}
-	return fmt.Sprintf("%s, %s (%s-N) on plan %q, against %s%s", load, who, r.UserPrefix, r.Plan, r.URL, r.Path)
+	against := r.URL + r.Path
+	if len(r.URLs) > 1 {
+		against = strings.Join(r.URLs, ", ") + " (creates spread over them) at " + r.Path
+	}
+	return fmt.Sprintf("%s, %s (%s-N) on plan %q, against %s", load, who, r.UserPrefix, r.Plan, against)
 }
 
 // CountsText renders {"403": 5, "200": 10} as "200: 10, 403: 5", numeric

@@ -25,6 +25,7 @@ import (
 // package documentation for its JSON form.
 type Result struct {
 	URL         string    `json:"url"`
+	URLs        []string  `json:"urls"` // the creates' targets (URL alone unless several were given)
 	Path        string    `json:"path"`
 	Mode        string    `json:"mode"`
 	Users       int       `json:"users"`
@@ -124,10 +125,8 @@ type engine struct {
 	cfg     Config
 	rt      *http.Transport
 	client  *http.Client // for setup and verification, not the hot path
-	target  *url.URL
+	targets []*target    // the creates' targets; worker i sends to targets[i%len]
 	body    []byte
-	reqs    [][]byte // per user: the create's wire form (built-in client)
-	dial    func() (net.Conn, error)
 	users   []user
 	base    []baseline
 	keepIDs bool
@@ -185,10 +184,21 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	return res, nil
 }
 
+// target is one base URL the creates go to.
+type target struct {
+	url  *url.URL
+	reqs [][]byte // per user: the create's wire form (built-in client)
+	dial func() (net.Conn, error)
+}
+
 func newEngine(cfg Config) (*engine, error) {
-	target, err := url.Parse(cfg.URL + cfg.Path)
-	if err != nil {
-		return nil, fmt.Errorf("--url/--path: %w", err)
+	var targets []*target
+	for _, base := range cfg.URLs {
+		u, err := url.Parse(base + cfg.Path)
+		if err != nil {
+			return nil, fmt.Errorf("--url/--path: %w", err)
+		}
+		targets = append(targets, &target{url: u})
 	}
 	idle := cfg.Concurrency + 16
 	rt := &http.Transport{
@@ -209,7 +219,7 @@ func newEngine(cfg Config) (*engine, error) {
 		cfg:     cfg,
 		rt:      rt,
 		client:  &http.Client{Transport: rt, Timeout: cfg.Timeout},
-		target:  target,
+		targets: targets,
 		body:    cfg.Body,
 		keepIDs: !cfg.NoVerify,
 		stopCh:  make(chan struct{}),
@@ -232,10 +242,12 @@ func newEngine(cfg Config) (*engine, error) {
 		}}
 	}
 	if !cfg.StdClient {
-		e.dial = newDialer(target, cfg.Timeout)
-		e.reqs = make([][]byte, len(e.users))
-		for i, u := range e.users {
-			e.reqs[i] = renderRequest(target, u.token, e.body)
+		for _, t := range targets {
+			t.dial = newDialer(t.url, cfg.Timeout)
+			t.reqs = make([][]byte, len(e.users))
+			for i, u := range e.users {
+				t.reqs[i] = renderRequest(t.url, u.token, e.body)
+			}
 		}
 	}
 	e.base = make([]baseline, cfg.Users)
@@ -494,16 +506,17 @@ func (e *engine) collect(done <-chan struct{}) {
 // worker is one request loop with its own read buffer and, with the
 // built-in client, its own connection.
 type worker struct {
-	e     *engine
-	shard *shard
-	buf   []byte
-	conn  *rawConn
+	e      *engine
+	shard  *shard
+	buf    []byte
+	conn   *rawConn
+	target *target
 }
 
 func (e *engine) newWorker(i int) *worker {
-	w := &worker{e: e, shard: e.shards[i%len(e.shards)], buf: make([]byte, 4096)}
+	w := &worker{e: e, shard: e.shards[i%len(e.shards)], buf: make([]byte, 4096), target: e.targets[i%len(e.targets)]}
 	if !e.cfg.StdClient {
-		w.conn = &rawConn{dial: e.dial, timeout: e.cfg.Timeout}
+		w.conn = &rawConn{dial: w.target.dial, timeout: e.cfg.Timeout}
 	}
 	return w
 }
@@ -686,7 +699,7 @@ func (w *worker) send(u int32, now time.Time) (outcome, string) {
 	var retryAfter bool
 	var err error
 	if w.conn != nil {
-		status, n, err = w.conn.do(w.e.reqs[u], w.buf, now)
+		status, n, err = w.conn.do(w.target.reqs[u], w.buf, now)
 		retryAfter = w.conn.retryAfter
 	} else {
 		status, n, retryAfter, err = w.sendStd(u)
@@ -710,7 +723,7 @@ func (w *worker) sendStd(u int32) (status, n int, retryAfter bool, err error) {
 	e := w.e
 	req := &http.Request{
 		Method:        http.MethodPost,
-		URL:           e.target,
+		URL:           w.target.url,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
 		ProtoMinor:    1,
@@ -718,7 +731,7 @@ func (w *worker) sendStd(u int32) (status, n int, retryAfter bool, err error) {
 		Body:          io.NopCloser(bytes.NewReader(e.body)),
 		GetBody:       e.getBody,
 		ContentLength: int64(len(e.body)),
-		Host:          e.target.Host,
+		Host:          w.target.url.Host,
 	}
 	resp, err := e.rt.RoundTrip(req)
 	if err != nil {
@@ -810,7 +823,7 @@ func (e *engine) result(started time.Time, elapsed time.Duration, interrupted bo
 	cfg := e.cfg
 	t := mergeShards(e.shards)
 	r := &Result{
-		URL: cfg.URL, Path: cfg.Path, Mode: cfg.mode(), Users: cfg.Users, Hot: cfg.Hot,
+		URL: cfg.URL, URLs: cfg.URLs, Path: cfg.Path, Mode: cfg.mode(), Users: cfg.Users, Hot: cfg.Hot,
 		Plan: cfg.Plan, UserPrefix: cfg.UserPrefix, Concurrency: cfg.Concurrency, Rate: cfg.Rate,
 		StartedAt: started.UTC().Truncate(time.Millisecond),
 		WarmupS:   cfg.Warmup.Seconds(), DurationS: elapsed.Seconds(),
