@@ -160,6 +160,19 @@ type Config struct {
 	// (TALLY_MAX_USER_IN_FLIGHT), so that one user's volume cannot take the
 	// whole process's budget.
 	MaxUserInFlight int
+
+	// Cluster mode (config/cluster.go): on when EtcdEndpoints is set.
+	// EtcdEndpoints are etcd client URLs (TALLY_ETCD_ENDPOINTS); NodeID
+	// names this node (TALLY_NODE_ID, default derived from the host name
+	// and the HTTP port); AdvertiseURL is the base URL other nodes forward
+	// to (TALLY_ADVERTISE_URL); ClusterLeaseTTL is the ownership lease
+	// (TALLY_CLUSTER_LEASE_TTL); ClusterSecret authenticates requests
+	// between nodes (TALLY_CLUSTER_SECRET).
+	EtcdEndpoints   []string
+	NodeID          string
+	AdvertiseURL    string
+	ClusterLeaseTTL time.Duration
+	ClusterSecret   string
 }
 
 // Embedded reports whether the service runs without Postgres, on the
@@ -570,6 +583,36 @@ var vars = []Var{
 		},
 		get: func(c Config) string { return strconv.Itoa(c.DatabaseMaxConns) },
 	},
+	{
+		Name:    "TALLY_ETCD_ENDPOINTS",
+		Meaning: "etcd client URLs, comma-separated (http://127.0.0.1:2379,…); set: cluster mode (needs TALLY_DATABASE_URL); unset: a single node",
+		parse:   parseEtcdEndpoints,
+		get:     func(c Config) string { return strings.Join(c.EtcdEndpoints, ",") },
+	},
+	{
+		Name:    "TALLY_NODE_ID",
+		Meaning: "this node's id in the cluster, 1-64 characters of [A-Za-z0-9._-], unique; unset: host name and HTTP port (host-port)",
+		parse:   parseNodeID,
+		get:     func(c Config) string { return c.NodeID },
+	},
+	{
+		Name:    "TALLY_ADVERTISE_URL",
+		Meaning: "base URL the other nodes reach this one at (http://10.0.0.5:8080); unset: http://TALLY_HTTP_ADDR when that names a host and a port",
+		parse:   parseAdvertiseURL,
+		get:     func(c Config) string { return c.AdvertiseURL },
+	},
+	{
+		Name: "TALLY_CLUSTER_LEASE_TTL", Default: "5s",
+		Meaning: "ownership lease in etcd, whole seconds >= 1: a node that stops renewing it loses its partitions this long after",
+		parse:   parseLeaseTTL,
+		get:     func(c Config) string { return c.ClusterLeaseTTL.String() },
+	},
+	{
+		Name: "TALLY_CLUSTER_SECRET", Secret: true, optional: true,
+		Meaning: fmt.Sprintf("key that authenticates requests forwarded between nodes, at least %d bytes, the same on every node and unlike every other secret; required in cluster mode", MinSecretLen),
+		parse:   func(c *Config, v string) error { return setSecret(&c.ClusterSecret, v) },
+		get:     func(c Config) string { return c.ClusterSecret },
+	},
 }
 
 // retired are variables Tally no longer reads, with what replaced them.
@@ -642,7 +685,7 @@ func Load(getenv func(string) string) (Config, error) {
 // crossCheck applies the rules that involve more than one variable, once
 // each variable's own value is known to be well formed. Variables in bad
 // were refused already; one message per variable is enough.
-func (c Config) crossCheck(bad map[string]bool) []error {
+func (c *Config) crossCheck(bad map[string]bool) []error {
 	var errs []error
 	add := func(name, problem string) {
 		if !bad[name] {
@@ -659,6 +702,7 @@ func (c Config) crossCheck(bad map[string]bool) []error {
 		add("TALLY_REDIS_SENTINELS", "is required when TALLY_REDIS_MASTER is set: want a comma-separated list of host:port")
 	}
 	c.crossCheckRedis(bad, add)
+	c.crossCheckCluster(bad, add)
 	if c.OpsPprof && c.OpsAddr == "" {
 		add("TALLY_OPS_PPROF", "is true but TALLY_OPS_ADDR is unset: pprof is served on the ops listener only; set TALLY_OPS_ADDR=127.0.0.1:PORT")
 	}

@@ -77,6 +77,7 @@ func TestDefaults(t *testing.T) {
 		MaxInFlight:      512,
 		MaxUserInFlight:  128,
 		JWTMaxTTL:        24 * time.Hour,
+		ClusterLeaseTTL:  5 * time.Second,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %#v\nwant %#v", c, want)
@@ -141,6 +142,7 @@ func TestEveryOverride(t *testing.T) {
 		MaxConns:         100,
 		MaxInFlight:      64,
 		MaxUserInFlight:  8,
+		ClusterLeaseTTL:  5 * time.Second,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("overrides:\n got %#v\nwant %#v", c, want)
