@@ -97,6 +97,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	if cfg.JWTSecret == "" || len(cfg.AdminCredentials()) == 0 {
 		return nil, errors.New("app: the JWT secret and an admin token must be set (embedded mode generates them in cmd/tally)")
 	}
+	if cfg.Cluster() {
+		// Refused until ownership, the epoch fence and forwarding are wired
+		// together: a node that ignored TALLY_ETCD_ENDPOINTS would admit
+		// for users another node owns.
+		return nil, errors.New("TALLY_ETCD_ENDPOINTS: cluster mode is not wired into this build yet; unset it to run a single node")
+	}
 	a := &App{cfg: cfg, log: log, registry: prometheus.NewRegistry()}
 	defer func() {
 		if err != nil {
