@@ -28,6 +28,7 @@ func secrets(set string) map[string]string {
 		"TALLY_POSTGRES_PASSWORD":       set + "-postgres-password",
 		"TALLY_REDIS_PASSWORD":          set + "-redis-password",
 		"TALLY_REDIS_SENTINEL_PASSWORD": set + "-sentinel-password",
+		"TALLY_CLUSTER_SECRET":          set + "-cluster-secret-0123456789abcdef0123456789",
 	}
 }
 
@@ -89,13 +90,17 @@ func TestComposeRefusesToStartWithoutEachSecret(t *testing.T) {
 			}
 		})
 	}
-	// The sentinel profile's own password cannot be required by
+	// The sentinel and cluster profiles' own secrets cannot be required by
 	// interpolation (compose interpolates inactive profiles too), so a plain
 	// `up` must load without it.
 	e := secrets("a")
 	delete(e, "TALLY_REDIS_SENTINEL_PASSWORD")
+	delete(e, "TALLY_CLUSTER_SECRET")
 	mustLoad(t, e)
 }
+
+// profiles are the ways the file is brought up: plain, and each profile.
+var profiles = [][]string{nil, {"sentinel"}, {"cluster"}}
 
 // secretName matches environment variables that hold credentials.
 var secretName = regexp.MustCompile(`(?i)password|secret|token|_URL$|_AUTH$`)
@@ -103,12 +108,12 @@ var secretName = regexp.MustCompile(`(?i)password|secret|token|_URL$|_AUTH$`)
 // No credential is written into the file: every variable that holds one
 // (or a URL that may carry one) changes when the environment's secrets do.
 func TestComposeHasNoFixedCredentials(t *testing.T) {
-	for _, profile := range [][]string{nil, {"sentinel"}} {
+	for _, profile := range profiles {
 		a, b := mustLoad(t, secrets("a"), profile...), mustLoad(t, secrets("b"), profile...)
 		for name, sa := range a.Services {
 			sb := b.Services[name]
 			for k := range sa.Environment {
-				if !secretName.MatchString(k) || k == "TALLY_UPLOAD_BASE_URL" || k == "TALLY_REDIS_SENTINELS" {
+				if !secretName.MatchString(k) || k == "TALLY_UPLOAD_BASE_URL" || k == "TALLY_REDIS_SENTINELS" || k == "TALLY_ADVERTISE_URL" {
 					continue
 				}
 				if env(sa, k) == env(sb, k) {
@@ -121,7 +126,7 @@ func TestComposeHasNoFixedCredentials(t *testing.T) {
 
 // Ports are published on loopback unless the operator says otherwise.
 func TestComposePublishesOnLoopbackByDefault(t *testing.T) {
-	p := mustLoad(t, secrets("a"), "sentinel")
+	p := mustLoad(t, secrets("a"), "sentinel", "cluster")
 	n := 0
 	for name, s := range p.Services {
 		for _, port := range s.Ports {
@@ -151,7 +156,7 @@ func TestComposePublishesOnLoopbackByDefault(t *testing.T) {
 // image first runs a socket-only server for its init scripts, which a
 // socket check reports ready.
 func TestComposeHealthchecksCannotPassEarly(t *testing.T) {
-	p := mustLoad(t, secrets("a"), "sentinel")
+	p := mustLoad(t, secrets("a"), "sentinel", "cluster")
 	for name, s := range p.Services {
 		if s.HealthCheck == nil || len(s.HealthCheck.Test) == 0 {
 			t.Errorf("service %s has no healthcheck", name)
@@ -189,7 +194,7 @@ func TestComposeTallyEnvironmentIsValidConfig(t *testing.T) {
 	for _, v := range config.Vars() {
 		known[v.Name] = true
 	}
-	for _, profile := range [][]string{nil, {"sentinel"}} {
+	for _, profile := range profiles {
 		p := mustLoad(t, secrets("a"), profile...)
 		services := tallyServices(p)
 		if len(services) == 0 {
@@ -269,5 +274,71 @@ func TestDockerfileRunsNonRoot(t *testing.T) {
 	}
 	if !strings.Contains(text, "./cmd/tally") || !strings.Contains(text, `ENTRYPOINT ["/tally"]`) {
 		t.Error("the image does not build cmd/tally into /tally, which the compose healthcheck runs")
+	}
+}
+
+// The cluster profile runs three etcd members that agree on their initial
+// cluster, and three Tally nodes, each with a distinct id, an advertise URL
+// the others can reach on the compose network, and all three members.
+func TestComposeClusterProfile(t *testing.T) {
+	p := mustLoad(t, secrets("a"), "cluster")
+	flag := func(cmd []string, name string) string {
+		for _, a := range cmd {
+			if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	var clients, members []string
+	initial := ""
+	for name, s := range p.Services {
+		if !strings.Contains(s.Image, "etcd") {
+			continue
+		}
+		if flag(s.Command, "name") != name {
+			t.Errorf("etcd service %s is named %q", name, flag(s.Command, "name"))
+		}
+		clients = append(clients, flag(s.Command, "advertise-client-urls"))
+		members = append(members, name+"="+flag(s.Command, "initial-advertise-peer-urls"))
+		if ic := flag(s.Command, "initial-cluster"); initial != "" && ic != initial {
+			t.Errorf("etcd members disagree on the initial cluster: %q and %q", initial, ic)
+		} else {
+			initial = ic
+		}
+	}
+	if len(clients) != 3 {
+		t.Fatalf("cluster profile runs %d etcd members, want 3", len(clients))
+	}
+	got := strings.Split(initial, ",")
+	slices.Sort(got)
+	slices.Sort(members)
+	if !slices.Equal(got, members) {
+		t.Errorf("initial cluster %v, members advertise %v", got, members)
+	}
+	slices.Sort(clients)
+	ids := map[string]bool{}
+	nodes := 0
+	for _, s := range tallyServices(p) {
+		if env(s, "TALLY_ETCD_ENDPOINTS") == "" {
+			continue
+		}
+		nodes++
+		eps := strings.Split(env(s, "TALLY_ETCD_ENDPOINTS"), ",")
+		slices.Sort(eps)
+		if !slices.Equal(eps, clients) {
+			t.Errorf("%s asks etcd at %v, the members are %v", s.Name, eps, clients)
+		}
+		id := env(s, "TALLY_NODE_ID")
+		if ids[id] {
+			t.Errorf("node id %q used twice", id)
+		}
+		ids[id] = true
+		if want := "http://" + s.Name + ":8080"; env(s, "TALLY_ADVERTISE_URL") != want {
+			t.Errorf("%s advertises %q, want %q (its name on the compose network)", s.Name, env(s, "TALLY_ADVERTISE_URL"), want)
+		}
+	}
+	if nodes != 3 {
+		t.Errorf("cluster profile runs %d Tally nodes, want 3", nodes)
 	}
 }
