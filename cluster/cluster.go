@@ -179,8 +179,16 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		verifyReq: make(chan struct{}, 1),
 	}
 	ttl := time.Duration(n.ttlSec) * time.Second
-	n.beatEvery = ttl / 10
-	n.suspectGap = ttl / 2
+	// The suspicion must rise before etcd can have expired the lease. The
+	// client renews every TTL/3, on a 500 ms polling loop
+	// (clientv3.lessor.sendKeepAliveLoop), so the last renewal before a
+	// pause is at most TTL/3+0.5 s old and etcd expires the lease TTL after
+	// it: no sooner than TTL/2 (TTL ≥ 1 s) after the pause began. TTL/3,
+	// measured against a stamp renewed every TTL/20, leaves TTL/6 to spare;
+	// a false alarm takes a stall of the heartbeat goroutine of about
+	// TTL/3 - TTL/20 (470 ms at TTL 2 s), and costs one round trip to etcd.
+	n.beatEvery = ttl / 20
+	n.suspectGap = ttl / 3
 	// gRPC's default reconnect backoff grows to two minutes; after an etcd
 	// outage of ten seconds a client would reconnect only seconds after etcd
 	// is back, and etcd expires leases one TTL (plus an election timeout)

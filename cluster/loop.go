@@ -348,9 +348,9 @@ func (l *loop) startRelease(p domain.Partition, hook bool) {
 	})
 }
 
-// shutdown runs when the node's context ends: in-flight workers are
-// cancelled and awaited (hooks must honour their context), and every
-// partition still owned is Lost.
+// shutdown runs when the node's context ends (Close ends it too, after the
+// hand-offs): in-flight workers are cancelled and awaited (hooks must
+// honour their context), and every partition still owned is Lost.
 func (l *loop) shutdown() {
 	n := l.n
 	if l.timer != nil {
@@ -378,7 +378,16 @@ func (l *loop) shutdown() {
 			lost = append(lost, domain.Partition(p))
 		}
 	}
-	n.publish(nil)
+	// The last table keeps routes to other nodes (requests that still
+	// reach this one are forwarded to the owners it last knew; an owner
+	// that changed since answers or refuses them itself) and has no Self.
+	n.publish(func(p int) (Route, bool) {
+		o := &l.owners[p]
+		if _, live := l.members[o.node]; live && o.node != n.id {
+			return Route{NodeID: o.node, URL: o.url}, false
+		}
+		return Route{}, true
+	})
 	for _, p := range lost {
 		n.hooks.Lost(p)
 	}
