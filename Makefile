@@ -38,7 +38,7 @@ $(ETCD_BIN): tools/etcd/main.go tools/etcd/go.mod tools/etcd/go.sum
 # The short fuzz run keeps the request decoder's corpus exercised on every
 # `make test`; `make fuzz` is the long run. The cluster tests start real
 # etcd members from bin/etcd, hence the prerequisite.
-test: $(ETCD_BIN) ## Run all tests with the race detector, then a 10s fuzz of request decoding
+test: $(ETCD_BIN) ## Build bin/etcd if needed, run all tests with the race detector, then a 10s fuzz of request decoding
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -run='^$$' -fuzz=$(FUZZ) -fuzztime=10s $(FUZZPKG)
 

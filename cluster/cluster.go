@@ -81,7 +81,8 @@ type Route struct {
 	URL    string // the owner's AdvertiseURL
 	// Settled is non-nil while p is moving or unowned; it is closed when p's
 	// ownership next changes, so a request can wait (bounded) and route again.
-	// With Settled non-nil, NodeID may still name the current owner (p is
+	// (Precisely: when p's route next changes, or, after a stall of this
+	// process, when the node has checked its lease.) With Settled non-nil, NodeID may still name the current owner (p is
 	// about to move away from it: forwarding there still works until it
 	// releases), or this node while p is being acquired or released here:
 	// never forward to this node, wait.
@@ -143,7 +144,8 @@ type Node struct {
 
 	// gate, when non-nil, holds the node's goroutines (tests: a paused process).
 	gate atomic.Pointer[chan struct{}]
-	// pauseKeepAlive, set by a test pause, stops the lease's keepalives.
+	// pauseKeepAlive cancels the current keepalive (keepLease sets it): a
+	// test pause stops the lease's renewals with it.
 	pauseKeepAlive atomic.Pointer[context.CancelFunc]
 }
 
@@ -170,7 +172,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		hooks:   cfg.Hooks,
 		keys:    keys{prefix: cfg.Prefix},
 		ttlSec:  int64(math.Ceil(cfg.LeaseTTL.Seconds())),
-		start:   time.Now(),
 		events:  make(chan event, 64),
 		results: make(chan result, 2*domain.Partitions),
 		leaveCh: make(chan chan bool),
@@ -196,10 +197,13 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	// node renew its lease in time (decision 0021, "etcd outage").
 	maxBackoff := min(max(ttl/5, 100*time.Millisecond), time.Second)
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:            cfg.Endpoints,
-		DialTimeout:          ttl,
-		DialKeepAliveTime:    ttl,
-		DialKeepAliveTimeout: ttl,
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: ttl,
+		// gRPC pings find a connection whose peer vanished without a
+		// reset; etcd refuses pings more often than every 5 s (its
+		// --grpc-keepalive-min-time) and then drops the connection.
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: max(ttl, 3*time.Second),
 		Logger:               zap.NewNop(), // what matters is logged by the node, through slog
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: maxBackoff},
@@ -211,7 +215,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.cli = cli
 	n.ctx, n.stop = context.WithCancel(ctx)
-	n.beat.Store(0)
 	n.publish(nil) // nothing owned yet: every partition unsettled
 
 	// Joining is bounded on its own: a previous registration of this id
@@ -225,6 +228,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	l := newLoop(n, lease, snap)
+	n.start = time.Now() // the heartbeat's origin: beat 0 is now
 	n.wg.Add(4)
 	go func() { defer n.wg.Done(); n.heartbeat() }()
 	go func() { defer n.wg.Done(); n.watch(rev + 1) }()
@@ -308,7 +312,8 @@ func (n *Node) Route(p domain.Partition) Route {
 	return r
 }
 
-// Epoch is Route(p).Epoch when Self, else 0.
+// Epoch is Route(p).Epoch when Self, else 0: in cluster mode, 0 means this
+// node must not admit anything for p now.
 func (n *Node) Epoch(p domain.Partition) int64 {
 	r := &n.table.Load().routes[p]
 	if !r.Self || n.suspect() != nil {
