@@ -7,8 +7,8 @@ import (
 )
 
 // Dependencies point inward: the accounting core (actors, persistence) and
-// the rules (domain) never link the HTTP edge, and domain stays standard
-// library only. Go's own package graph is the evidence.
+// the rules (domain) never link the HTTP edge, domain stays standard
+// library only, and cluster ownership links neither the core nor the edge. Go's own package graph is the evidence.
 func TestDependenciesPointInward(t *testing.T) {
 	goBin, err := exec.LookPath("go") // go test runs with it on PATH
 	if err != nil {
@@ -30,6 +30,15 @@ func TestDependenciesPointInward(t *testing.T) {
 	for _, p := range deps(t, "./actors", "./persistence/...") {
 		if strings.Contains(p, "gin-gonic") || strings.HasSuffix(p, "/tally/transport") || strings.HasSuffix(p, "/tally/app") {
 			t.Errorf("the core depends on %s", p)
+		}
+	}
+	// Ownership is told to the core and the edge through cluster.Hooks and
+	// Node.Route: the cluster package links neither.
+	for _, p := range deps(t, "./cluster") {
+		for _, bad := range []string{"gin-gonic", "/tally/transport", "/tally/app", "/tally/actors", "/tally/persistence"} {
+			if strings.Contains(p, bad) {
+				t.Errorf("cluster depends on %s", p)
+			}
 		}
 	}
 	for _, p := range deps(t, "./domain") {
