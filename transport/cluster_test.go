@@ -803,3 +803,30 @@ func (noLookups) SessionUser(context.Context, string) (string, error) { return "
 func (noLookups) CreateOutcome(context.Context, string, domain.NewSession, string) (domain.Session, error) {
 	return domain.Session{}, domain.ErrNotFound
 }
+
+// Every answer of a cluster node names it, those given before any routing
+// too: a shed 503 and the probes.
+func TestClusterShedAnswerNamesTheNode(t *testing.T) {
+	e := newEnv(t, func(o *transport.Options) {
+		o.MaxInFlight = 1
+		o.Cluster, o.ClusterSecret, o.Lookups = &fakeCluster{id: "n1", route: self}, clusterSecret, noLookups{}
+	})
+	entered, release := make(chan struct{}), make(chan struct{})
+	e.accounts.usage = func(context.Context, string) (domain.Report, error) {
+		close(entered)
+		<-release
+		return report("u1", freePlan(), domain.Usage{}), nil
+	}
+	tok := e.token("u1")
+	done := make(chan *apitest.Response)
+	go func() { done <- e.do("GET", "/api/v1/usage", tok, nil) }()
+	<-entered
+	r := e.do("POST", "/api/v1/sessions", tok, validCreate)
+	wantError(t, r, 503, "unavailable")
+	wantNode(t, r, "n1")
+	wantNode(t, e.do("GET", "/healthz", "", nil), "n1")
+	close(release)
+	r = <-done
+	wantStatus(t, r, 200)
+	wantNode(t, r, "n1")
+}
