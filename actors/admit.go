@@ -134,9 +134,13 @@ func (a *userActor) onCreate(actx actor.Context, m *createSession, retries int) 
 // submit reserves one session of quota and hands the admission to the
 // group-commit writer, whose result comes back through deliver.
 func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Plan, now time.Time, retries int) {
+	sid := m.in.ID // chosen by the node that forwarded the create (lookups.go)
+	if sid == "" {
+		sid = a.deps.newID()
+	}
 	req := persistence.AdmitRequest{
 		Session: domain.Session{
-			ID:          a.deps.newID(),
+			ID:          sid,
 			UserID:      a.id,
 			Title:       m.in.Title,
 			Language:    m.in.Language,
@@ -378,26 +382,11 @@ func (a *userActor) adoptCounters(periodStart time.Time, c persistence.Counters)
 // answer again, or 409 when the key came with another body.
 func (a *userActor) replay(ctx context.Context, req persistence.AdmitRequest, rec persistence.IdempotencyRecord) *reply {
 	if rec.RequestHash != req.RequestHash {
-		return &reply{err: domain.Errorf(domain.CodeIdempotencyConflict,
-			"Idempotency-Key %q was already used with a different request body", req.IdempotencyKey)}
+		return &reply{err: keyConflict(req.IdempotencyKey)}
 	}
 	a.deps.metrics.replayed()
-	if rec.Admitted {
-		s, err := a.deps.store.GetSession(ctx, rec.SessionID)
-		if err != nil {
-			return &reply{err: err}
-		}
-		return &reply{session: s}
-	}
-	minutes := domain.Unlimited
-	if !rec.MaxSeconds.IsUnlimited() {
-		minutes = rec.MaxSeconds / 60
-	}
-	plan := domain.Plan{Name: rec.PlanName, MaxSessions: rec.MaxSessions, MaxTotalMinutes: minutes}
-	if err := domain.Admit(plan, rec.Usage, domain.Period{Start: rec.PeriodStart, End: rec.PeriodEnd}); err != nil {
-		return &reply{err: err}
-	}
-	return &reply{err: fmt.Errorf("idempotency record %q of user %s is a rejection its own figures allow", rec.Key, a.id)}
+	s, err := recordedAnswer(ctx, a.deps.store, rec)
+	return &reply{session: s, err: err}
 }
 
 // resolveUnknown answers an admission whose transaction failed with an

@@ -53,6 +53,12 @@ type NewSession struct {
 	Title       string `json:"title"`
 	Language    string `json:"language"`
 	STTProvider string `json:"stt_provider"`
+	// ID, when set, is the new session's id, chosen by the cluster node
+	// that forwarded the create to the user's owner, so that it can look
+	// the session up if the owner's answer is lost (transport/cluster.go).
+	// It is never read from a client's body, and not part of Fingerprint:
+	// a retry through another node is the same request.
+	ID string `json:"-"`
 }
 
 // Fingerprint identifies the request's content for Idempotency-Key checks:

@@ -81,11 +81,11 @@ func TestNewSessionValidateUsesCheckText(t *testing.T) {
 		in     NewSession
 		fields []string
 	}{
-		{NewSession{"x\x00", "en-US", "google"}, []string{"title"}},
-		{NewSession{"ok", "en\u202e", "google"}, []string{"language"}},
-		{NewSession{"ok", "en", "goo\x7fgle"}, []string{"stt_provider"}},
-		{NewSession{"\xff", "\x01", "\u0085"}, []string{"title", "language", "stt_provider"}},
-		{NewSession{"a\tb", "auto", "google"}, nil},
+		{NewSession{Title: "x\x00", Language: "en-US", STTProvider: "google"}, []string{"title"}},
+		{NewSession{Title: "ok", Language: "en\u202e", STTProvider: "google"}, []string{"language"}},
+		{NewSession{Title: "ok", Language: "en", STTProvider: "goo\x7fgle"}, []string{"stt_provider"}},
+		{NewSession{Title: "\xff", Language: "\x01", STTProvider: "\u0085"}, []string{"title", "language", "stt_provider"}},
+		{NewSession{Title: "a\tb", Language: "auto", STTProvider: "google"}, nil},
 	} {
 		err := tc.in.Validate(providers)
 		var names []string

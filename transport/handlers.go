@@ -51,6 +51,9 @@ func (s *server) createSession(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
+	if s.cluster != nil {
+		in.ID = s.forwardSession(c) // the forwarding node's choice, to find it by
+	}
 	sess, err := s.accounts.CreateSession(c.Request.Context(), userID(c), in, key)
 	s.metrics.admission(err)
 	if err != nil {

@@ -66,6 +66,25 @@ type Options struct {
 	// in the actors' unbounded mailboxes. Zero means no bound.
 	MaxInFlight int
 	Now         func() time.Time // the clock; nil means time.Now
+
+	// Cluster, when set, makes this node one of a cluster: API and admin
+	// requests are served here only for users whose partition this node
+	// owns, and forwarded once to the owner otherwise (cluster.go). Nil:
+	// a single node, which serves everything itself.
+	Cluster Cluster
+	// ClusterSecret (TALLY_CLUSTER_SECRET, at least MinClusterSecret
+	// bytes, the same on every node) authenticates forwarded requests
+	// between nodes. Required with Cluster.
+	ClusterSecret []byte
+	// Lookups reads the shared store for routing (the user of a session,
+	// the outcome of a create whose answer was lost). Required with
+	// Cluster; actors.Service implements it.
+	Lookups Lookups
+	// RequestTimeout is the core's request deadline (TALLY_REQUEST_TIMEOUT,
+	// actors.Options.RequestTimeout). In cluster mode it bounds waiting
+	// for a moving partition, forwarding, and resolving a lost answer, and
+	// what is left of it travels with a forwarded request; zero means 5s.
+	RequestTimeout time.Duration
 }
 
 // server holds what the handlers share. It is immutable after New, apart
@@ -85,6 +104,7 @@ type server struct {
 	slots      chan struct{} // nil: no in-flight bound
 	now        func() time.Time
 	limits     limitAnswers
+	cluster    *clusterEdge // nil: a single node
 }
 
 // New builds the HTTP handler. It fails on missing or invalid options, or
@@ -152,6 +172,11 @@ func New(opts Options) (http.Handler, error) {
 	if s.metrics, err = newMetrics(reg, s.slots); err != nil {
 		return nil, err
 	}
+	if opts.Cluster != nil {
+		if s.cluster, err = newClusterEdge(opts, reg); err != nil {
+			return nil, err
+		}
+	}
 	engine := s.routes()
 	if s.slots == nil {
 		return engine, nil
@@ -175,6 +200,25 @@ func (s *server) routes() *gin.Engine {
 	r.RedirectTrailingSlash = false
 	r.RedirectFixedPath = false
 	r.Use(s.observe)
+	// In cluster mode (cluster.go) every answer names its node; API and
+	// admin requests check forwarding headers first and are routed to
+	// their user's owner once authenticated. Without a cluster the chains
+	// are the single node's, with nothing added.
+	var (
+		apiFirst, adminFirst    []gin.HandlerFunc
+		byToken, byUser, bySess []gin.HandlerFunc
+	)
+	if s.cluster != nil {
+		r.Use(s.nodeHeader)
+		apiFirst = []gin.HandlerFunc{s.acceptForward}
+		adminFirst = []gin.HandlerFunc{s.acceptForward}
+		byToken = []gin.HandlerFunc{s.routeByToken}
+		byUser = []gin.HandlerFunc{s.routeByPathUser}
+		bySess = []gin.HandlerFunc{s.routeBySession}
+	}
+	routed := func(route []gin.HandlerFunc, h gin.HandlerFunc) []gin.HandlerFunc {
+		return append(append([]gin.HandlerFunc(nil), route...), h)
+	}
 	r.NoRoute(func(c *gin.Context) {
 		s.fail(c, &domain.Error{Code: domain.CodeNotFound, Message: "no such route"})
 	})
@@ -184,20 +228,20 @@ func (s *server) routes() *gin.Engine {
 	r.GET("/openapi.yaml", s.openAPI)
 	r.GET("/api/v1/plans", s.listPlans)
 
-	api := r.Group("/api/v1", s.requireUser)
-	api.POST("/sessions", s.createSession)
-	api.GET("/sessions", s.listSessions)
-	api.GET("/sessions/:id", s.getSession)
-	api.POST("/sessions/:id/upload-url", s.createUploadURL)
-	api.GET("/usage", s.usage)
+	api := r.Group("/api/v1", append(apiFirst, s.requireUser)...)
+	api.POST("/sessions", routed(byToken, s.createSession)...)
+	api.GET("/sessions", routed(byToken, s.listSessions)...)
+	api.GET("/sessions/:id", routed(byToken, s.getSession)...)
+	api.POST("/sessions/:id/upload-url", routed(byToken, s.createUploadURL)...)
+	api.GET("/usage", routed(byToken, s.usage)...)
 
-	admin := r.Group("/admin/v1", s.requireAdmin)
-	admin.PUT("/users/:id", s.putUser)
-	admin.GET("/users/:id", s.getUser)
-	admin.GET("/users/:id/events", s.listUserEvents)
-	admin.POST("/users/:id/reset-usage", s.resetUsage)
-	admin.POST("/sessions/:id/complete", s.completeSession)
-	admin.POST("/sessions/:id/fail", s.failSession)
+	admin := r.Group("/admin/v1", append(adminFirst, s.requireAdmin)...)
+	admin.PUT("/users/:id", routed(byUser, s.putUser)...)
+	admin.GET("/users/:id", routed(byUser, s.getUser)...)
+	admin.GET("/users/:id/events", routed(byUser, s.listUserEvents)...)
+	admin.POST("/users/:id/reset-usage", routed(byUser, s.resetUsage)...)
+	admin.POST("/sessions/:id/complete", routed(bySess, s.completeSession)...)
+	admin.POST("/sessions/:id/fail", routed(bySess, s.failSession)...)
 	return r
 }
 
@@ -265,6 +309,11 @@ func (s *server) record(c *gin.Context, id string, start time.Time) {
 	}
 	if uid := c.GetString(ctxUserID); uid != "" {
 		attrs = append(attrs, slog.String("user_id", uid))
+	}
+	if s.cluster != nil {
+		if f := forwardOf(c); f != nil {
+			attrs = append(attrs, slog.String("forwarded_by", f.node))
+		}
 	}
 	s.log.LogAttrs(c.Request.Context(), level, "http request", attrs...)
 }
@@ -404,6 +453,9 @@ func (b *bounded) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			id = newRequestID()
 		}
 		secureHeaders(h)
+		if b.s.cluster != nil {
+			h[HeaderNode] = b.s.cluster.node
+		}
 		h.Set(headerRequestID, id)
 		h.Set("Retry-After", "1")
 		h.Set("Content-Type", "application/json; charset=utf-8")

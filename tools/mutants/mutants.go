@@ -151,6 +151,19 @@ var List = []Mutant{
 		File: "cluster/lease.go",
 		From: "\tdefault:\n\t\treturn leaseUnknown, err", To: "\tdefault:\n\t\treturn leaseGone, err",
 		Packages: []string{"./cluster"}, Run: "TestEtcdOutage|TestEtcdLeader"},
+	{Name: "forward-resends-create", Invariant: "I5 counted once: a forwarded create whose answer was lost is sent to the owner again",
+		File:     "transport/forward.go",
+		From:     "\tsent, err := e.client.exchange(c.Request.Context(), base, deadline, &out, &ans)\n",
+		To:       "\tsent, err := e.client.exchange(c.Request.Context(), base, deadline, &out, &ans)\n\tif err != nil && sent {\n\t\tsent, err = e.client.exchange(c.Request.Context(), base, deadline, &out, &ans)\n\t}\n",
+		Packages: []string{"./transport"}, Run: "ClusterLostCreateAnswer"},
+	{Name: "forward-unsigned", Invariant: "cluster mode: a client poses as a node (forwarding headers without a valid signature are honoured)",
+		File: "transport/forward.go",
+		From: "if !sameSignature(want, sig) {", To: "if false && !sameSignature(want, sig) {",
+		Packages: []string{"./transport"}, Run: "ClusterForwardAuthentication"},
+	{Name: "forward-twice", Invariant: "cluster mode: a forwarded request is forwarded again by a node that no longer owns the partition",
+		File: "transport/cluster.go",
+		From: "case forwarded || (r.NodeID == e.self && r.Settled == nil):", To: "case (forwarded && false) || (r.NodeID == e.self && r.Settled == nil):",
+		Packages: []string{"./transport"}, Run: "ClusterForwardedRequestIsFinal"},
 }
 
 // Result is what one mutant's run found.
