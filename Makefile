@@ -15,7 +15,7 @@ BENCHFLAGS ?=
 OVERLOADFLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help build run etcd test lint fmt fuzz bench bench-diff bench-compare overload mutants clean docker
+.PHONY: help build run etcd cluster cluster-stop test lint fmt fuzz bench bench-diff bench-compare overload mutants clean docker
 
 help: ## List the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -34,6 +34,12 @@ ETCD_BIN ?= bin/etcd
 etcd: $(ETCD_BIN) ## Build the etcd server (3.7, from Go modules) into bin/etcd
 $(ETCD_BIN): tools/etcd/main.go tools/etcd/go.mod tools/etcd/go.sum
 	cd tools/etcd && $(GO) build -o $(abspath $(ETCD_BIN)) .
+
+cluster: build etcd ## Start a local cluster: 3 etcd members and 3 Tally nodes (127.0.0.1:8081-8083) on the machine's Postgres and Redis
+	tools/cluster/cluster.sh start
+
+cluster-stop: ## Stop the local cluster started by make cluster (its data and logs stay in data/cluster)
+	tools/cluster/cluster.sh stop
 
 # The short fuzz run keeps the request decoder's corpus exercised on every
 # `make test`; `make fuzz` is the long run. The cluster tests start real
