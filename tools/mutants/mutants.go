@@ -67,7 +67,7 @@ var List = []Mutant{
 		Packages: []string{"./persistence/postgres"}, Run: "Fence|Claim"},
 	{Name: "keyed-epoch-fence", Invariant: "I1 never over-admit (cluster): a keyed admission of a moved partition is decided instead of fenced off",
 		File: "persistence/postgres/admit.go",
-		From: "if stored[int32(domain.PartitionOf(r.Session.UserID))] != r.Epoch {", To: "if stored == nil {",
+		From: "if stored[int32(domain.PartitionOf(r.Session.UserID))] != r.Epoch {", To: "if stored[int32(domain.PartitionOf(r.Session.UserID))] < 0 {",
 		Packages: []string{"./persistence/postgres"}, Run: "Fence|Claim"},
 	{Name: "epoch-no-reload", Invariant: "I1 never over-admit (cluster): a user's actor decides on the state it held before its partition moved away and back",
 		File: "actors/ownership.go",
