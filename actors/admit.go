@@ -218,8 +218,8 @@ func (e *inflight) deliver(res persistence.AdmitResult, err error) {
 // direct is the answer to an admission that the writer gives without the
 // actor, or nil when the actor must answer: the common outcomes (admitted,
 // refused by the store's fence, fenced off by a newer owner of the
-// partition, not attempted) need only what the request carries. A replay, a changed user and an unknown outcome need the actor
-// (and the store).
+// partition, not attempted) need only what the request carries. A replay,
+// a changed user and an unknown outcome need the actor (and the store).
 func direct(e *inflight, res persistence.AdmitResult, err error) *reply {
 	switch {
 	case err != nil:

@@ -44,6 +44,11 @@ import (
 
 // Ownership says under which epoch this node owns a partition now (the cluster
 // package implements it from etcd; tests use a fake).
+//
+// Epoch is called on every request of cluster mode and on every decision of
+// a user's actor, from many goroutines at once: it must be safe for
+// concurrent use, cheap (an atomic read) and never block. It must report an
+// epoch only once Service.Acquire with that epoch has returned nil.
 type Ownership interface {
 	// Epoch returns the epoch under which this node owns p now, or 0 when it does not.
 	Epoch(p domain.Partition) int64

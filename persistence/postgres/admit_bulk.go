@@ -292,12 +292,11 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 	}
 
 	batch := &pgx.Batch{}
-	var parts []int32
 	if fenced {
 		// First in the transaction, before any other lock: the
 		// partitions' locks, then their epochs, read in a statement of
 		// its own once the locks are held (epochs.go).
-		parts = batchPartitions(slices.Values(users))
+		parts := batchPartitions(slices.Values(users))
 		batch.Queue(lockPartitionsSQL, parts)
 		batch.Queue(partitionEpochsSQL, parts)
 	}
