@@ -86,6 +86,14 @@ func (a *userActor) onCreate(actx actor.Context, m *createSession, retries int) 
 		m.answer(&reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded before the user's accounting could start it"}})
 		return
 	}
+	if a.deps.parts != nil {
+		// Cluster mode: decided only under an epoch this node owns the
+		// user's partition under, with the state loaded under it.
+		if err := a.owned(); err != nil {
+			m.answer(&reply{err: err})
+			return
+		}
+	}
 	wc := workCtx{deadline: workDeadline(m.deadline)}
 	defer wc.done()
 	now := a.deps.now()
@@ -116,7 +124,7 @@ func (a *userActor) onCreate(actx actor.Context, m *createSession, retries int) 
 				a.deps.metrics.rejectedFromMemory()
 				// Valid as long as this actor would answer the same
 				// without asking the store (rejects.go).
-				err = a.deps.rejects.post(a.id, err, minTime(a.confirmedAt.Add(rejectFreshness), a.period.End))
+				err = a.deps.rejects.post(a.id, err, minTime(a.confirmedAt.Add(rejectFreshness), a.period.End), a.epoch)
 				m.answer(&reply{err: err})
 				return
 			}
@@ -147,6 +155,7 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 			STTProvider: m.in.STTProvider,
 			Status:      domain.StatusCreated,
 			PeriodStart: a.period.Start,
+			Epoch:       a.epoch,
 			CreatedAt:   now,
 			UpdatedAt:   now,
 		},
@@ -159,6 +168,9 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 		// No usage row when the counters were loaded: the store creates it
 		// in the admission's transaction (only a hint; it stays exact).
 		FirstOfPeriod: a.counters.Version == 0,
+		// The epoch this decision was made under (0 in single-node mode):
+		// the store commits it only while that epoch is the partition's.
+		Epoch: a.epoch,
 	}
 	if m.idempotencyKey != "" {
 		// Only a key's replay compares bodies: no hash for the rest.
@@ -209,9 +221,9 @@ func (e *inflight) deliver(res persistence.AdmitResult, err error) {
 
 // direct is the answer to an admission that the writer gives without the
 // actor, or nil when the actor must answer: the common outcomes (admitted,
-// refused by the store's fence, not attempted) need only what the request
-// carries. A replay, a changed user and an unknown outcome need the actor
-// (and the store).
+// refused by the store's fence, fenced off by a newer owner of the
+// partition, not attempted) need only what the request carries. A replay,
+// a changed user and an unknown outcome need the actor (and the store).
 func direct(e *inflight, res persistence.AdmitResult, err error) *reply {
 	switch {
 	case err != nil:
@@ -223,6 +235,9 @@ func direct(e *inflight, res persistence.AdmitResult, err error) *reply {
 		return &reply{session: e.req.Session}
 	case res.Outcome == persistence.OverLimit:
 		return &reply{err: refusal(e.req, e.plan, res.Counters)}
+	case res.Outcome == persistence.Fenced:
+		// Another node owns the partition now: nothing was written.
+		return &reply{err: domain.NotOwner(domain.PartitionOf(e.req.Session.UserID))}
 	}
 	return nil
 }
@@ -286,11 +301,21 @@ func (a *userActor) absorb() bool {
 		return false
 	}
 	done := a.settled.take()
+	fenced := false
 	for _, d := range done {
 		e := a.release(d.id)
-		if e != nil && d.err == nil {
+		switch {
+		case e == nil || d.err != nil:
+		case d.res.Outcome == persistence.Fenced:
+			fenced = true
+		default:
 			a.adoptCounters(e.req.Session.PeriodStart, d.res.Counters)
 		}
+	}
+	if fenced {
+		// A newer owner of the partition may have admitted since these
+		// counters were loaded: drop them (owned reloads or refuses).
+		a.forget()
 	}
 	return len(done) > 0
 }
@@ -358,6 +383,9 @@ func (a *userActor) outcome(wc *workCtx, req persistence.AdmitRequest, r persist
 		return a.replay(wc.get(), req, *r.Record), false
 	case persistence.StaleUser, persistence.UnknownUser:
 		return nil, true
+	case persistence.Fenced: // answered by the writer (direct); here for completeness
+		a.forget()
+		return &reply{err: domain.NotOwner(domain.PartitionOf(req.Session.UserID))}, false
 	}
 	return &reply{err: fmt.Errorf("store returned outcome %v", r.Outcome)}, false
 }

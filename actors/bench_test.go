@@ -3,10 +3,12 @@ package actors_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"testing"
 	"time"
 
+	"github.com/tally-dev/tally/actors"
 	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/persistence"
 )
@@ -48,14 +50,31 @@ func (m memStore) PruneIdempotencyKeys(context.Context, time.Time) (int64, error
 //     actor hop every create takes);
 //   - over-limit: a create by a user at the limit, which after the actor's
 //     first refusal is answered from the reject board without the hop.
+//
+// The cluster/ cases are the same on a cluster node that owns every
+// partition (Options.Ownership): what checking ownership costs.
 func BenchmarkActorRoundTrip(b *testing.B) {
-	svc := newService(b, memStore{anchor: time.Now().Add(-time.Hour)}, time.Hour)
-	ctx := context.Background()
 	users := make([]string, 1000)
 	for u := range users {
 		users[u] = fmt.Sprintf("u%d", u)
 	}
-	b.Run("usage", func(b *testing.B) {
+	roundTrips(b, "", newService(b, memStore{anchor: time.Now().Add(-time.Hour)}, time.Hour), users)
+	own := &fakeOwnership{}
+	for p := range domain.Partitions {
+		own.set(domain.Partition(p), 1)
+	}
+	cluster, err := actors.New(actors.Options{Store: memStore{anchor: time.Now().Add(-time.Hour)}, Catalog: domain.DefaultCatalog(),
+		IdleTimeout: time.Hour, Shards: 4, RequestTimeout: 30 * time.Second, Logger: slog.New(slog.DiscardHandler), Ownership: own})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(cluster.Close)
+	roundTrips(b, "cluster/", cluster, users)
+}
+
+func roundTrips(b *testing.B, prefix string, svc *actors.Service, users []string) {
+	ctx := context.Background()
+	b.Run(prefix+"usage", func(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			i := 0
 			for pb.Next() {
@@ -66,7 +85,7 @@ func BenchmarkActorRoundTrip(b *testing.B) {
 			}
 		})
 	})
-	b.Run("over-limit", func(b *testing.B) {
+	b.Run(prefix+"over-limit", func(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			i := 0
 			for pb.Next() {

@@ -35,6 +35,7 @@ type rejectShard struct {
 type posted struct {
 	err   error
 	until time.Time
+	epoch int64 // the partition epoch it was decided under (0: single-node mode)
 }
 
 func newRejectBoard() *rejectBoard {
@@ -49,25 +50,28 @@ func (b *rejectBoard) shard(user string) *rejectShard {
 	return &b.shards[userHash(user)%uint32(len(b.shards))]
 }
 
-// get returns the rejection posted for user if it is still valid at now.
-// An expired entry stays (post reuses its error value) until the actor
-// clears it.
-func (b *rejectBoard) get(user string, now time.Time) error {
+// get returns the rejection posted for user if it is still valid at now,
+// and the epoch it was decided under: in cluster mode it holds only while
+// the node owns the user's partition under that epoch (ownership.go). An
+// expired entry stays (post reuses its error value) until the actor clears
+// it.
+func (b *rejectBoard) get(user string, now time.Time) (epoch int64, err error) {
 	sh := b.shard(user)
 	sh.mu.RLock()
 	p, ok := sh.m[user]
 	sh.mu.RUnlock()
 	if ok && now.Before(p.until) {
-		return p.err
+		return p.epoch, p.err
 	}
-	return nil
+	return 0, nil
 }
 
-// post posts err for user until the given time and returns it.
-func (b *rejectBoard) post(user string, err error, until time.Time) error {
+// post posts err, decided under epoch, for user until the given time and
+// returns it.
+func (b *rejectBoard) post(user string, err error, until time.Time, epoch int64) error {
 	sh := b.shard(user)
 	sh.mu.Lock()
-	sh.m[user] = posted{err: err, until: until}
+	sh.m[user] = posted{err: err, until: until, epoch: epoch}
 	sh.mu.Unlock()
 	return err
 }

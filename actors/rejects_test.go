@@ -18,32 +18,33 @@ func TestRejectBoardExpiresAndClears(t *testing.T) {
 	b := newRejectBoard()
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	full := errors.New("full")
-	if err := b.get("u", t0); err != nil {
+	if _, err := b.get("u", t0); err != nil {
 		t.Fatalf("empty board: %v", err)
 	}
-	b.post("u", full, t0.Add(time.Second))
-	if err := b.get("u", t0.Add(time.Second-time.Nanosecond)); err != full {
+	b.post("u", full, t0.Add(time.Second), 0)
+	if _, err := b.get("u", t0.Add(time.Second-time.Nanosecond)); err != full {
 		t.Fatalf("before until: %v", err)
 	}
-	if err := b.get("other", t0); err != nil {
+	if _, err := b.get("other", t0); err != nil {
 		t.Fatalf("other user: %v", err)
 	}
-	if err := b.get("u", t0.Add(time.Second)); err != nil {
+	if _, err := b.get("u", t0.Add(time.Second)); err != nil {
 		t.Fatalf("at until: %v", err)
 	}
-	// A later post replaces the earlier one.
+	// A later post replaces the earlier one, with the epoch it was
+	// decided under.
 	full1 := &domain.LimitExceededError{Code: domain.CodeSessionLimit, Plan: "free", Usage: 10, Limit: 10}
 	full2 := *full1
 	full2.Usage = 11
-	b.post("v", full1, t0.Add(time.Second))
-	b.post("v", &full2, t0.Add(2*time.Second))
-	if got := b.get("v", t0.Add(time.Second)); got != &full2 {
-		t.Fatalf("after a second post: %v", got)
+	b.post("v", full1, t0.Add(time.Second), 3)
+	b.post("v", &full2, t0.Add(2*time.Second), 4)
+	if epoch, got := b.get("v", t0.Add(time.Second)); got != &full2 || epoch != 4 {
+		t.Fatalf("after a second post: %v under epoch %d", got, epoch)
 	}
 	b.clear("v")
-	b.post("u", full, t0.Add(time.Hour))
+	b.post("u", full, t0.Add(time.Hour), 0)
 	b.clear("u")
-	if err := b.get("u", t0); err != nil || b.len() != 0 {
+	if _, err := b.get("u", t0); err != nil || b.len() != 0 {
 		t.Fatalf("after clear: %v, %d entries", err, b.len())
 	}
 }
@@ -80,11 +81,11 @@ func TestOverLimitIsPostedUntilTheUserChanges(t *testing.T) {
 	if domain.ErrorCode(err) != domain.CodeSessionLimit {
 		t.Fatalf("11th on free: %v", err)
 	}
-	posted := svc.deps.rejects.get("full", now)
+	_, posted := svc.deps.rejects.get("full", now)
 	if domain.ErrorCode(posted) != domain.CodeSessionLimit {
 		t.Fatalf("rejection not posted: %v", posted)
 	}
-	if err := svc.deps.rejects.get("full", now.Add(rejectFreshness)); err != nil {
+	if _, err := svc.deps.rejects.get("full", now.Add(rejectFreshness)); err != nil {
 		t.Fatalf("posting outlives the actor's own freshness bound: %v", err)
 	}
 	if _, err := svc.CreateSession(ctx, "full", in, ""); domain.ErrorCode(err) != domain.CodeSessionLimit {
@@ -93,7 +94,7 @@ func TestOverLimitIsPostedUntilTheUserChanges(t *testing.T) {
 	if _, _, err := svc.PutUser(ctx, testAdmin, "full", ptrTo("student"), nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.deps.rejects.get("full", now); err != nil {
+	if _, err := svc.deps.rejects.get("full", now); err != nil {
 		t.Fatalf("posting survived a plan change: %v", err)
 	}
 	if _, err := svc.CreateSession(ctx, "full", in, ""); err != nil {

@@ -59,6 +59,10 @@ type Options struct {
 	// (default 24h); older ones are pruned every PruneEvery (default 10m).
 	IdempotencyTTL time.Duration
 	PruneEvery     time.Duration
+	// Ownership is cluster mode: under which epoch this node owns each
+	// partition of users (ownership.go). Nil is single-node mode: every
+	// user is this process's, and nothing of cluster mode runs.
+	Ownership Ownership
 }
 
 // Service is the accounting core behind the HTTP edge, on top of the
@@ -73,7 +77,8 @@ type Service struct {
 	live    atomic.Int64
 
 	dispatcher *pooledDispatcher
-	gate       *userGate // nil: no per-user bound
+	gate       *userGate   // nil: no per-user bound
+	parts      *partitions // nil: single-node mode (ownership.go)
 
 	// troubleAt is when an answer last reported the store unavailable
 	// (unix nanoseconds). A user's actor that does not answer in time while
@@ -99,6 +104,7 @@ type deps struct {
 	writer  writers
 	loader  *loader
 	rejects *rejectBoard
+	parts   *partitions // nil: single-node mode
 }
 
 type nopCache struct{}
@@ -145,6 +151,9 @@ func New(o Options) (*Service, error) {
 	if o.MaxUserInFlight > 0 {
 		s.gate = newUserGate(o.MaxUserInFlight)
 	}
+	if o.Ownership != nil {
+		s.parts = &partitions{own: o.Ownership}
+	}
 	s.deps = &deps{
 		store:   o.Store,
 		cache:   o.Cache,
@@ -158,6 +167,7 @@ func New(o Options) (*Service, error) {
 		writer:  newWriters(o.Writers, o.WriterQueue, o.Store, o.Registry),
 		loader:  newLoader(o.Store, o.Registry),
 		rejects: newRejectBoard(),
+		parts:   s.parts,
 	}
 	registerQueueMetrics(o.Registry, s.gate, s.deps.writer)
 	actorLog := o.Logger.With("component", "protoactor")
@@ -286,6 +296,15 @@ func (s *Service) ask(ctx context.Context, m userMessage, deadline time.Time) *r
 		return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded"}}
 	}
 	id := m.userID()
+	if s.parts != nil {
+		// Cluster mode: refused at once unless this node owns the user's
+		// partition, and counted in flight for Release (ownership.go).
+		p := domain.PartitionOf(id)
+		if !s.parts.enter(p) {
+			return &reply{err: domain.NotOwner(p)}
+		}
+		defer s.parts.leave(p)
+	}
 	h := userHash(id)
 	if !s.gate.enter(id, h) {
 		return &reply{err: errUserBusy}
@@ -328,8 +347,11 @@ func (s *Service) send(id string, h uint32, m userMessage) {
 func (s *Service) CreateSession(ctx context.Context, userID string, in domain.NewSession, key string) (domain.Session, error) {
 	if key == "" {
 		// A user known to be over a limit is answered here, without the
-		// hop to its actor (rejects.go).
-		if err := s.deps.rejects.get(userID, s.deps.now()); err != nil {
+		// hop to its actor (rejects.go), if the rejection was decided
+		// under the epoch this node owns the user's partition under now
+		// (always 0 in single-node mode).
+		if epoch, err := s.deps.rejects.get(userID, s.deps.now()); err != nil &&
+			(s.parts == nil || epoch == s.parts.epoch(domain.PartitionOf(userID))) {
 			s.deps.metrics.rejectedFromMemory()
 			return domain.Session{}, err
 		}

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/tally-dev/tally/domain"
 )
 
 // shard owns the user actors whose ids hash to it: it spawns them, routes
@@ -33,6 +35,7 @@ type child struct {
 	lastUsed time.Time
 	stopping bool
 	queued   bool // in idleIDs
+	drop     bool // its partition was released or lost: passivate it, idle or not
 }
 
 // passivateBatch is how many idle actors one shard stops per tick at most.
@@ -90,6 +93,20 @@ func (s *shard) Receive(ctx actor.Context) {
 		}
 		s.passivateSome(ctx, m.now)
 
+	case *dropPartition:
+		// Queued with the idle ones, so that a partition's thousands of
+		// actors stop at the pace idle ones do (passivateBatch).
+		for id, c := range s.children {
+			if c.stopping || c.drop || domain.PartitionOf(id) != m.p {
+				continue
+			}
+			c.drop = true
+			if !c.queued {
+				c.queued = true
+				s.idleIDs = append(s.idleIDs, id)
+			}
+		}
+
 	case *actor.Terminated:
 		id, ok := s.byPID[m.Who.Id]
 		if !ok {
@@ -115,10 +132,12 @@ func (s *shard) Receive(ctx actor.Context) {
 }
 
 // passivateSome stops up to passivateBatch of the children found idle that
-// are still idle now.
+// are still idle now, or whose partition was dropped (idle or not).
 func (s *shard) passivateSome(ctx actor.Context, now time.Time) {
 	n := 0
-	for len(s.idleIDs) > 0 && n < passivateBatch {
+	// Each queued id is looked at once per call: a dropped child being
+	// sent to right now goes back to the end of the queue.
+	for tries := len(s.idleIDs); tries > 0 && len(s.idleIDs) > 0 && n < passivateBatch; tries-- {
 		id := s.idleIDs[0]
 		s.idleIDs[0] = ""
 		s.idleIDs = s.idleIDs[1:]
@@ -127,13 +146,17 @@ func (s *shard) passivateSome(ctx actor.Context, now time.Time) {
 			continue
 		}
 		c.queued = false
-		if c.route.touched.Load() || now.Sub(c.lastUsed) < s.idle {
+		if !c.drop && (c.route.touched.Load() || now.Sub(c.lastUsed) < s.idle) {
 			continue // used again since the scan
 		}
 		if !c.route.seal() {
+			if c.drop { // try again at a later tick
+				c.queued = true
+				s.idleIDs = append(s.idleIDs, id)
+			}
 			continue // a request is being sent to it right now
 		}
-		if c.route.touched.Load() {
+		if !c.drop && c.route.touched.Load() {
 			c.route.unseal() // used between the check and the seal
 			continue
 		}

@@ -27,17 +27,21 @@ type userActor struct {
 	period      domain.Period        // the period counters belong to
 	counters    persistence.Counters // usage in period, as last confirmed by the store
 	loaded      bool                 // counters are valid for period
+	passivating bool                 // asked to stop once it owes no answer (beside loaded: one padding for both)
 	confirmedAt time.Time            // when the store last confirmed counters
 
 	// Admissions handed to the writer and not yet settled (admit.go);
 	// settled holds those the writer answered itself, until absorbed.
-	settled     *settledLog
-	sink        *resultSink // made with settled, on the first admission
-	inflight    map[uint64]*inflight
-	nextID      uint64
-	reserved    int64 // in-flight admissions in the current period
-	waiting     []waiter
-	passivating bool
+	settled  *settledLog
+	sink     *resultSink // made with settled, on the first admission
+	inflight map[uint64]*inflight
+	nextID   uint64
+	reserved int64 // in-flight admissions in the current period
+	waiting  []waiter
+	// epoch is, in cluster mode, the partition epoch under which user and
+	// counters were loaded and admissions are decided (ownership.go); 0 in
+	// single-node mode.
+	epoch int64
 }
 
 func (a *userActor) Receive(ctx actor.Context) {
@@ -95,6 +99,11 @@ func (a *userActor) handle(m userMessage) *reply {
 		// The caller has stopped waiting (it queued behind slow work):
 		// doing the work now would only delay the requests behind it.
 		return &reply{err: &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded before the user's accounting could start it"}}
+	}
+	if a.deps.parts != nil {
+		if err := a.owned(); err != nil {
+			return &reply{err: err}
+		}
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), workDeadline(m.due()))
 	defer cancel()

@@ -1,6 +1,10 @@
 package domain
 
-import "hash/fnv"
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+)
 
 // Partitions is the fixed number of partitions users are spread over in
 // cluster mode. Each partition has one owner node at a time; ownership,
@@ -20,4 +24,21 @@ func PartitionOf(userID string) Partition {
 	h := fnv.New64a()
 	_, _ = h.Write([]byte(userID)) // a hash.Hash never returns an error
 	return Partition(h.Sum64() % Partitions)
+}
+
+// ErrNotOwner is the cause of a request this node refused because it does
+// not own the user's partition now: the partition is moving (released or
+// lost by this node), belongs to another node, or the store fenced off the
+// admission because a newer owner claimed the partition. Nothing was
+// written for such a request, so it may be sent again, to the owner or
+// later, without being counted twice. Tell it with errors.Is.
+var ErrNotOwner = errors.New("this node does not own the user's partition")
+
+// NotOwner answers a request for a user of partition p that this node does
+// not own now: a CodeUnavailable *Error (503 with Retry-After) whose cause
+// is ErrNotOwner, so that an edge that knows the owner can forward the
+// request instead.
+func NotOwner(p Partition) *Error {
+	return &Error{Code: CodeUnavailable, Message: "the user's accounts are moving between nodes; retry later",
+		Err: fmt.Errorf("partition %d: %w", p, ErrNotOwner)}
 }

@@ -37,8 +37,14 @@ type Session struct {
 	// PeriodStart is the start of the billing period the session was
 	// admitted in; its minutes are added to that period when it completes.
 	PeriodStart time.Time
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
+	// Epoch is the ownership epoch of the user's partition under which the
+	// session was admitted: the fencing token the store checked
+	// (persistence.AdmitRequest.Epoch), 0 for a single-node admission.
+	// tally verify checks that a user's epochs never decrease within a
+	// period. It is an internal audit field, not part of the public JSON.
+	Epoch     int64
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 // Cursor is a position in a user's session list, which is ordered newest

@@ -1,13 +1,13 @@
 package persistence
 
 // The columns both stores select, in the order their scans read them. The
-// two schemas have the same tables and columns (each store's
-// migrations/0001_init.sql and 0002_idempotency_keys.sql), only their
-// types differ, so the lists are written once.
+// two schemas have the same columns in these tables (each store's
+// migrations/0001_init.sql, 0002_idempotency_keys.sql and 0005_epochs.sql),
+// only their types differ, so the lists are written once.
 const (
 	UserColumns    = `id, plan, billing_anchor, version, created_at, updated_at`
 	SessionColumns = `id, user_id, title, language, stt_provider, status,
-	duration_seconds, period_start, created_at, updated_at`
+	duration_seconds, period_start, epoch, created_at, updated_at`
 	KeyColumns = `user_id, key, request_hash, outcome, session_id, plan_name,
 	max_sessions, max_seconds, usage_sessions, usage_seconds, period_start, period_end, created_at`
 )

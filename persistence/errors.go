@@ -16,6 +16,16 @@ import (
 // as if it had not been there (actors/writer.go does).
 var ErrRequestData = errors.New("the store refused the data of a request")
 
+// ErrNewerEpoch is the cause of a ClaimPartition refused because the
+// partition's stored epoch is higher than the one claimed: a newer owner
+// has claimed it since, and the caller must not take it.
+var ErrNewerEpoch = errors.New("a newer owner has claimed the partition")
+
+// ErrSingleNode is the cause of a cluster operation (ClaimPartition, an
+// admission with an Epoch) refused by a store that keeps no partition
+// epochs: the embedded store serves one process and cannot fence others.
+var ErrSingleNode = errors.New("this store is single-node only: it keeps no partition epochs")
+
 // DriverErrors is how one database driver's errors are told apart. Each
 // store says that much about its driver; Translate, written once for both
 // stores, turns the answer into the domain's vocabulary, so that the same

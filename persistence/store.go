@@ -55,6 +55,16 @@ type AdmitRequest struct {
 	// outcome: a wrong hint is exact too (a row that exists is left alone,
 	// one that is missing is created all the same).
 	FirstOfPeriod bool
+
+	// Epoch is the ownership epoch of the user's partition
+	// (domain.PartitionOf) under which the caller decided, in cluster mode;
+	// 0 in single-node mode, which checks nothing and costs nothing more.
+	// With Epoch > 0 the store commits the admission only if the
+	// partition's stored epoch (ClaimPartition) is exactly Epoch at
+	// commit, and records Epoch with the session; otherwise the outcome is
+	// Fenced and nothing is written. One call's requests are all fenced or
+	// all not: a store refuses a batch that mixes them.
+	Epoch int64
 }
 
 // AdmitOutcome says how the fence decided.
@@ -67,6 +77,7 @@ const (
 	StaleUser                // plan or anchor changed since the caller read the user
 	UnknownUser              // the user row does not exist
 	Replayed                 // the idempotency key was already stored: Record is its first outcome
+	Fenced                   // the partition's stored epoch is not the request's: another node owns it now; nothing was written
 )
 
 func (o AdmitOutcome) String() string {
@@ -81,13 +92,15 @@ func (o AdmitOutcome) String() string {
 		return "unknown_user"
 	case Replayed:
 		return "replayed"
+	case Fenced:
+		return "fenced"
 	}
 	return "unknown"
 }
 
 // AdmitResult is the outcome of one AdmitRequest. Counters are the period's
 // usage after the decision (including this session when admitted); they are
-// zero for StaleUser, UnknownUser and Replayed.
+// zero for StaleUser, UnknownUser, Replayed and Fenced.
 type AdmitResult struct {
 	Outcome  AdmitOutcome
 	Counters Counters
@@ -199,6 +212,17 @@ type Store interface {
 	// in one transaction, before returning. Results are in request order.
 	// An error means the outcome of every request is unknown.
 	Admit(ctx context.Context, reqs []AdmitRequest) ([]AdmitResult, error)
+
+	// ClaimPartition raises partition p's stored epoch to epoch (> 0),
+	// creating it when p has none, as a node that has just become p's
+	// owner does before it admits anything for p. Claiming the epoch that
+	// is stored already is a no-op. When the stored epoch is higher, a
+	// newer owner exists: the error wraps ErrNewerEpoch and nothing
+	// changes. The claim serializes with the admissions of p: it waits for
+	// those in flight, and once it has returned no admission under an
+	// older epoch can commit (they are Fenced). A store without partition
+	// epochs (the embedded one) returns an error wrapping ErrSingleNode.
+	ClaimPartition(ctx context.Context, p domain.Partition, epoch int64) error
 
 	// LookupIdempotencyKey returns the stored outcome of a keyed admission,
 	// or domain.ErrNotFound. It is how an admission whose commit reply was

@@ -16,7 +16,8 @@ func runVerify(ctx context.Context, args []string, env func(string) string, stdo
 		fmt.Fprintln(stderr, "Usage: tally verify [--json] [--max-violations N]\n\n"+
 			"Audits the configured store (TALLY_DATABASE_URL, or the embedded store in TALLY_DATA_DIR)\n"+
 			"and Redis (TALLY_REDIS_URL or TALLY_REDIS_SENTINELS) for sessions admitted over a limit,\n"+
-			"usage rows that miscount their sessions or seconds, Redis counters behind the store, and admin\n"+
+			"usage rows that miscount their sessions or seconds, sessions admitted by a node after it lost the\n"+
+			"user's partition (epochs that decrease), Redis counters behind the store, and admin\n"+
 			"changes without their audit event (or events without their change).\n"+
 			"Exits non-zero on any violation. Run it while the service is quiet.\n\nFlags:")
 		fs.PrintDefaults()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/persistence"
 )
 
@@ -26,7 +27,10 @@ import (
 //     admits nothing (0) creates no row. The limits arrive as the ceilings
 //     domain.Limit.Ceiling computes (used < ceiling admits; a new row's
 //     usage is 0), so the rule and its unlimited case live in domain alone.
-//   - created: the session row, only if it was counted.
+//   - created: the session row, only if it was counted, with the epoch
+//     it was admitted under (0 in single-node mode). The epoch itself is
+//     checked before this statement, not by it: Admit leaves out the
+//     requests of a fenced batch whose partition moved.
 //
 // gate adds a condition to counting and more adds CTEs: the keyed variant
 // counts only when this transaction has claimed the key, and settles the
@@ -52,10 +56,10 @@ counted AS (
 ),
 created AS (
     INSERT INTO sessions (id, user_id, title, language, stt_provider, status,
-                          duration_seconds, period_start, seq, max_sessions, created_at, updated_at)
+                          duration_seconds, period_start, seq, max_sessions, created_at, updated_at, epoch)
     SELECT @id::text, @user_id::text, @title::text, @language::text, @stt_provider::text,
            'created', NULL, @period_start::timestamptz, counted.seq, @max_sessions::bigint,
-           @created_at::timestamptz, @created_at::timestamptz
+           @created_at::timestamptz, @created_at::timestamptz, @epoch::bigint
     FROM counted
     RETURNING id
 )` + more + `
@@ -160,9 +164,11 @@ LEFT JOIN rec ON true`
 // Idempotency-Key, if it has one.
 //
 // Locks are taken in one global order, so that concurrent batches cannot
-// deadlock: first the Idempotency-Keys (claimKeySQL) by user and key, then
-// the usage rows (admitSQL, keyedAdmitSQL) by user and period, keeping the
-// callers' order within a user and period. settleKeySQL, which follows
+// deadlock: in a fenced batch the partitions' advisory locks first (while
+// the transaction holds nothing else: epochs.go); then the
+// Idempotency-Keys (claimKeySQL) by user and key, then the usage rows
+// (admitSQL, keyedAdmitSQL) by user and period, keeping the callers' order
+// within a user and period. settleKeySQL, which follows
 // each keyedAdmitSQL, touches only rows this transaction holds. A request
 // repeating the user, key and user version of an earlier one in the batch
 // runs no statement: it replays the earlier one's record, or shares its
@@ -170,85 +176,55 @@ LEFT JOIN rec ON true`
 // ever (admitSQL, countersSQL); one with a key runs three.
 //
 // Counters are zero for StaleUser, UnknownUser (whose period may not even
-// be the right one) and Replayed.
+// be the right one), Replayed and Fenced.
+//
+// A fenced batch (its requests carry an epoch, epochs.go) first locks its
+// partitions and reads their epochs, in a round trip of its own within the
+// transaction: a request whose partition's epoch is not its own is Fenced
+// and runs no statement (it claims no key, counts nothing); the others run
+// as above and record their epoch with their session, under the
+// partitions' locks until COMMIT.
 func (s *Store) Admit(ctx context.Context, reqs []persistence.AdmitRequest) ([]persistence.AdmitResult, error) {
 	if len(reqs) == 0 {
 		return []persistence.AdmitResult{}, nil
 	}
+	fenced, err := batchEpochs(reqs)
+	if err != nil {
+		return nil, err
+	}
 	if !anyKeyed(reqs) {
-		return s.admitBulk(ctx, reqs)
+		return s.admitBulk(ctx, reqs, fenced)
 	}
 	results := make([]persistence.AdmitResult, len(reqs))
-	owner := keyOwners(reqs)
-	order := lockOrder(reqs)
-	claims := claimOrder(reqs, owner)
-	err := s.inTx(ctx, "admit", func(tx pgx.Tx) error {
-		batch := &pgx.Batch{}
-		for _, i := range claims {
-			batch.Queue(claimKeySQL, admitArgs(reqs[i]))
+	err = s.inTx(ctx, "admit", func(tx pgx.Tx) error {
+		if !fenced {
+			return admitKeyed(ctx, tx, reqs, results)
 		}
-		for _, i := range order {
-			switch {
-			case owner[i] != i: // repeats an earlier request's key: nothing to run
-			case reqs[i].IdempotencyKey == "":
-				batch.Queue(admitSQL, admitArgs(reqs[i]))
-				batch.Queue(countersSQL, reqs[i].Session.UserID, ts(reqs[i].Session.PeriodStart))
-			default:
-				args := admitArgs(reqs[i])
-				batch.Queue(keyedAdmitSQL, args)
-				batch.Queue(settleKeySQL, args)
-			}
-		}
-
-		br := tx.SendBatch(ctx, batch)
-		defer br.Close()
-		claimed := make([]bool, len(reqs))
-		for _, i := range claims {
-			err := br.QueryRow().Scan(&claimed[i])
-			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-				return err
-			}
-		}
-		decided := make([]admitRow, len(reqs))
-		records := make([]*persistence.IdempotencyRecord, len(reqs))
-		for _, i := range order {
-			if owner[i] != i {
-				continue
-			}
-			d := &decided[i]
-			if err := br.QueryRow().Scan(&d.userVersion, &d.admitted); err != nil {
-				return err
-			}
-			var err error
-			if reqs[i].IdempotencyKey == "" {
-				err = br.QueryRow().Scan(&d.counters.Sessions, &d.counters.Seconds, &d.counters.Version)
-				if errors.Is(err, pgx.ErrNoRows) {
-					err = nil
-				}
-			} else {
-				d.counters, records[i], err = scanSettled(br.QueryRow())
-			}
-			if err != nil {
-				return err
-			}
-		}
-		if err := br.Close(); err != nil {
+		stored, err := lockEpochs(ctx, tx, reqs)
+		if err != nil {
 			return err
 		}
-
+		var (
+			live []persistence.AdmitRequest
+			at   []int // live[j] is reqs[at[j]]
+		)
 		for i, r := range reqs {
-			if owner[i] != i {
+			if stored[int32(domain.PartitionOf(r.Session.UserID))] != r.Epoch {
+				results[i] = persistence.AdmitResult{Outcome: persistence.Fenced}
 				continue
 			}
-			var err error
-			if results[i], err = decided[i].result(r, claimed[i], records[i]); err != nil {
-				return err
-			}
+			live = append(live, r)
+			at = append(at, i)
 		}
-		for i := range reqs {
-			if o := owner[i]; o != i {
-				results[i] = repeated(results[o], records[o])
-			}
+		if len(live) == 0 {
+			return nil
+		}
+		res := make([]persistence.AdmitResult, len(live))
+		if err := admitKeyed(ctx, tx, live, res); err != nil {
+			return err
+		}
+		for j, i := range at {
+			results[i] = res[j]
 		}
 		return nil
 	})
@@ -256,6 +232,107 @@ func (s *Store) Admit(ctx context.Context, reqs []persistence.AdmitRequest) ([]p
 		return nil, err
 	}
 	return results, nil
+}
+
+// lockEpochs takes the shared locks of the batch's partitions and reads
+// their epochs, first in tx (epochs.go).
+func lockEpochs(ctx context.Context, tx pgx.Tx, reqs []persistence.AdmitRequest) (map[int32]int64, error) {
+	parts := batchPartitions(func(yield func(string) bool) {
+		for _, r := range reqs {
+			if !yield(r.Session.UserID) {
+				return
+			}
+		}
+	})
+	batch := &pgx.Batch{}
+	batch.Queue(lockPartitionsSQL, parts)
+	batch.Queue(partitionEpochsSQL, parts)
+	br := tx.SendBatch(ctx, batch)
+	_, err := br.Exec()
+	var stored map[int32]int64
+	if err == nil {
+		stored, err = scanEpochs(br)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return stored, err
+}
+
+// admitKeyed runs a batch with Idempotency-Keys in tx (see Admit), filling
+// in results.
+func admitKeyed(ctx context.Context, tx pgx.Tx, reqs []persistence.AdmitRequest, results []persistence.AdmitResult) error {
+	owner := keyOwners(reqs)
+	order := lockOrder(reqs)
+	claims := claimOrder(reqs, owner)
+	batch := &pgx.Batch{}
+	for _, i := range claims {
+		batch.Queue(claimKeySQL, admitArgs(reqs[i]))
+	}
+	for _, i := range order {
+		switch {
+		case owner[i] != i: // repeats an earlier request's key: nothing to run
+		case reqs[i].IdempotencyKey == "":
+			batch.Queue(admitSQL, admitArgs(reqs[i]))
+			batch.Queue(countersSQL, reqs[i].Session.UserID, ts(reqs[i].Session.PeriodStart))
+		default:
+			args := admitArgs(reqs[i])
+			batch.Queue(keyedAdmitSQL, args)
+			batch.Queue(settleKeySQL, args)
+		}
+	}
+
+	br := tx.SendBatch(ctx, batch)
+	defer br.Close()
+	claimed := make([]bool, len(reqs))
+	for _, i := range claims {
+		err := br.QueryRow().Scan(&claimed[i])
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+	}
+	decided := make([]admitRow, len(reqs))
+	records := make([]*persistence.IdempotencyRecord, len(reqs))
+	for _, i := range order {
+		if owner[i] != i {
+			continue
+		}
+		d := &decided[i]
+		if err := br.QueryRow().Scan(&d.userVersion, &d.admitted); err != nil {
+			return err
+		}
+		var err error
+		if reqs[i].IdempotencyKey == "" {
+			err = br.QueryRow().Scan(&d.counters.Sessions, &d.counters.Seconds, &d.counters.Version)
+			if errors.Is(err, pgx.ErrNoRows) {
+				err = nil
+			}
+		} else {
+			d.counters, records[i], err = scanSettled(br.QueryRow())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := br.Close(); err != nil {
+		return err
+	}
+
+	for i, r := range reqs {
+		if owner[i] != i {
+			continue
+		}
+		var err error
+		if results[i], err = decided[i].result(r, claimed[i], records[i]); err != nil {
+			return err
+		}
+	}
+	for i := range reqs {
+		if o := owner[i]; o != i {
+			results[i] = repeated(results[o], records[o])
+		}
+	}
+	return nil
 }
 
 // admitRow is what the statements of one request reported.
@@ -337,6 +414,7 @@ func admitArgs(r persistence.AdmitRequest) pgx.NamedArgs {
 		"created_at":      ts(r.Session.CreatedAt),
 		"key":             r.IdempotencyKey,
 		"request_hash":    r.RequestHash,
+		"epoch":           r.Epoch,
 	}
 }
 

@@ -3,10 +3,12 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/persistence"
 )
 
@@ -47,7 +49,9 @@ import (
 // seqs.
 //
 // Lock order, the same in every transaction so that concurrent batches
-// cannot deadlock: users (shared), then usage rows, each sorted by byte
+// cannot deadlock: in a fenced batch, its partitions' advisory locks
+// (shared, by partition number, while the batch holds nothing else:
+// epochs.go); users (shared), then usage rows, each sorted by byte
 // order (COLLATE "C", which is also the order lockOrder gives the
 // per-request path). The UPDATE visits the groups in the order they are
 // passed because its plan is a nested loop over them with index lookups
@@ -82,15 +86,34 @@ SELECT id, version FROM users WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C"
 // bulkEnsureUsageSQL creates the missing usage rows of the groups it is
 // given: those that can admit anything (a limit of 0 creates no row, as on
 // the per-request path) and are marked FirstOfPeriod, or, on the second
-// pass, all of them.
-const bulkEnsureUsageSQL = `
+// pass, all of them. bulkEnsureUsageFencedSQL is the same for a fenced
+// batch: it creates no row for a group whose partition has moved (epochs.go).
+var (
+	bulkEnsureUsageSQL       = bulkEnsureUsage(false)
+	bulkEnsureUsageFencedSQL = bulkEnsureUsage(true)
+)
+
+func bulkEnsureUsage(fenced bool) string {
+	cols, names, check := "", "", ""
+	if fenced {
+		cols, names, check = ", $5::int[], $6::bigint[]", ", partition, epoch", "\n  AND "+bulkEpochCheck
+	}
+	return `
 INSERT INTO usage (user_id, period_start, period_end, sessions, seconds, version)
 SELECT g.user_id, g.period_start, g.period_end, 0, 0, 0
-FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[])
-     AS g(user_id, user_version, period_start, period_end)
-WHERE (SELECT u.version FROM users u WHERE u.id = g.user_id) = g.user_version
+FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[]` + cols + `)
+     AS g(user_id, user_version, period_start, period_end` + names + `)
+WHERE (SELECT u.version FROM users u WHERE u.id = g.user_id) = g.user_version` + check + `
 ORDER BY g.user_id COLLATE "C", g.period_start
 ON CONFLICT (user_id, period_start) DO NOTHING`
+}
+
+// bulkEpochCheck is the fence of a fenced batch's statements: the group's
+// partition still has the epoch the group was decided under. The batch
+// holds its partitions' locks (lockPartitionsSQL, an earlier statement),
+// so the epoch this subquery reads from the statement's snapshot is the
+// one stored when the batch commits (epochs.go).
+const bulkEpochCheck = `(SELECT e.epoch FROM partition_epochs e WHERE e.partition = g.partition) = g.epoch`
 
 // bulkAdmitSQL counts and inserts a batch's sessions. grant is each
 // group's admitted count: none once the seconds are used up, else as many of
@@ -102,10 +125,27 @@ ON CONFLICT (user_id, period_start) DO NOTHING`
 // own. The users' versions are read by a correlated subquery rather than a
 // join, so that the plan is an index lookup per group whatever the
 // statistics say (a join was planned as a scan of all users).
-const bulkAdmitSQL = `
+//
+// bulkAdmitFencedSQL is the same for a fenced batch: each group also
+// carries its partition and epoch, counts only while bulkEpochCheck holds,
+// and its sessions record the epoch. bulkAdmitSQL, for single-node
+// batches, has none of it.
+var (
+	bulkAdmitSQL       = bulkAdmit(false)
+	bulkAdmitFencedSQL = bulkAdmit(true)
+)
+
+func bulkAdmit(fenced bool) string {
+	cols, names, check, ret, col, val := "", "", "", "", "", ""
+	if fenced {
+		cols, names = ", $15::int[], $16::bigint[]", ", partition, epoch"
+		check = "\n    AND " + bulkEpochCheck
+		ret, col, val = ", g.epoch", ", epoch", ", c.epoch"
+	}
+	return `
 WITH g AS (
-  SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-    WITH ORDINALITY AS g(user_id, period_start, user_version, n, max_sessions, session_ceiling, seconds_ceiling, gi)
+  SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[]` + cols + `)
+    WITH ORDINALITY AS g(user_id, period_start, user_version, n, max_sessions, session_ceiling, seconds_ceiling` + names + `, gi)
 ), counted AS (
   UPDATE usage us
   SET sessions = us.sessions + ` + grantSQL + `,
@@ -113,19 +153,20 @@ WITH g AS (
       last_grant = ` + grantSQL + `
   FROM g
   WHERE us.user_id = g.user_id AND us.period_start = g.period_start
-    AND (SELECT u.version FROM users u WHERE u.id = g.user_id) = g.user_version
-  RETURNING g.gi, g.max_sessions, us.user_id, us.period_start, us.sessions, us.seconds, us.version, us.last_grant
+    AND (SELECT u.version FROM users u WHERE u.id = g.user_id) = g.user_version` + check + `
+  RETURNING g.gi, g.max_sessions, us.user_id, us.period_start, us.sessions, us.seconds, us.version, us.last_grant` + ret + `
 ), inserted AS (
   INSERT INTO sessions (id, user_id, title, language, stt_provider, status, duration_seconds,
-                        period_start, seq, max_sessions, created_at, updated_at)
+                        period_start, seq, max_sessions, created_at, updated_at` + col + `)
   SELECT s.id, c.user_id, s.title, s.language, s.stt_provider, 'created', NULL,
-         c.period_start, c.sessions - c.last_grant + s.k, c.max_sessions, s.created_at, s.created_at
+         c.period_start, c.sessions - c.last_grant + s.k, c.max_sessions, s.created_at, s.created_at` + val + `
   FROM unnest($8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[])
        AS s(gi, k, id, title, language, stt_provider, created_at)
   JOIN counted c ON c.gi = s.gi
   WHERE s.k <= c.last_grant
 )
 SELECT gi, sessions, seconds, version, last_grant FROM counted`
+}
 
 // grantSQL is a group's grant, computed from the row being updated (SET
 // expressions all see the row as it was, so it is written out once per
@@ -143,6 +184,7 @@ type group struct {
 	periodStart time.Time
 	periodEnd   time.Time
 	userVersion int64 // the newest any of its requests decided with
+	epoch       int64 // likewise the newest epoch (0 in a single-node batch)
 	reqs        []int // indexes into the batch, in the callers' order
 	// firstOfPeriod: a request said the usage row does not exist yet, so
 	// the first pass creates it.
@@ -156,12 +198,14 @@ type counted struct {
 }
 
 // admitBulk runs a key-less batch: see the comment at the top of the file.
-func (s *Store) admitBulk(ctx context.Context, reqs []persistence.AdmitRequest) ([]persistence.AdmitResult, error) {
+// A fenced batch (its requests carry an epoch) also checks each group's
+// partition epoch (epochs.go).
+func (s *Store) admitBulk(ctx context.Context, reqs []persistence.AdmitRequest, fenced bool) ([]persistence.AdmitResult, error) {
 	results := make([]persistence.AdmitResult, len(reqs))
-	missing, err := s.admitGroups(ctx, reqs, groupRequests(reqs), false, results)
+	missing, err := s.admitGroups(ctx, reqs, groupRequests(reqs), false, fenced, results)
 	if err == nil && len(missing) > 0 {
 		s.secondPasses.Add(1)
-		missing, err = s.admitGroups(ctx, reqs, missing, true, results)
+		missing, err = s.admitGroups(ctx, reqs, missing, true, fenced, results)
 		if err == nil && len(missing) > 0 {
 			err = fmt.Errorf("admit: usage row of user %s, period %s missing after it was created", missing[0].userID, missing[0].periodStart)
 		}
@@ -175,8 +219,10 @@ func (s *Store) admitBulk(ctx context.Context, reqs []persistence.AdmitRequest) 
 // admitGroups runs one transaction for groups, filling in the results of
 // their requests, and returns the groups that it could not decide because
 // their usage row did not exist. It creates the rows of the groups marked
-// firstOfPeriod first, or of all groups when ensureAll is set.
-func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest, groups []*group, ensureAll bool,
+// firstOfPeriod first, or of all groups when ensureAll is set. When fenced,
+// it first locks the groups' partitions and reads their epochs, and a
+// group whose partition's epoch is not its own is Fenced.
+func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest, groups []*group, ensureAll, fenced bool,
 	results []persistence.AdmitResult) (missing []*group, err error) {
 	users := make([]string, 0, len(groups))
 	for _, g := range groups {
@@ -192,6 +238,8 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 		versions, n, maxS []int64
 		ceilS, ceilSc     []int64 // domain.Limit.Ceiling of the sessions and seconds limits
 		admitsAny         []bool  // the limits admit a first session: only then is a row created
+		parts             []int32 // a fenced batch's: each group's partition
+		epochs            []int64 // and epoch
 	}{
 		users: make([]string, 0, ng), starts: make([]time.Time, 0, ng), ends: make([]time.Time, 0, ng),
 		versions: make([]int64, 0, ng), n: make([]int64, 0, ng), maxS: make([]int64, 0, ng),
@@ -210,7 +258,7 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 		var n int64
 		for _, i := range g.reqs {
 			r := reqs[i]
-			if r.UserVersion != g.userVersion {
+			if r.UserVersion != g.userVersion || r.Epoch != g.epoch {
 				continue
 			}
 			if first < 0 {
@@ -237,14 +285,28 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 		ga.ceilS = append(ga.ceilS, limS.Ceiling())
 		ga.ceilSc = append(ga.ceilSc, limSc.Ceiling())
 		ga.admitsAny = append(ga.admitsAny, limS.Allows(0) && limSc.Allows(0))
+		if fenced {
+			ga.parts = append(ga.parts, int32(domain.PartitionOf(g.userID)))
+			ga.epochs = append(ga.epochs, g.epoch)
+		}
 	}
 
 	batch := &pgx.Batch{}
+	if fenced {
+		// First in the transaction, before any other lock: the
+		// partitions' locks, then their epochs, read in a statement of
+		// its own once the locks are held (epochs.go).
+		parts := batchPartitions(slices.Values(users))
+		batch.Queue(lockPartitionsSQL, parts)
+		batch.Queue(partitionEpochsSQL, parts)
+	}
 	batch.Queue(bulkLockUsersSQL, users)
 	var e struct {
 		users        []string
 		versions     []int64
 		starts, ends []time.Time
+		parts        []int32
+		epochs       []int64
 	}
 	for gi, g := range groups {
 		if (ensureAll || g.firstOfPeriod) && ga.admitsAny[gi] {
@@ -252,20 +314,41 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 			e.versions = append(e.versions, g.userVersion)
 			e.starts = append(e.starts, ga.starts[gi])
 			e.ends = append(e.ends, ga.ends[gi])
+			if fenced {
+				e.parts = append(e.parts, ga.parts[gi])
+				e.epochs = append(e.epochs, ga.epochs[gi])
+			}
 		}
 	}
 	ensure := len(e.users) > 0
-	if ensure {
+	switch {
+	case ensure && fenced:
+		batch.Queue(bulkEnsureUsageFencedSQL, e.users, e.versions, e.starts, e.ends, e.parts, e.epochs)
+	case ensure:
 		batch.Queue(bulkEnsureUsageSQL, e.users, e.versions, e.starts, e.ends)
 	}
-	batch.Queue(bulkAdmitSQL, ga.users, ga.starts, ga.versions, ga.n, ga.maxS, ga.ceilS, ga.ceilSc,
-		sa.gi, sa.k, sa.ids, sa.titles, sa.languages, sa.providers, sa.created)
+	if fenced {
+		batch.Queue(bulkAdmitFencedSQL, ga.users, ga.starts, ga.versions, ga.n, ga.maxS, ga.ceilS, ga.ceilSc,
+			sa.gi, sa.k, sa.ids, sa.titles, sa.languages, sa.providers, sa.created, ga.parts, ga.epochs)
+	} else {
+		batch.Queue(bulkAdmitSQL, ga.users, ga.starts, ga.versions, ga.n, ga.maxS, ga.ceilS, ga.ceilSc,
+			sa.gi, sa.k, sa.ids, sa.titles, sa.languages, sa.providers, sa.created)
+	}
 
 	// No BEGIN: the pipeline ends in one Sync, so Postgres runs it as one
 	// implicit transaction and commits it before answering the Sync; Close
 	// returns only then, so nothing below runs before the COMMIT.
 	br := s.pool.SendBatch(ctx, batch)
-	versions, err := scanVersions(br)
+	var stored map[int32]int64 // a fenced batch's partition epochs, as of its commit
+	if fenced {
+		if _, err = br.Exec(); err == nil {
+			stored, err = scanEpochs(br)
+		}
+	}
+	var versions map[string]int64
+	if err == nil {
+		versions, err = scanVersions(br)
+	}
 	if err == nil && ensure {
 		_, err = br.Exec()
 	}
@@ -283,7 +366,8 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 	for gi, g := range groups {
 		v, known := versions[g.userID]
 		c, ok := done[int64(gi+1)]
-		if known && v == g.userVersion && !ok && ga.admitsAny[gi] {
+		moved := fenced && stored[ga.parts[gi]] != g.epoch
+		if known && v == g.userVersion && !ok && ga.admitsAny[gi] && !moved {
 			missing = append(missing, g) // no usage row yet: decided by the next pass
 			continue
 		}
@@ -293,6 +377,11 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 		var k int64
 		for _, i := range g.reqs {
 			switch r := reqs[i]; {
+			case moved || r.Epoch != g.epoch:
+				// Another node owns the partition now (or this request
+				// was decided under an epoch older than its group's):
+				// nothing of it was written.
+				results[i] = persistence.AdmitResult{Outcome: persistence.Fenced}
 			case !known:
 				results[i] = persistence.AdmitResult{Outcome: persistence.UnknownUser}
 			case v != r.UserVersion:
@@ -322,14 +411,22 @@ func groupRequests(reqs []persistence.AdmitRequest) []*group {
 		r := reqs[i]
 		if n := len(groups); n > 0 && groups[n-1].userID == r.Session.UserID && groups[n-1].periodStart.Equal(r.Session.PeriodStart) {
 			groups[n-1].reqs = append(groups[n-1].reqs, i)
-			// Versions only rise: the newest is the one that can be fresh.
-			groups[n-1].userVersion = max(groups[n-1].userVersion, r.UserVersion)
+			// Versions and epochs only rise: the newest is the one that
+			// can be fresh. A request under an older epoch than another of
+			// its user's is Fenced unchecked (that epoch was superseded),
+			// so the version is the newest among the newest epoch's.
+			switch g := groups[n-1]; {
+			case r.Epoch > g.epoch:
+				g.epoch, g.userVersion = r.Epoch, r.UserVersion
+			case r.Epoch == g.epoch:
+				g.userVersion = max(g.userVersion, r.UserVersion)
+			}
 			groups[n-1].firstOfPeriod = groups[n-1].firstOfPeriod || r.FirstOfPeriod
 			continue
 		}
 		groups = append(groups, &group{
 			userID: r.Session.UserID, periodStart: r.Session.PeriodStart, periodEnd: r.PeriodEnd,
-			userVersion: r.UserVersion, reqs: []int{i}, firstOfPeriod: r.FirstOfPeriod,
+			userVersion: r.UserVersion, epoch: r.Epoch, reqs: []int{i}, firstOfPeriod: r.FirstOfPeriod,
 		})
 	}
 	return groups

@@ -47,18 +47,33 @@ func admitRequest(u domain.User, now time.Time) persistence.AdmitRequest {
 }
 
 // BenchmarkAdmitBatch measures one group-commit transaction: ns/op is per
-// batch, and the rows/s metric is what one writer can commit.
+// batch, and the rows/s metric is what one writer can commit. The fenced
+// cases are a cluster node's batches (every partition claimed, each
+// request under its partition's epoch: epochs.go); the others are
+// single-node batches, which must not pay for the fence.
 func BenchmarkAdmitBatch(b *testing.B) {
 	for _, bc := range []struct {
 		name        string
 		users, size int
+		fenced      bool
 	}{
-		{"many-users/1", 1000, 1}, {"many-users/32", 1000, 32}, {"many-users/128", 1000, 128},
-		{"one-user/32", 1, 32}, {"one-user/128", 1, 128},
+		{"many-users/1", 1000, 1, false}, {"many-users/32", 1000, 32, false}, {"many-users/128", 1000, 128, false},
+		{"one-user/32", 1, 32, false}, {"one-user/128", 1, 128, false},
+		{"fenced/many-users/32", 1000, 32, true}, {"fenced/many-users/128", 1000, 128, true},
+		{"fenced/one-user/128", 1, 128, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			s, users := benchStore(b, bc.users)
 			ctx := context.Background()
+			var epoch int64
+			if bc.fenced {
+				epoch = 1
+				for p := range domain.Partitions {
+					if err := s.ClaimPartition(ctx, domain.Partition(p), epoch); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
 			now := time.Now().UTC().Truncate(time.Microsecond)
 			next := 0
 			b.ResetTimer()
@@ -66,6 +81,7 @@ func BenchmarkAdmitBatch(b *testing.B) {
 				reqs := make([]persistence.AdmitRequest, bc.size)
 				for j := range reqs {
 					reqs[j] = admitRequest(users[next%len(users)], now)
+					reqs[j].Epoch = epoch
 					next++
 				}
 				res, err := s.Admit(ctx, reqs)

@@ -13,7 +13,7 @@ import (
 func scanSession(row pgx.Row) (domain.Session, error) {
 	var s domain.Session
 	err := row.Scan(&s.ID, &s.UserID, &s.Title, &s.Language, &s.STTProvider, &s.Status,
-		&s.DurationSeconds, &s.PeriodStart, &s.CreatedAt, &s.UpdatedAt)
+		&s.DurationSeconds, &s.PeriodStart, &s.Epoch, &s.CreatedAt, &s.UpdatedAt)
 	if err != nil {
 		return domain.Session{}, err
 	}

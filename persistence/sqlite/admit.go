@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 
 	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/persistence"
@@ -16,10 +17,19 @@ import (
 // deciding waits for it (then replays it). A rejected request changes
 // nothing but its key. Counters are zero for StaleUser, UnknownUser (whose
 // period may not even be the right one) and Replayed.
+//
+// The store is single-node only: a request with an Epoch (cluster mode) is
+// refused, nothing of the call is written, and the error wraps
+// persistence.ErrSingleNode.
 func (s *Store) Admit(ctx context.Context, reqs []persistence.AdmitRequest) ([]persistence.AdmitResult, error) {
 	results := make([]persistence.AdmitResult, len(reqs))
 	if len(reqs) == 0 {
 		return results, nil
+	}
+	for _, r := range reqs {
+		if r.Epoch != 0 {
+			return nil, fmt.Errorf("sqlite: admit for user %s under epoch %d: %w", r.Session.UserID, r.Epoch, persistence.ErrSingleNode)
+		}
 	}
 	err := s.inTx(ctx, "admit", func(tx *sql.Tx) error {
 		for i, r := range reqs {
@@ -130,4 +140,11 @@ func decide(ctx context.Context, tx *sql.Tx, r persistence.AdmitRequest) (persis
 		return persistence.AdmitResult{}, err
 	}
 	return persistence.AdmitResult{Outcome: persistence.Admitted, Counters: c}, nil
+}
+
+// ClaimPartition is refused: the embedded store serves one process, keeps
+// no partition epochs and cannot fence another node's admissions, so
+// cluster mode needs the Postgres store.
+func (s *Store) ClaimPartition(_ context.Context, p domain.Partition, epoch int64) error {
+	return fmt.Errorf("sqlite: claim partition %d at epoch %d: %w", p, epoch, persistence.ErrSingleNode)
 }

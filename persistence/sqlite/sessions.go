@@ -17,7 +17,7 @@ func scanSession(row scanner) (domain.Session, error) {
 		periodStart, created, updated int64
 	)
 	err := row.Scan(&s.ID, &s.UserID, &s.Title, &s.Language, &s.STTProvider, &status,
-		&s.DurationSeconds, &periodStart, &created, &updated)
+		&s.DurationSeconds, &periodStart, &s.Epoch, &created, &updated)
 	if err != nil {
 		return domain.Session{}, err
 	}

@@ -220,3 +220,39 @@ func TestTranslate(t *testing.T) {
 		t.Fatal("translate(nil) != nil")
 	}
 }
+
+// The embedded store is single-node only: a partition claim and an
+// admission under an epoch (cluster mode) are refused with ErrSingleNode,
+// and the refused batch writes nothing, not even its epoch-0 requests.
+func TestClusterModeIsRefused(t *testing.T) {
+	s := openStore(t, t.TempDir(), busyTimeout)
+	ctx := t.Context()
+	if err := s.ClaimPartition(ctx, 3, 1); !errors.Is(err, persistence.ErrSingleNode) {
+		t.Fatalf("ClaimPartition: %v, want ErrSingleNode", err)
+	}
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	u, err := s.EnsureUser(ctx, "alice", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := u.Period(now)
+	req := func(id string, epoch int64) persistence.AdmitRequest {
+		return persistence.AdmitRequest{
+			Session:     domain.Session{ID: id, UserID: u.ID, Title: "t", Language: "en", STTProvider: "google", PeriodStart: p.Start, CreatedAt: now},
+			UserVersion: u.Version, PeriodEnd: p.End, MaxSessions: 10, MaxSeconds: -1, Epoch: epoch,
+		}
+	}
+	if _, err := s.Admit(ctx, []persistence.AdmitRequest{req("s0", 0), req("s1", 4)}); !errors.Is(err, persistence.ErrSingleNode) {
+		t.Fatalf("Admit under an epoch: %v, want ErrSingleNode", err)
+	}
+	if c, err := s.LoadUsage(ctx, u.ID, p.Start); err != nil || c.Sessions != 0 {
+		t.Fatalf("usage after a refused batch: %+v, %v", c, err)
+	}
+	res, err := s.Admit(ctx, []persistence.AdmitRequest{req("s2", 0)})
+	if err != nil || res[0].Outcome != persistence.Admitted {
+		t.Fatalf("Admit: %+v, %v", res, err)
+	}
+	if sess, err := s.GetSession(ctx, "s2"); err != nil || sess.Epoch != 0 {
+		t.Fatalf("session: %+v, %v; want epoch 0", sess, err)
+	}
+}

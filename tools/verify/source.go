@@ -177,7 +177,8 @@ WITH s AS (
            count(*) FILTER (WHERE max_sessions >= 0 AND seq > max_sessions) AS over_n,
            coalesce(max(seq) FILTER (WHERE max_sessions >= 0 AND seq > max_sessions), 0) AS over_seq,
            coalesce(min(max_sessions) FILTER (WHERE max_sessions >= 0 AND seq > max_sessions), 0) AS over_limit,
-           coalesce(min(id) FILTER (WHERE max_sessions >= 0 AND seq > max_sessions), '') AS over_id
+           coalesce(min(id) FILTER (WHERE max_sessions >= 0 AND seq > max_sessions), '') AS over_id,
+           count(*) FILTER (WHERE epoch > 0) AS fenced
     FROM sessions
     GROUP BY user_id, period_start
 )
@@ -186,7 +187,8 @@ SELECT coalesce(u.user_id, s.user_id),
        u.user_id IS NOT NULL,
        coalesce(u.sessions, 0), coalesce(u.seconds, 0), coalesce(u.version, 0),
        coalesce(s.n, 0), coalesce(s.nd, 0), coalesce(s.lo, 0), coalesce(s.hi, 0), coalesce(s.secs, 0),
-       coalesce(s.over_n, 0), coalesce(s.over_seq, 0), coalesce(s.over_limit, 0), coalesce(s.over_id, '')
+       coalesce(s.over_n, 0), coalesce(s.over_seq, 0), coalesce(s.over_limit, 0), coalesce(s.over_id, ''),
+       coalesce(s.fenced, 0)
 FROM usage AS u
 FULL OUTER JOIN s ON s.user_id = u.user_id AND s.period_start = u.period_start
 ORDER BY 1, 2`
@@ -221,7 +223,7 @@ func (s *source) scan(ctx context.Context, a *audit) (err error) {
 		if err := rows.Scan(&p.userID, &p.startMicros, &p.hasUsage,
 			&p.usageSessions, &p.usageSeconds, &p.version,
 			&p.sessions, &p.distinctSeqs, &p.minSeq, &p.maxSeq, &p.completedSeconds,
-			&p.over, &p.overMaxSeq, &p.overLimit, &p.overExample); err != nil {
+			&p.over, &p.overMaxSeq, &p.overLimit, &p.overExample, &p.fenced); err != nil {
 			return wrap("aggregate usage and sessions", err)
 		}
 		if err := a.check(ctx, &p); err != nil {
@@ -230,6 +232,9 @@ func (s *source) scan(ctx context.Context, a *audit) (err error) {
 	}
 	if err := rows.Err(); err != nil {
 		return wrap("aggregate usage and sessions", err)
+	}
+	if err := s.scanEpochOrder(ctx, tx, a); err != nil {
+		return wrap("compare the sessions' epochs", err)
 	}
 	if err := s.scanUserEvents(ctx, tx, a); err != nil {
 		return wrap("compare users with their audit events", err)

@@ -18,6 +18,10 @@
 //   - seconds: usage.seconds is the sum of the durations of the period's
 //     completed sessions;
 //   - missing_usage: every period that has sessions has a usage row;
+//   - epoch_order: the sessions admitted in cluster mode (under a
+//     partition epoch, not 0) have epochs that never decrease in seq order
+//     (epochs.go): none was admitted by a node after a newer owner of the
+//     user's partition had claimed it;
 //   - redis_behind, redis_mismatch: a Redis counter that exists is not
 //     older than Postgres (version v >= the row's), and at the same version
 //     holds the same counts. A missing key is counted, not a violation: the
@@ -77,6 +81,7 @@ const (
 	SessionCount  Check = "session_count"
 	Seconds       Check = "seconds"
 	MissingUsage  Check = "missing_usage"
+	EpochOrder    Check = "epoch_order"
 	RedisBehind   Check = "redis_behind"
 	RedisMismatch Check = "redis_mismatch"
 	RedisOrphan   Check = "redis_orphan"
@@ -122,6 +127,9 @@ type Report struct {
 	Users    int64 `json:"users"`
 	Periods  int64 `json:"periods"`
 	Sessions int64 `json:"sessions"`
+	// Fenced is how many of the sessions were admitted in cluster mode,
+	// under a partition epoch: those the epoch_order check covers.
+	Fenced int64 `json:"fenced_sessions"`
 	// Events is the audit events the trail's checks read.
 	Events int64 `json:"events"`
 
@@ -185,7 +193,8 @@ func (v Violation) String() string {
 func (r *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "store: %s\n", r.Store)
-	fmt.Fprintf(&b, "checked: %d users, %d periods, %d sessions, %d audit events in %s\n", r.Users, r.Periods, r.Sessions, r.Events, r.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(&b, "checked: %d users, %d periods, %d sessions (%d under a partition epoch), %d audit events in %s\n",
+		r.Users, r.Periods, r.Sessions, r.Fenced, r.Events, r.Elapsed.Round(time.Millisecond))
 	if r.Redis.Checked {
 		fmt.Fprintf(&b, "redis: %d keys checked: %d equal, %d missing (a cold cache, not a violation), %d behind, %d ahead, %d mismatched, %d corrupt; %d counter keys scanned, %d orphans\n",
 			r.Redis.Keys, r.Redis.Equal, r.Redis.Missing, r.Redis.Behind, r.Redis.Ahead, r.Redis.Mismatched, r.Redis.Corrupt, r.Redis.Scanned, r.Redis.Orphans)
@@ -294,6 +303,8 @@ type period struct {
 	// The sessions admitted with seq > max_sessions (max_sessions >= 0).
 	over, overMaxSeq, overLimit int64
 	overExample                 string
+
+	fenced int64 // sessions admitted under a partition epoch
 }
 
 func (p *period) start() time.Time { return time.UnixMicro(p.startMicros).UTC() }
@@ -303,6 +314,7 @@ func (p *period) start() time.Time { return time.UnixMicro(p.startMicros).UTC() 
 func (a *audit) check(ctx context.Context, p *period) error {
 	a.rep.Periods++
 	a.rep.Sessions += p.sessions
+	a.rep.Fenced += p.fenced
 	v := func(c Check, nums map[string]int64, format string, args ...any) {
 		a.add(Violation{Check: c, UserID: p.userID, PeriodStart: p.start(), Detail: fmt.Sprintf(format, args...), Numbers: nums})
 	}

@@ -279,6 +279,32 @@ func TestCleanStorePasses(t *testing.T) {
 	}
 }
 
+// Epochs that never decrease within a period pass, whatever single-node
+// sessions (epoch 0) come before, between or after the fenced ones, and
+// whatever epochs another period has.
+func TestEpochsThatNeverDecreasePass(t *testing.T) {
+	for _, bk := range backends() {
+		t.Run(bk.name, func(t *testing.T) {
+			b := bk.open(t)
+			seed(t, b)
+			for id, epoch := range map[string]int64{
+				"b1": 4, "b2": 0, "b3": 5, // cluster, one node, cluster again
+				"a6": 7, "a7": 7, "a8": 7, "a9": 8, "a10": 8, // one node, then cluster
+				"c1": 9, "c2": 9, "c3": 2, // c3 is in carol's next period
+			} {
+				b.exec(t, `UPDATE sessions SET epoch = ? WHERE id = ?`, epoch, id)
+			}
+			rep := run(t, b)
+			if !rep.OK() {
+				t.Fatalf("violations: %+v", rep.Violations)
+			}
+			if rep.Fenced != 10 {
+				t.Fatalf("fenced sessions %d, want 10", rep.Fenced)
+			}
+		})
+	}
+}
+
 func TestEmbeddedRedisIsReportedAsNotChecked(t *testing.T) {
 	b := openSQLite(t)
 	seed(t, b)
@@ -416,6 +442,16 @@ var storeCorruptions = []struct {
 			b.exec(t, `UPDATE sessions SET status = 'created' WHERE id = 'b3'`)
 		},
 		want: []want{{verify.SessionEvents, "bob", map[string]int64{"events": 1}}},
+	},
+	{
+		// Hand-written epochs: alice's partition claimed at epoch 3, and
+		// two of her sessions committed by a node still at epoch 2.
+		name: "sessions admitted under an epoch a newer owner had replaced",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `UPDATE sessions SET epoch = 3 WHERE user_id = 'alice'`)
+			b.exec(t, `UPDATE sessions SET epoch = 2 WHERE id IN ('a6', 'a8')`)
+		},
+		want: []want{{verify.EpochOrder, "alice", map[string]int64{"sessions": 2, "seq": 6, "epoch": 2, "earlier_epoch": 3}}},
 	},
 	{
 		name: "duplicated seq",
