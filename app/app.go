@@ -60,6 +60,7 @@ type App struct {
 	jwks     *transport.JWKS      // the identity provider's keys, or nil
 	cache    *rediscache.Cache
 	accounts *actors.Service
+	node     *nodeRef // cluster mode's node (app/cluster.go), or nil
 	handler  http.Handler
 	ops      http.Handler // the ops listener's (transport.NewOps)
 	registry *prometheus.Registry
@@ -96,12 +97,6 @@ func OpenStore(ctx context.Context, cfg config.Config) (persistence.Store, error
 func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err error) {
 	if cfg.JWTSecret == "" || len(cfg.AdminCredentials()) == 0 {
 		return nil, errors.New("app: the JWT secret and an admin token must be set (embedded mode generates them in cmd/tally)")
-	}
-	if cfg.Cluster() {
-		// Refused until ownership, the epoch fence and forwarding are wired
-		// together: a node that ignored TALLY_ETCD_ENDPOINTS would admit
-		// for users another node owns.
-		return nil, errors.New("TALLY_ETCD_ENDPOINTS: cluster mode is not wired into this build yet; unset it to run a single node")
 	}
 	a := &App{cfg: cfg, log: log, registry: prometheus.NewRegistry()}
 	defer func() {
@@ -140,7 +135,13 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	a.cache = rediscache.New(a.redis, cfg.RedisKeyPrefix, log.With("component", "rediscache"), a.registry)
 	a.cache.Watch(a.store, time.Second)
 
+	var ownership actors.Ownership // nil: a single node
+	if cfg.Cluster() {
+		a.node = newNodeRef(cfg.NodeID)
+		ownership = a.node
+	}
 	a.accounts, err = actors.New(actors.Options{
+		Ownership:   ownership,
 		Store:       a.store,
 		Cache:       a.cache,
 		Catalog:     cfg.Plans,
@@ -158,7 +159,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		return nil, err
 	}
 	checkers := []transport.Checker{storeChecker{a.store, cfg.Embedded()}, redisChecker{a.cache, cfg}}
-	a.handler, err = transport.New(transport.Options{
+	topts := transport.Options{
 		Accounts:      a.accounts,
 		Catalog:       cfg.Plans,
 		JWTSecret:     []byte(cfg.JWTSecret),
@@ -175,8 +176,14 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Registry:      a.registry,
 		Checkers:      checkers,
 		MaxInFlight:   cfg.MaxInFlight,
-	})
-	if err != nil {
+	}
+	if a.node != nil {
+		topts.Cluster = a.node
+		topts.ClusterSecret = []byte(cfg.ClusterSecret)
+		topts.Lookups = a.accounts
+		topts.RequestTimeout = cfg.RequestTimeout
+	}
+	if a.handler, err = transport.New(topts); err != nil {
 		return nil, err
 	}
 	a.ops, err = transport.NewOps(transport.OpsOptions{Registry: a.registry, Checkers: checkers, Pprof: cfg.OpsPprof})
@@ -254,7 +261,10 @@ func (a *App) Cache() *rediscache.Cache { return a.cache }
 // closes), and the answer must be written within TALLY_HTTP_WRITE_TIMEOUT.
 // At most TALLY_MAX_CONNS connections are served at once; more wait in the
 // listen backlog until one closes.
-func (a *App) Serve(ctx context.Context, ln net.Listener) error {
+func (a *App) Serve(ctx context.Context, ln net.Listener) error { return a.Run(ctx, ln, nil) }
+
+// serveAPI serves the API handler on ln until ctx is done (Serve).
+func (a *App) serveAPI(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler: a.handler,
 		// Headers get their own, shorter bound (but never a longer one
@@ -278,23 +288,45 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 // ops, until ctx is done or either fails; then it shuts both down and
 // returns their errors. The ops listener outlives the API's drain (Serve),
 // so that the drain can be watched on /metrics, and is shut down after it.
+//
+// In cluster mode the node joins the cluster once the listeners are bound
+// (so that no node forwards to an address nobody listens on), and leaves it
+// first when ctx is done: it hands its partitions to the others while the
+// API still serves (forwarding what arrives for them), and only then does
+// the API drain (app/cluster.go).
 func (a *App) Run(ctx context.Context, api, ops net.Listener) error {
-	if ops == nil {
-		return a.Serve(ctx, api)
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	opsCtx, stopOps := context.WithCancel(context.Background())
-	defer stopOps()
 	opsErr := make(chan error, 1)
-	go func() {
-		err := a.serveOps(opsCtx, ops)
-		if err != nil {
-			cancel() // an ops listener that failed takes the process down, as the API's would
+	stopOps := func() {}
+	if ops != nil {
+		var opsCtx context.Context
+		opsCtx, stopOps = context.WithCancel(context.Background())
+		defer stopOps()
+		go func() {
+			err := a.serveOps(opsCtx, ops)
+			if err != nil {
+				cancel() // an ops listener that failed takes the process down, as the API's would
+			}
+			opsErr <- err
+		}()
+	} else {
+		opsErr <- nil
+	}
+	apiCtx := ctx
+	var left <-chan error
+	if a.node != nil {
+		var err error
+		if apiCtx, left, err = a.joinCluster(ctx); err != nil {
+			stopOps()
+			return errors.Join(err, <-opsErr)
 		}
-		opsErr <- err
-	}()
-	err := a.Serve(ctx, api)
+	}
+	err := a.serveAPI(apiCtx, api)
+	cancel()
+	if left != nil {
+		err = errors.Join(err, <-left)
+	}
 	stopOps()
 	if e := <-opsErr; e != nil {
 		err = errors.Join(err, fmt.Errorf("ops listener: %w", e))

@@ -44,8 +44,12 @@ start() {
 		{
 			echo "export TALLY_JWT_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
 			echo "export TALLY_ADMIN_TOKEN=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
-			echo "export TALLY_CLUSTER_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
 		} >"$DIR/env"
+	fi
+	# The nodes' own key is kept apart from the env file that users source
+	# for bin/tally token and load, which refuse cluster-only variables.
+	if [ ! -f "$DIR/cluster-secret" ]; then
+		(umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$DIR/cluster-secret")
 	fi
 	# shellcheck disable=SC1091
 	. "$DIR/env"
@@ -79,7 +83,7 @@ start() {
 		ops=$((9081 + i - 1))
 		TALLY_HTTP_ADDR="127.0.0.1:$port" TALLY_OPS_ADDR="127.0.0.1:$ops" \
 			TALLY_DATABASE_URL="$PG/tally_cluster?sslmode=disable" TALLY_REDIS_URL="$REDIS" TALLY_REDIS_KEY_PREFIX="tally-cluster:" \
-			TALLY_ETCD_ENDPOINTS="$endpoints" TALLY_NODE_ID="node-$i" TALLY_ADVERTISE_URL="http://127.0.0.1:$port" \
+			TALLY_ETCD_ENDPOINTS="$endpoints" TALLY_CLUSTER_SECRET="$(cat "$DIR/cluster-secret")" TALLY_NODE_ID="node-$i" TALLY_ADVERTISE_URL="http://127.0.0.1:$port" \
 			bin/tally serve >"$DIR/node-$i.log" 2>&1 &
 		echo $! >"$DIR/node-$i.pid"
 	done
