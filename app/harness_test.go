@@ -80,6 +80,17 @@ type server struct {
 
 func startServer(t *testing.T, env map[string]string) *server {
 	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startServerOn(t, env, ln)
+}
+
+// startServerOn is startServer on a listener the caller opened (a cluster
+// node must know its own address before it starts, to advertise it).
+func startServerOn(t *testing.T, env map[string]string, ln net.Listener) *server {
+	t.Helper()
 	cfg, err := config.Load(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -90,10 +101,6 @@ func startServer(t *testing.T, env map[string]string) *server {
 	if err != nil {
 		cancel()
 		t.Fatalf("app.New: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
 	}
 	opsLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -1,0 +1,146 @@
+package app_test
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/internal/testenv"
+	"github.com/tally-dev/tally/transport"
+)
+
+const testClusterSecret = "acceptance-test-cluster-secret-0123456789"
+
+// startCluster runs n Tally nodes in-process on one fresh Postgres
+// database, a real three-member etcd and the machine's Redis, and waits
+// until every node routes every partition (no request would wait for a
+// move any more).
+func startCluster(t *testing.T, n int) []*server {
+	t.Helper()
+	etcd := testenv.StartEtcd(t, 3)
+	shared := postgresEnv(t)
+	shared["TALLY_ETCD_ENDPOINTS"] = strings.Join(etcd.Endpoints(), ",")
+	shared["TALLY_CLUSTER_SECRET"] = testClusterSecret
+	shared["TALLY_CLUSTER_LEASE_TTL"] = "2s"
+	nodes := make([]*server, n)
+	for i := range nodes {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := map[string]string{}
+		for k, v := range shared {
+			env[k] = v
+		}
+		env["TALLY_HTTP_ADDR"] = ln.Addr().String()
+		env["TALLY_NODE_ID"] = fmt.Sprintf("node-%d", i+1)
+		env["TALLY_ADVERTISE_URL"] = "http://" + ln.Addr().String()
+		nodes[i] = startServerOn(t, env, ln)
+	}
+	// A user per partition, asked through every node: settled once none
+	// is a 503 (unowned, moving) and all name one owner.
+	c := newClient(t)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		settled := true
+		for p := 0; p < domain.Partitions && settled; p += 17 {
+			user := userIn(domain.Partition(p))
+			owner := ""
+			for _, s := range nodes {
+				r := c.do(http.MethodGet, s.URL+"/api/v1/usage", c.token(user), nil)
+				if r.Status != http.StatusOK || (owner != "" && r.Header.Get(transport.HeaderNode) != owner) {
+					settled = false
+					break
+				}
+				owner = r.Header.Get(transport.HeaderNode)
+			}
+		}
+		if settled {
+			return nodes
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the cluster did not settle within 30s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// userIn returns a user id of partition p.
+func userIn(p domain.Partition) string {
+	for i := 0; ; i++ {
+		if u := fmt.Sprintf("u%d", i); domain.PartitionOf(u) == p {
+			return u
+		}
+	}
+}
+
+// Any node takes any request: concurrent creates for the same users, sent
+// to all three nodes at once, admit exactly each user's limit; every answer
+// for a user names the same deciding node (its owner), and every session
+// reads back through every node.
+func TestClusterAdmitsExactlyThroughEveryNode(t *testing.T) {
+	nodes := startCluster(t, 3)
+	c := newClient(t)
+	const users, perUser = 12, 30 // free: 10 each
+	type answer struct {
+		user, node, id string
+		status         int
+	}
+	answers := make(chan answer, users*perUser)
+	var wg sync.WaitGroup
+	for u := range users {
+		user := fmt.Sprintf("cl-%d", u)
+		for i := range perUser {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := c.create(nodes[i%len(nodes)], user)
+				var s struct {
+					ID string `json:"id"`
+				}
+				if r.Status == http.StatusOK {
+					r.json(t, &s)
+				}
+				answers <- answer{user, r.Header.Get(transport.HeaderNode), s.ID, r.Status}
+			}()
+		}
+	}
+	wg.Wait()
+	close(answers)
+	admitted := map[string][]string{}
+	decider := map[string]string{}
+	for a := range answers {
+		switch a.status {
+		case http.StatusOK:
+			admitted[a.user] = append(admitted[a.user], a.id)
+		case http.StatusForbidden:
+		default:
+			t.Errorf("%s: status %d", a.user, a.status)
+		}
+		if a.node == "" {
+			t.Errorf("%s: an answer without %s", a.user, transport.HeaderNode)
+		}
+		if d, ok := decider[a.user]; ok && d != a.node {
+			t.Errorf("%s: decided by %s and by %s; one owner decides for a user", a.user, d, a.node)
+		}
+		decider[a.user] = a.node
+	}
+	for u := range users {
+		user := fmt.Sprintf("cl-%d", u)
+		if n := len(admitted[user]); n != 10 {
+			t.Errorf("%s: %d admitted through three nodes, want exactly 10", user, n)
+		}
+		for _, id := range admitted[user] {
+			for _, s := range nodes {
+				if r := c.do(http.MethodGet, s.URL+"/api/v1/sessions/"+id, c.token(user), nil); r.Status != http.StatusOK {
+					t.Errorf("%s: session %s through %s: %d", user, id, s.URL, r.Status)
+				}
+			}
+		}
+	}
+}
