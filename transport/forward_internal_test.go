@@ -151,10 +151,7 @@ func TestAnswerRead(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var got [][2]string
-			for _, kv := range a.header[:a.headers] {
-				got = append(got, kv)
-			}
+			got := append([][2]string(nil), a.header[:a.headers]...)
 			if a.status != tc.status || !slices.Equal(got, tc.headers) || a.body.String() != tc.body || a.close != tc.close {
 				t.Errorf("got %d %q %q close=%v", a.status, got, a.body, a.close)
 			}
