@@ -138,6 +138,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	var ownership actors.Ownership // nil: a single node
 	if cfg.Cluster() {
 		a.node = newNodeRef(cfg.NodeID)
+		a.node.registerMetrics(a.registry)
 		ownership = a.node
 	}
 	a.accounts, err = actors.New(actors.Options{

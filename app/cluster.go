@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/tally-dev/tally/cluster"
 	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/transport"
@@ -91,4 +93,35 @@ func (a *App) joinCluster(ctx context.Context) (api context.Context, left <-chan
 		done <- err
 	}()
 	return apiCtx, done, nil
+}
+
+// registerClusterMetrics exports what the node owns and sees, read at
+// scrape time: tally_cluster_owned_partitions (how many partitions this
+// node serves now; across a healthy cluster they add up to
+// domain.Partitions) and tally_cluster_members (the live nodes this node
+// sees).
+func (r *nodeRef) registerMetrics(reg *prometheus.Registry) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tally_cluster_owned_partitions",
+			Help: "Partitions this node owns and serves now (cluster mode).",
+		}, func() float64 {
+			n := 0
+			for p := range domain.Partitions {
+				if r.Epoch(domain.Partition(p)) != 0 {
+					n++
+				}
+			}
+			return float64(n)
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tally_cluster_members",
+			Help: "Live nodes of the cluster as this node last saw them (cluster mode).",
+		}, func() float64 {
+			if n := r.node.Load(); n != nil {
+				return float64(len(n.Members()))
+			}
+			return 0
+		}),
+	)
 }

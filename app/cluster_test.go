@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -130,6 +131,17 @@ func TestClusterAdmitsExactlyThroughEveryNode(t *testing.T) {
 		}
 		decider[a.user] = a.node
 	}
+	// Ownership adds up: every partition is served by exactly one node.
+	owned := 0.0
+	for _, s := range nodes {
+		owned += opsMetric(t, s, "tally_cluster_owned_partitions")
+		if m := opsMetric(t, s, "tally_cluster_members"); m != 3 {
+			t.Errorf("%s sees %v members, want 3", s.URL, m)
+		}
+	}
+	if owned != domain.Partitions {
+		t.Errorf("the nodes own %v partitions between them, want %d", owned, domain.Partitions)
+	}
 	for u := range users {
 		user := fmt.Sprintf("cl-%d", u)
 		if n := len(admitted[user]); n != 10 {
@@ -143,4 +155,20 @@ func TestClusterAdmitsExactlyThroughEveryNode(t *testing.T) {
 			}
 		}
 	}
+}
+
+// opsMetric reads one unlabelled series from s's ops listener.
+func opsMetric(t *testing.T, s *server, name string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(string(opsGet(t, s, "/metrics").Body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s on %s/metrics", name, s.OpsURL)
+	return 0
 }
