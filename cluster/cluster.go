@@ -428,6 +428,7 @@ func (n *Node) close(ctx context.Context) error {
 		// or moving any more.
 		select {
 		case <-reply:
+			n.awaitNewOwners(ctx)
 		case <-ctx.Done():
 			errs = append(errs, fmt.Errorf("cluster: hand-off incomplete: %w", ctx.Err()))
 		case <-n.done:
@@ -449,6 +450,47 @@ func (n *Node) close(ctx context.Context) error {
 	_ = n.cli.Close()
 	n.log.Info("cluster: left")
 	return errors.Join(errs...)
+}
+
+// awaitNewOwners waits, once a leave has handed everything off, until
+// this node has seen every partition claimed by another member, for at
+// most a lease TTL (a member that died meanwhile leaves its share unowned
+// until its lease expires) and while ctx lasts. The route table it stops
+// with is the one requests that still reach it are routed by until its API
+// has drained: with the new owners in it they are forwarded, where a
+// partition still unowned in it would hold them until their deadline.
+func (n *Node) awaitNewOwners(ctx context.Context) {
+	others := false
+	for _, m := range n.Members() {
+		others = others || m.ID != n.id
+	}
+	if !others {
+		return // nobody will claim: nothing to wait for
+	}
+	t := time.NewTimer(time.Duration(n.ttlSec) * time.Second)
+	defer t.Stop()
+	for {
+		var unsettled <-chan struct{}
+		routes := &n.table.Load().routes
+		for p := range routes {
+			if routes[p].Settled != nil {
+				unsettled = routes[p].Settled
+				break
+			}
+		}
+		if unsettled == nil {
+			return
+		}
+		select {
+		case <-unsettled: // p's route changed: look again
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		case <-n.done:
+			return
+		}
+	}
 }
 
 func (n *Node) currentLease() clientv3.LeaseID { return clientv3.LeaseID(n.lease.Load()) }

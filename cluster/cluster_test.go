@@ -63,6 +63,7 @@ func (r *recorder) len() int {
 type hooks struct {
 	r    *recorder
 	node string
+	self *atomic.Pointer[cluster.Node] // the node, once started
 }
 
 func (h hooks) Acquire(ctx context.Context, p domain.Partition, epoch int64) error {
@@ -78,6 +79,11 @@ const releaseTakes = 100 * time.Millisecond
 
 func (h hooks) Release(ctx context.Context, p domain.Partition) error {
 	h.r.add(call{node: h.node, kind: "release", p: p})
+	if n := h.self.Load(); n != nil && n.Route(p).Self {
+		// The core stops taking p's requests now: the edge must not be
+		// sending them to it any more, or they would be refused.
+		h.r.add(call{node: h.node, kind: "released while routed here", p: p})
+	}
 	t := time.NewTimer(releaseTakes)
 	defer t.Stop()
 	select {
@@ -119,6 +125,8 @@ func (r *recorder) checkAlternation(t *testing.T) {
 				t.Errorf("call %d: %s %s partition %d it does not hold", i, c.node, c.kind, c.p)
 			}
 			holding[k] = false
+		case "released while routed here":
+			t.Errorf("call %d: %s was asked to release partition %d while its routes still served it", i, c.node, c.p)
 		}
 	}
 }
@@ -148,6 +156,7 @@ func startNode(t *testing.T, endpoints []string, id string, r *recorder) *testNo
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	url := "http://127.0.0.1:1/" + id // never dialled: routing is not under test here
+	self := &atomic.Pointer[cluster.Node]{}
 	n, err := cluster.Start(ctx, cluster.Config{
 		Endpoints:    endpoints,
 		NodeID:       id,
@@ -155,12 +164,13 @@ func startNode(t *testing.T, endpoints []string, id string, r *recorder) *testNo
 		LeaseTTL:     ttl,
 		Prefix:       "/tally-test/",
 		Logger:       logger(t),
-		Hooks:        hooks{r: r, node: id},
+		Hooks:        hooks{r: r, node: id, self: self},
 	})
 	if err != nil {
 		cancel()
 		t.Fatalf("start %s: %v", id, err)
 	}
+	self.Store(n)
 	t.Cleanup(func() {
 		ctx, c := context.WithTimeout(context.Background(), 10*time.Second)
 		defer c()
@@ -417,8 +427,15 @@ func TestGracefulLeaveHandsEverythingOff(t *testing.T) {
 		if before[p].node == leaver.id && after[p].epoch <= before[p].epoch {
 			t.Errorf("partition %d: epoch %d after the leave, %d before", p, after[p].epoch, before[p].epoch)
 		}
-		if rt := leaver.Route(domain.Partition(p)); rt.Self || leaver.Epoch(domain.Partition(p)) != 0 {
+		rt := leaver.Route(domain.Partition(p))
+		if rt.Self || leaver.Epoch(domain.Partition(p)) != 0 {
 			t.Errorf("the closed node still reports partition %d as its own", p)
+		}
+		// Its last routes, which requests reaching it while its API
+		// drains follow, name each partition's new owner: they are
+		// forwarded there, not held unsettled until their deadline.
+		if rt.Settled != nil || rt.NodeID != after[p].node {
+			t.Errorf("the closed node routes partition %d to %q (settled: %v), want %s", p, rt.NodeID, rt.Settled == nil, after[p].node)
 		}
 	}
 	r.checkAlternation(t)
@@ -669,8 +686,8 @@ func TestStartRefusesBadConfig(t *testing.T) {
 // whichever member had it, and nothing else moves; removing a member moves
 // only its partitions.
 func TestRendezvousMovesOnlyTheJoinersShare(t *testing.T) {
-	three := cluster.DesiredOwnersForTest([]string{"node-a", "node-b", "node-c"})
-	four := cluster.DesiredOwnersForTest([]string{"node-a", "node-b", "node-c", "node-d"})
+	three := cluster.DesiredOwners([]string{"node-a", "node-b", "node-c"})
+	four := cluster.DesiredOwners([]string{"node-a", "node-b", "node-c", "node-d"})
 	moved := 0
 	for p := range domain.Partitions {
 		if three[p] != four[p] {
@@ -683,7 +700,7 @@ func TestRendezvousMovesOnlyTheJoinersShare(t *testing.T) {
 	if moved < 40 || moved > 90 {
 		t.Errorf("%d partitions moved, want about %d", moved, domain.Partitions/4)
 	}
-	two := cluster.DesiredOwnersForTest([]string{"node-a", "node-c"})
+	two := cluster.DesiredOwners([]string{"node-a", "node-c"})
 	for p := range domain.Partitions {
 		if three[p] != "node-b" && two[p] != three[p] {
 			t.Errorf("partition %d moved %s → %s though its owner stayed", p, three[p], two[p])

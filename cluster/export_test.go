@@ -17,6 +17,3 @@ func PauseForTest(n *Node, d time.Duration) {
 	n.gate.Store(nil)
 	close(g)
 }
-
-// DesiredOwnersForTest exposes the rendezvous hashing.
-var DesiredOwnersForTest = desiredOwners

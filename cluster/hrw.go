@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"hash/fnv"
+	"slices"
 
 	"github.com/tally-dev/tally/domain"
 )
@@ -48,4 +49,12 @@ func mix64(x uint64) uint64 {
 	x *= 0x94d049bb133111eb
 	x ^= x >> 31
 	return x
+}
+
+// DesiredOwners is, for every partition, the member that every node
+// running with the live member ids ids wants as its owner. A cluster has
+// settled when each partition is claimed by its desired owner; the drills
+// (drills/cluster_test.go) read the claims from etcd and compare.
+func DesiredOwners(ids []string) [domain.Partitions]string {
+	return desiredOwners(slices.Sorted(slices.Values(ids)))
 }

@@ -210,7 +210,7 @@ func (l *loop) reconcile() {
 		n.members.Store(&ms)
 	}
 	now := time.Now()
-	var lost []domain.Partition
+	var lost, release []domain.Partition
 	var wake time.Time
 	for p := range domain.Partitions {
 		pt, o := &l.parts[p], &l.owners[p]
@@ -222,7 +222,9 @@ func (l *loop) reconcile() {
 				continue
 			}
 			if l.leaving || (l.desired[p] != "" && l.desired[p] != n.id) {
-				l.startRelease(domain.Partition(p), true)
+				// Released once the table below no longer routes p here.
+				pt.phase = releasing
+				release = append(release, domain.Partition(p))
 			}
 		case claiming:
 			if pt.epoch != 0 && !l.mine(p) && pt.cancel != nil {
@@ -247,6 +249,12 @@ func (l *loop) reconcile() {
 		}
 	}
 	n.publish(l.route)
+	// Release stops the core taking work for p: only now that requests
+	// are no longer routed to this node for p, so that none is routed here
+	// and then refused by the core.
+	for _, p := range release {
+		l.startRelease(p, true)
+	}
 	for _, p := range lost {
 		n.hooks.Lost(p)
 	}

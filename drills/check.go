@@ -23,11 +23,17 @@ import (
 // Postgres, the API and Redis (see the package documentation for the list).
 // Failures are reported with tb.Errorf, so that one run shows all of them.
 type Check struct {
-	Name    string
-	Client  *Client
-	Target  string // base URL of a healthy instance
+	Name   string
+	Client *Client
+	Target string // base URL of a healthy instance
+	// Targets, when set, are the base URLs of every healthy instance (the
+	// nodes of a cluster): the read-back and the exact-quota burst are
+	// spread over them, request by request, and each must be ready.
+	Targets []string
 	Users   []string
 	History *History
+	// Limit is the users' max_sessions (default Limit, the free plan's).
+	Limit int
 
 	// DatabaseURL reaches the database directly, not through a fault proxy.
 	DatabaseURL string
@@ -103,6 +109,12 @@ func (c *Check) Run(tb testing.TB) *Summary {
 	if c.Converge == 0 {
 		c.Converge = 20 * time.Second
 	}
+	if c.Limit == 0 {
+		c.Limit = Limit
+	}
+	if len(c.Targets) == 0 {
+		c.Targets = []string{c.Target}
+	}
 	s := &Summary{Scenario: c.Name, ByStatus: map[int]int{}}
 	defer func() { tb.Log(s.Line()) }()
 
@@ -147,9 +159,9 @@ func (c *Check) Run(tb testing.TB) *Summary {
 		pgBy[row.user]++
 	}
 	for _, u := range c.Users {
-		if pgBy[u] > Limit || ackedBy[u] > Limit {
+		if pgBy[u] > c.Limit || ackedBy[u] > c.Limit {
 			over[u] = true
-			tb.Errorf("OVER LIMIT: user %s has %d sessions in Postgres, %d acknowledged; the limit is %d", u, pgBy[u], ackedBy[u], Limit)
+			tb.Errorf("OVER LIMIT: user %s has %d sessions in Postgres, %d acknowledged; the limit is %d", u, pgBy[u], ackedBy[u], c.Limit)
 		}
 		if pgBy[u] > ackedBy[u]+h.unknownBy[u] {
 			tb.Errorf("user %s: %d sessions in Postgres, but only %d acknowledged and %d creates (or key-less attempts) left unknown: sessions nobody was told about",
@@ -341,21 +353,26 @@ func (c *Check) recovery(tb testing.TB, creates []*Create, s *Summary) {
 	}
 }
 
-// waitReady waits until the instance reports ready.
+// waitReady waits until every instance reports ready.
 func (c *Check) waitReady(tb testing.TB) {
 	tb.Helper()
 	deadline := time.Now().Add(c.Converge)
-	for {
-		r := c.Client.Do(http.MethodGet, c.Target+"/readyz", "", nil)
-		if r.Err == nil && r.Status == http.StatusOK {
-			return
+	for _, target := range c.Targets {
+		for {
+			r := c.Client.Do(http.MethodGet, target+"/readyz", "", nil)
+			if r.Err == nil && r.Status == http.StatusOK {
+				break
+			}
+			if time.Now().After(deadline) {
+				tb.Fatalf("%s: %s not ready %s after the load: %d %s %v", c.Name, target, c.Converge, r.Status, r.Body, r.Err)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s: not ready %s after the load: %d %s %v", c.Name, c.Converge, r.Status, r.Body, r.Err)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// target is the i-th request's base URL: the targets in turn.
+func (c *Check) target(i int) string { return c.Targets[i%len(c.Targets)] }
 
 // snapshot reads the drill users' sessions (id → row) and
 // Idempotency-Keys (user\x00key → row) from Postgres.
@@ -414,7 +431,7 @@ func (c *Check) readBack(acked map[string]string) map[string]int {
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				r := c.Client.Do(http.MethodGet, c.Target+"/api/v1/sessions/"+ids[i], acked[ids[i]], nil)
+				r := c.Client.Do(http.MethodGet, c.target(i)+"/api/v1/sessions/"+ids[i], acked[ids[i]], nil)
 				statuses[i] = r.Status
 			}
 		}()
@@ -625,28 +642,36 @@ func (c *Check) converge(tb testing.TB, s *Summary) *verify.Report {
 	}
 }
 
-// exactQuota fires 20 concurrent creates (half keyed, half not) at every
-// user below the limit, and at two users at it: a user with k sessions
-// must get exactly 10-k admitted and the rest 403, nothing else.
+// exactQuota fires a burst of concurrent creates (half keyed, half not)
+// at every user below the limit, and at two users at it: a user with k
+// sessions must get exactly limit-k admitted and the rest 403, nothing
+// else. The burst is 20 creates, or limit-k+10 when that is more (a plan
+// with a larger limit), so that it always asks for more than is left.
 func (c *Check) exactQuota(tb testing.TB, pgBy map[string]int) {
 	tb.Helper()
-	const burst = 20
 	var users []string
 	full := 0
 	for _, u := range c.Users {
 		switch {
-		case pgBy[u] < Limit:
+		case pgBy[u] < c.Limit:
 			users = append(users, u)
 		case full < 2:
 			users = append(users, u)
 			full++
 		}
 	}
-	sem := make(chan struct{}, 4) // users bursting at once: 80 requests
+	// Users bursting at once: 80 requests on the free plan; fewer users
+	// with larger bursts keep the requests in flight under the servers'
+	// in-flight bounds (TALLY_MAX_IN_FLIGHT, TALLY_MAX_USER_IN_FLIGHT).
+	sem := make(chan struct{}, max(2, 80/(c.Limit+10)))
 	var wg sync.WaitGroup
+	next := 0 // spreads the bursts over c.Targets
 	for _, u := range users {
 		wg.Add(1)
 		sem <- struct{}{}
+		burst := max(20, c.Limit-pgBy[u]+10)
+		first := next
+		next += burst
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
@@ -662,7 +687,7 @@ func (c *Check) exactQuota(tb testing.TB, pgBy map[string]int) {
 					if i%2 == 0 {
 						key = fmt.Sprintf("quota-%s-%d", u, i)
 					}
-					a := c.Client.CreateOnce(c.Target, u, key, CreateBody)
+					a := c.Client.CreateOnce(c.target(first+i), u, key, CreateBody)
 					mu.Lock()
 					defer mu.Unlock()
 					statuses[a.Status]++
@@ -672,19 +697,19 @@ func (c *Check) exactQuota(tb testing.TB, pgBy map[string]int) {
 				}()
 			}
 			bw.Wait()
-			want := Limit - pgBy[u]
+			want := c.Limit - pgBy[u]
 			if statuses[http.StatusOK] != want || statuses[http.StatusForbidden] != burst-want {
 				tb.Errorf("EXACT QUOTA: user %s with %d sessions: %d concurrent creates gave %v; want %d×200 and %d×403 %v",
 					u, pgBy[u], burst, statuses, want, burst-want, odd)
 			}
-			r := c.Client.Do(http.MethodGet, c.Target+"/api/v1/usage", u, nil)
+			r := c.Client.Do(http.MethodGet, c.target(first)+"/api/v1/usage", u, nil)
 			var usage struct {
 				Sessions struct {
 					Used int `json:"used"`
 				} `json:"sessions"`
 			}
-			if err := json.Unmarshal(r.Body, &usage); r.Status != http.StatusOK || err != nil || usage.Sessions.Used != Limit {
-				tb.Errorf("usage of %s after the burst: %d %s, want %d sessions used", u, r.Status, r.Body, Limit)
+			if err := json.Unmarshal(r.Body, &usage); r.Status != http.StatusOK || err != nil || usage.Sessions.Used != c.Limit {
+				tb.Errorf("usage of %s after the burst: %d %s, want %d sessions used", u, r.Status, r.Body, c.Limit)
 			}
 		}()
 	}

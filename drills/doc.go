@@ -69,6 +69,24 @@
 //
 // `go test -v -run . ./drills/ ./cmd/tally/ | grep DRILL` prints the table.
 //
+// The cluster drills (cluster_test.go; their harness is
+// cluster_harness_test.go) put a cluster under the same load and the same
+// Check: a three-member etcd (testenv.StartEtcd), three `tally serve`
+// subprocesses built from this tree with a 2 s ownership lease, a fresh
+// database on the machine's Postgres, Redis under a private prefix, users
+// on the student plan (Check.Limit 100), creates sent to the nodes in turn.
+// The faults: a node killed with SIGKILL; a node stopped with SIGSTOP past
+// its lease (the zombie owner); a fourth node joining and leaving (SIGTERM);
+// the etcd leader killed, then every etcd member down for 10 s; a Redis
+// Sentinel failover. Beyond Check and `tally verify` (run as a process),
+// each asserts what a cluster owes its clients: no status but 200, 403 and
+// 503 (X-Tally-Node names who decided each); a 503 only for a user of a
+// partition that moved (domain.PartitionOf, the claims read from etcd) and
+// only for a request sent within lease TTL + 2 s of the fault; no 503 at
+// all for the join and leave and for etcd's faults; every answer within the
+// request deadline. Each prints a CLUSTER DRILL block of figures:
+// `go test -v -run TestCluster ./drills/`.
+//
 // The non-test files hold the drill machinery — History, Client, Load,
 // Check, and the fault helpers SlowCommits and WaitForCommit — exported so
 // that cmd/tally's subprocess drill uses the same recorder and checker.

@@ -28,6 +28,7 @@ var CreateBody = []byte(`{"title":"drill","language":"en-US","stt_provider":"goo
 type Attempt struct {
 	Start, End time.Time
 	Target     string // base URL it was sent to
+	Node       string // X-Tally-Node of the answer: the cluster node that decided it ("" on a single node)
 	Status     int    // 0: no HTTP answer (the error is in Err)
 	Err        string
 	Code       string // detail.error of an error body
@@ -54,6 +55,9 @@ func (a Attempt) String() string {
 		return s + " error: " + a.Err
 	}
 	s += fmt.Sprintf(" %d", a.Status)
+	if a.Node != "" {
+		s += " node=" + a.Node
+	}
 	if a.Code != "" {
 		s += " " + a.Code
 	}
@@ -193,6 +197,12 @@ func (c *Client) Do(method, url, user string, body []byte, headers ...string) Re
 	if user != "" {
 		tok = c.Token(user)
 	}
+	return c.DoToken(method, url, tok, body, headers...)
+}
+
+// DoToken is Do with a bearer token of the caller's (none when ""): an
+// admin token, for one.
+func (c *Client) DoToken(method, url, tok string, body []byte, headers ...string) Response {
 	var b any // nil: no body
 	if body != nil {
 		b = body
@@ -228,6 +238,7 @@ func (c *Client) CreateOnce(base, user, key string, body []byte) Attempt {
 		return a
 	}
 	a.Status = r.Status
+	a.Node = r.Header.Get("X-Tally-Node")
 	a.RetryAfter = r.Header.Get("Retry-After")
 	switch r.Status {
 	case http.StatusOK:

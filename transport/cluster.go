@@ -82,6 +82,15 @@ const (
 	// defaultRequestTimeout is Options.RequestTimeout when unset, the
 	// same as actors.Options.RequestTimeout's default.
 	defaultRequestTimeout = 5 * time.Second
+	// serveReserve is the part of a request's deadline that waiting for a
+	// move (routeTo, reroute) leaves for serving the request afterwards,
+	// and the least time left with which a request is forwarded. A
+	// request handed to an owner's core with a few milliseconds left
+	// cannot commit in time, and the group commit runs its transaction
+	// until the earliest deadline in its batch (actors/writer.go): it
+	// would cut the transaction short for every request batched with it,
+	// which then get 503s too.
+	serveReserve = 250 * time.Millisecond
 )
 
 var (
@@ -96,6 +105,8 @@ var (
 	errOutcomeUnknown = &domain.Error{Code: domain.CodeUnavailable,
 		Message: "the node that owns the user's partition did not answer and the outcome of the create is not known; retry with an Idempotency-Key"}
 	errRouteDeadline = &domain.Error{Code: domain.CodeTimeout, Message: "request deadline exceeded"}
+	errNoTimeLeft    = &domain.Error{Code: domain.CodeUnavailable,
+		Message: "too little of the request's deadline is left to reach the node that owns the user's partition; retry later"}
 )
 
 // clusterEdge is what the routing middlewares share.
@@ -218,10 +229,10 @@ func (s *server) routeBySession(c *gin.Context) {
 
 // routeTo serves the request here when this node owns the user's
 // partition, and otherwise forwards it to the owner — once. A partition
-// that is moving or unowned is waited for, bounded by the request's
-// deadline and maxSettleWait, then routed once more. A forwarded request
-// is never forwarded again: if this node does not own the partition (any
-// more), the answer is 503.
+// that is moving or unowned is waited for until its route settles, bounded
+// by maxSettleWait and the request's deadline less serveReserve. A
+// forwarded request is never forwarded again: if this node does not own
+// the partition (any more), the answer is 503.
 func (s *server) routeTo(c *gin.Context, user string) {
 	e := s.cluster
 	p := domain.PartitionOf(user)
@@ -233,10 +244,19 @@ func (s *server) routeTo(c *gin.Context, user string) {
 	ctx := c.Request.Context()
 	deadline := e.requestDeadline(ctx)
 	if r.Settled != nil {
-		if !e.settle(ctx, r.Settled, deadline) {
-			e.stats.unsettled.Inc()
+		// A move passes through several unsettled routes (the old owner
+		// releasing, nobody, the new owner acquiring), each closing the
+		// previous one's Settled: wait for the last, within one bound.
+		until := settleUntil(deadline)
+		for r.Settled != nil {
+			settled := e.settle(ctx, r.Settled, until)
+			r = e.cluster.Route(p)
+			if !settled {
+				e.stats.unsettled.Inc()
+				break
+			}
 		}
-		if r = e.cluster.Route(p); r.Self {
+		if r.Self {
 			c.Next()
 			return
 		}
@@ -256,11 +276,25 @@ func (s *server) routeTo(c *gin.Context, user string) {
 	}
 }
 
-// settle waits until settled is closed, the deadline (at most
-// maxSettleWait from now) or the client going away, and reports whether
-// it was closed.
-func (e *clusterEdge) settle(ctx context.Context, settled <-chan struct{}, deadline time.Time) bool {
-	wait := min(time.Until(deadline), maxSettleWait)
+// settleUntil is how long a request may wait for a route to settle:
+// maxSettleWait, leaving serveReserve of its deadline.
+func settleUntil(deadline time.Time) time.Time {
+	until := time.Now().Add(maxSettleWait)
+	if d := deadline.Add(-serveReserve); d.Before(until) {
+		until = d
+	}
+	return until
+}
+
+// settle waits until settled is closed, until, or the client going away,
+// and reports whether it was closed.
+func (e *clusterEdge) settle(ctx context.Context, settled <-chan struct{}, until time.Time) bool {
+	select {
+	case <-settled:
+		return true
+	default:
+	}
+	wait := time.Until(until)
 	if wait <= 0 {
 		return false
 	}
@@ -275,16 +309,56 @@ func (e *clusterEdge) settle(ctx context.Context, settled <-chan struct{}, deadl
 	return false
 }
 
+// reroute finds where to send a request that the node refused last
+// forwarded it to: this node (Self) or another owner than refused, once
+// this node's route for p has moved away from refused — waiting on a
+// moving route's Settled, and looking again every few milliseconds while
+// the route still names the refusing node (this node has not seen the move
+// yet: a settled route has no channel to wait on), until the deadline or
+// maxSettleWait. ok is false when the route did not move by then.
+func (e *clusterEdge) reroute(ctx context.Context, p domain.Partition, refused string, deadline time.Time) (r Route, ok bool) {
+	until := settleUntil(deadline)
+	for {
+		r = e.cluster.Route(p)
+		switch {
+		case r.Self:
+			return r, true
+		case r.Settled != nil:
+			if !e.settle(ctx, r.Settled, until) {
+				return r, false
+			}
+			continue
+		case r.NodeID != "" && r.NodeID != refused && r.NodeID != e.self:
+			return r, true
+		}
+		wait := min(time.Until(until), reroutePoll)
+		if wait <= 0 || ctx.Err() != nil {
+			return r, false
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+}
+
+// reroutePoll is how often reroute looks at a route that still names the
+// node that refused: a watch event reaches the nodes of one cluster within
+// milliseconds of each other.
+const reroutePoll = 5 * time.Millisecond
+
 // forwardStats count what forwarding did, by result
 // (tally_cluster_forwards_total{result}).
 type forwardStats struct {
-	answered, unreachable, lost, resolved, unresolved, notOwner, unsettled prometheus.Counter
+	answered, unreachable, lost, resolved, unresolved, notOwner, unsettled, refused prometheus.Counter
 }
 
 func (f *forwardStats) register(reg *prometheus.Registry) error {
 	v := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tally_cluster_forwards_total",
-		Help: "Requests routed to another node, by result: answered (the owner's answer relayed), unreachable (503: no connection), lost (503: sent, no answer), resolved (a create's lost answer found in the store), unresolved (503: not found by the deadline), not_owner (503: a forwarded request reached a node that no longer owns the partition), unsettled (a moving partition was still unsettled after the wait).",
+		Help: "Requests routed to another node, by result: answered (the owner's answer relayed), unreachable (503: no connection), lost (503: sent, no answer), resolved (a create's lost answer found in the store), unresolved (503: not found by the deadline), not_owner (503: a forwarded request reached a node that no longer owns the partition, or the forwarding node found no other owner after such a refusal), unsettled (a moving partition was still unsettled after the wait), refused (the owner refused the request as not its own any more; routed again).",
 	}, []string{"result"})
 	if err := reg.Register(v); err != nil {
 		return fmt.Errorf("transport: registering cluster metrics: %w", err)
@@ -296,5 +370,6 @@ func (f *forwardStats) register(reg *prometheus.Registry) error {
 	f.unresolved = v.WithLabelValues("unresolved")
 	f.notOwner = v.WithLabelValues("not_owner")
 	f.unsettled = v.WithLabelValues("unsettled")
+	f.refused = v.WithLabelValues("refused")
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -71,11 +72,16 @@ func ownedBy(n *node) func(domain.Partition) transport.Route {
 	}
 }
 
-// counted counts the calls each node's accounting receives.
+// counted counts the calls each node's accounting receives. With refuse
+// set, CreateSession answers refuse(user) instead of creating: the core's
+// refusal of a partition it has just released (domain.NotOwner, nothing
+// written), or a store that failed mid-way (the create may have
+// committed).
 type counted struct {
 	domain.Accounts
-	mu sync.Mutex
-	n  map[string]int
+	mu     sync.Mutex
+	n      map[string]int
+	refuse func(user string) error
 }
 
 func (c *counted) hit(m string) {
@@ -105,6 +111,12 @@ func (c *counted) total() int {
 
 func (c *counted) CreateSession(ctx context.Context, u string, in domain.NewSession, key string) (domain.Session, error) {
 	c.hit("CreateSession")
+	c.mu.Lock()
+	refuse := c.refuse
+	c.mu.Unlock()
+	if refuse != nil {
+		return domain.Session{}, refuse(u)
+	}
 	return c.Accounts.CreateSession(ctx, u, in, key)
 }
 func (c *counted) GetSession(ctx context.Context, u, id string) (domain.Session, error) {
@@ -399,29 +411,128 @@ func TestSingleNodeIgnoresForwardingHeaders(t *testing.T) {
 }
 
 // A forwarded request that reaches a node which no longer owns the
-// partition is answered 503 there, never forwarded a second time.
+// partition is refused there (503, nothing done), never forwarded a second
+// time by it. The node that forwarded it, which the client waits on, routes
+// it again once its own route has left the refusing node: to the new
+// owner, or to itself. If its route does not move within the wait, it
+// answers 503 itself.
 func TestClusterForwardedRequestIsFinal(t *testing.T) {
 	store := sharedStore(t)
 	c := startNode(t, "c", store)
 	a := startNode(t, "a", store)
 	a.cluster.set(ownedBy(c)) // a lost the partition to c
-	b := startNode(t, "b", store)
-	b.cluster.set(ownedBy(a)) // b has not heard yet
+	short := func(o *transport.Options) { o.RequestTimeout = 300 * time.Millisecond }
 	tok := userToken(t, "u1")
 
-	r := b.client.MustCall("POST", "/api/v1/sessions", tok, validCreate)
-	want503(t, r)
-	wantNode(t, r, "a")
-	r = b.client.MustCall("GET", "/admin/v1/users/u1", adminToken, nil)
-	want503(t, r)
-	if n := c.accounts.total() + a.accounts.total() + b.accounts.total(); n != 0 {
-		t.Errorf("accounting called %d times; a forwarded request must not be forwarded again", n)
+	t.Run("the forwarding node does not hear of the move", func(t *testing.T) {
+		b := startNode(t, "b", store, short)
+		b.cluster.set(ownedBy(a)) // b has not heard, and does not within the wait
+		r := b.client.MustCall("POST", "/api/v1/sessions", tok, validCreate)
+		want503(t, r)
+		wantNode(t, r, "b")
+		r = b.client.MustCall("GET", "/admin/v1/users/u1", adminToken, nil)
+		want503(t, r)
+		wantNode(t, r, "b")
+		if n := c.accounts.total() + a.accounts.total() + b.accounts.total(); n != 0 {
+			t.Errorf("accounting called %d times; a forwarded request must not be forwarded again", n)
+		}
+	})
+
+	// movesAfterRefusal starts a node that routes u1 to first, and to then
+	// once it has routed the request the first time: it hears of the move
+	// while the request is on its way to the old owner.
+	movesAfterRefusal := func(t *testing.T, id string, first, then func(domain.Partition) transport.Route) *node {
+		b := startNode(t, id, store)
+		b.cluster.set(first)
+		asked := make(chan domain.Partition, 1)
+		b.cluster.mu.Lock()
+		b.cluster.asked = asked
+		b.cluster.mu.Unlock()
+		go func() {
+			<-asked
+			b.cluster.set(then)
+		}()
+		return b
+	}
+	for _, tc := range []struct {
+		name, want string
+		then       func(domain.Partition) transport.Route
+	}{
+		{"to the new owner", "c", ownedBy(c)},
+		{"to itself", "b", self},
+	} {
+		t.Run("the forwarding node routes it again "+tc.name, func(t *testing.T) {
+			atC := c.accounts.count("CreateSession")
+			b := movesAfterRefusal(t, "b", ownedBy(a), tc.then)
+			r := b.client.MustCall("POST", "/api/v1/sessions", tok, validCreate)
+			wantStatus(t, r, 200)
+			wantNode(t, r, tc.want)
+			if r.Header.Get("X-Tally-Not-Owner") != "" {
+				t.Errorf("the refusal's marker reached the client: %v", r.Header)
+			}
+			created := b.accounts.count("CreateSession") + c.accounts.count("CreateSession") - atC
+			if n := a.accounts.total(); n != 0 || created != 1 {
+				t.Errorf("the old owner's accounting was called %d times and the others' %d; want 0 and 1", n, created)
+			}
+		})
 	}
 
-	// A request a sends on its own account does go to c.
-	r = a.client.MustCall("GET", "/api/v1/usage", tok, nil)
-	wantStatus(t, r, 200)
-	wantNode(t, r, "c")
+	// The old owner's edge still routed the request to itself, but its
+	// core had released the partition: the core's refusal (nothing
+	// written) is the same refusal.
+	t.Run("the old owner's core refuses", func(t *testing.T) {
+		old := startNode(t, "old", store)
+		old.accounts.mu.Lock()
+		old.accounts.refuse = func(u string) error { return domain.NotOwner(domain.PartitionOf(u)) }
+		old.accounts.mu.Unlock()
+		atC := c.accounts.count("CreateSession")
+		b := movesAfterRefusal(t, "b", ownedBy(old), ownedBy(c))
+		r := b.client.MustCall("POST", "/api/v1/sessions", tok, validCreate)
+		wantStatus(t, r, 200)
+		wantNode(t, r, "c")
+		if n, m := old.accounts.count("CreateSession"), c.accounts.count("CreateSession")-atC; n != 1 || m != 1 {
+			t.Errorf("the old owner's core was asked %d times, the new owner's %d; want 1 and 1", n, m)
+		}
+	})
+
+	// Any other 503 of the owner is relayed as it is, even if the route
+	// has moved meanwhile: the create may have committed there, and must
+	// not be sent to a second owner.
+	t.Run("another 503 is final", func(t *testing.T) {
+		old := startNode(t, "old", store)
+		old.accounts.mu.Lock()
+		old.accounts.refuse = func(string) error {
+			return domain.Unavailable("database", errors.New("the connection broke during COMMIT"))
+		}
+		old.accounts.mu.Unlock()
+		atC := c.accounts.count("CreateSession")
+		b := movesAfterRefusal(t, "b", ownedBy(old), ownedBy(c))
+		r := b.client.MustCall("POST", "/api/v1/sessions", tok, validCreate)
+		want503(t, r)
+		wantNode(t, r, "old")
+		if n := c.accounts.count("CreateSession") - atC; n != 0 {
+			t.Errorf("a create the old owner may have committed was sent to the new owner too (%d times)", n)
+		}
+	})
+
+	// The second owner's answer is final, a refusal too: the request has
+	// reached two nodes, each once, and the client gets a 503 without the
+	// marker, which only nodes read.
+	t.Run("a second refusal is relayed", func(t *testing.T) {
+		other := startNode(t, "other", store)
+		other.cluster.set(ownedBy(c)) // it lost the partition to c as well
+		atC := c.accounts.count("CreateSession")
+		b := movesAfterRefusal(t, "b", ownedBy(a), ownedBy(other))
+		r := b.client.MustCall("POST", "/api/v1/sessions", tok, validCreate)
+		want503(t, r)
+		wantNode(t, r, "other")
+		if r.Header.Get("X-Tally-Not-Owner") != "" {
+			t.Errorf("the refusal's marker reached the client: %v", r.Header)
+		}
+		if n := c.accounts.count("CreateSession") - atC; n != 0 {
+			t.Errorf("the request reached a third node: c's accounting was called %d times", n)
+		}
+	})
 }
 
 // An owner that cannot be reached is a 503 with Retry-After at once, not a
@@ -511,6 +622,42 @@ func TestClusterWaitsForAMovingPartition(t *testing.T) {
 		})
 	}
 
+	// A move changes the route more than once before it settles: the old
+	// owner releasing, then nobody, then the new owner acquiring. Each
+	// change closes the previous Settled; the request waits for the last.
+	t.Run("settles after several changes", func(t *testing.T) {
+		b := startNode(t, "b", store)
+		first, second := make(chan struct{}), make(chan struct{})
+		b.cluster.set(func(domain.Partition) transport.Route {
+			return transport.Route{NodeID: "a", URL: a.url, Settled: first}
+		})
+		asked := make(chan domain.Partition, 4)
+		b.cluster.mu.Lock()
+		b.cluster.asked = asked
+		b.cluster.mu.Unlock()
+
+		done := make(chan *apitest.Response, 1)
+		go func() {
+			r, err := b.client.Call("POST", "/api/v1/sessions", tok, validCreate)
+			if err != nil {
+				t.Error(err)
+			}
+			done <- r
+		}()
+		<-asked
+		b.cluster.set(func(domain.Partition) transport.Route { return transport.Route{Settled: second} }) // released: nobody
+		close(first)
+		<-asked // routed again, and unsettled again
+		b.cluster.set(self)
+		close(second)
+		r := <-done
+		if r == nil {
+			return
+		}
+		wantStatus(t, r, 200)
+		wantNode(t, r, "b")
+	})
+
 	t.Run("never settles", func(t *testing.T) {
 		b := startNode(t, "b", store, func(o *transport.Options) { o.RequestTimeout = 200 * time.Millisecond })
 		b.cluster.set(func(domain.Partition) transport.Route { return transport.Route{Settled: make(chan struct{})} })
@@ -521,6 +668,25 @@ func TestClusterWaitsForAMovingPartition(t *testing.T) {
 			t.Errorf("accounting called %d times for an unowned partition", n)
 		}
 	})
+}
+
+// A request is not forwarded with less of its deadline left than the
+// owner needs to serve it (transport's serveReserve, 250 ms): it would
+// reach the owner's group commit about to expire and cut the batch's
+// transaction short for every request in it. It is answered 503 at once
+// instead, nothing done anywhere. Here the whole deadline is shorter than
+// that.
+func TestClusterKeepsTimeToServe(t *testing.T) {
+	store := sharedStore(t)
+	a := startNode(t, "a", store)
+	b := startNode(t, "b", store, func(o *transport.Options) { o.RequestTimeout = 200 * time.Millisecond })
+	b.cluster.set(ownedBy(a))
+	r := b.client.MustCall("POST", "/api/v1/sessions", userToken(t, "u1"), validCreate)
+	want503(t, r)
+	wantNode(t, r, "b")
+	if n := a.accounts.total(); n != 0 {
+		t.Errorf("the owner's accounting was called %d times", n)
+	}
 }
 
 // dropProxy stands between a forwarding node and the owner. It relays

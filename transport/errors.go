@@ -131,6 +131,11 @@ func (s *server) fail(c *gin.Context, err error) {
 	switch status {
 	case http.StatusServiceUnavailable:
 		c.Header("Retry-After", "1")
+		if s.cluster != nil && (err == errNotOwner || errors.Is(err, domain.ErrNotOwner)) && forwardOf(c) != nil {
+			// Nothing was done: the node that forwarded it may route it
+			// again (forward.go).
+			c.Header(hdrNotOwner, "1")
+		}
 	case http.StatusUnauthorized:
 		c.Header("WWW-Authenticate", `Bearer realm="tally"`)
 	case http.StatusRequestTimeout:

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"hash"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -37,7 +38,9 @@ import (
 // connection broke), its outcome is looked up in the shared store instead,
 // as a lost COMMIT reply is (actors/admit.go, resolveUnknown): by
 // Idempotency-Key, or by the session id the forwarding node chose and sent
-// along.
+// along. An owner that refuses a request as not its own any more (it did
+// nothing with it: hdrNotOwner) is the one case where the forwarding node
+// routes it again, once (forward).
 
 // The forwarding headers. They are honoured only with a valid signature;
 // any of them on a request without one is a 401.
@@ -48,6 +51,12 @@ const (
 	hdrForwardSID  = "X-Tally-Forward-Session"   // a create's session id, chosen by the forwarder
 	hdrForwardSig  = "X-Tally-Forward-Signature" // base64url HMAC-SHA256 over all of the above, method and URI
 )
+
+// hdrNotOwner marks an owner's 503 to a forwarded request that it refused
+// because it does not own the user's partition now, having done nothing
+// with it (routeTo's errNotOwner, or the core's domain.ErrNotOwner, which
+// writes nothing). Only the forwarding node reads it; it is never relayed.
+const hdrNotOwner = "X-Tally-Not-Owner"
 
 // forwardValidity is how far a forwarded request's time may be from the
 // receiving node's clock: enough for clocks kept by NTP and a request in
@@ -228,15 +237,18 @@ func isCreate(c *gin.Context) bool {
 
 // forward sends the request to the owner r and answers with the owner's
 // answer; see the comment at the top of this file.
+//
+// An owner that answers that it does not own the partition (any more) —
+// hdrNotOwner: it did nothing with the request — has refused it as final;
+// the partition is moving and this node has not seen it yet. This node,
+// which the client is waiting on, routes the request once more (waiting
+// for its own route to leave the refusing node, within the deadline) and
+// serves it or forwards it to the new owner, whose answer is relayed
+// whatever it is. So a hand-off that the forwarding node learns of a
+// moment after the old owner answers no request with a 503, and every
+// request still reaches at most two owners, each once.
 func (s *server) forward(c *gin.Context, r Route, user string, deadline time.Time) {
 	e := s.cluster
-	base, err := e.ownerURL(r.URL)
-	if err != nil {
-		s.log.Error("cluster route with an unusable owner URL", "node", r.NodeID, "err", err)
-		e.stats.unreachable.Inc()
-		s.fail(c, errOwnerUnreachable)
-		return
-	}
 	buf := bodyBuffers.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer func() {
@@ -248,21 +260,55 @@ func (s *server) forward(c *gin.Context, r Route, user string, deadline time.Tim
 		s.fail(c, err) // 413, 408 or 400: nothing to forward
 		return
 	}
-	left := time.Until(deadline)
-	if left <= 0 {
-		s.fail(c, errRouteDeadline)
-		return
-	}
 	create := isCreate(c)
 	var sid string
 	if create {
 		sid = newSessionID(time.Now())
 	}
+	if !s.forwardTo(c, r, user, deadline, buf.Bytes(), sid, true) {
+		return
+	}
+	r, ok := e.reroute(c.Request.Context(), domain.PartitionOf(user), r.NodeID, deadline)
+	switch {
+	case !ok:
+		e.stats.notOwner.Inc()
+		s.fail(c, errNotOwner)
+	case r.Self:
+		// The handler reads the body the forward consumed.
+		c.Request.Body = io.NopCloser(bytes.NewReader(buf.Bytes()))
+		c.Next()
+	default:
+		s.forwardTo(c, r, user, deadline, buf.Bytes(), sid, false)
+	}
+}
+
+// forwardTo sends the request to the owner r once and answers with its
+// answer — unless mayRefuse and the owner refused it as not its own, which
+// it reports (refused) without answering.
+func (s *server) forwardTo(c *gin.Context, r Route, user string, deadline time.Time, body []byte, sid string, mayRefuse bool) (refused bool) {
+	e := s.cluster
+	base, err := e.ownerURL(r.URL)
+	if err != nil {
+		s.log.Error("cluster route with an unusable owner URL", "node", r.NodeID, "err", err)
+		e.stats.unreachable.Inc()
+		s.fail(c, errOwnerUnreachable)
+		return false
+	}
+	left := time.Until(deadline)
+	switch {
+	case left <= 0:
+		s.fail(c, errRouteDeadline)
+		return false
+	case left < serveReserve:
+		s.fail(c, errNoTimeLeft) // not sent: nothing done
+		return false
+	}
+	create := sid != ""
 
 	uri := c.Request.URL.RequestURI() // as the owner's router will see it
 	at := strconv.FormatInt(s.now().UnixMilli(), 10)
 	budget := strconv.FormatInt(max(forwardBudget(left).Milliseconds(), 1), 10)
-	out := outRequest{method: c.Request.Method, uri: uri, body: buf.Bytes()}
+	out := outRequest{method: c.Request.Method, uri: uri, body: body}
 	in := c.Request.Header
 	for _, k := range [...]string{"Authorization", "Content-Type", "Idempotency-Key"} {
 		if v := in[k]; len(v) > 0 {
@@ -283,33 +329,37 @@ func (s *server) forward(c *gin.Context, r Route, user string, deadline time.Tim
 		defer answerBuffers.Put(ans.body)
 	}
 	switch {
+	case err == nil && mayRefuse && ans.status == http.StatusServiceUnavailable && ans.has(hdrNotOwner):
+		e.stats.refused.Inc()
+		return true
 	case err == nil:
 		e.stats.answered.Inc()
 		relay(c, &ans)
-		return
+		return false
 	case c.Request.Context().Err() != nil:
 		// The client went away: nobody is waiting for an answer.
 		s.fail(c, c.Request.Context().Err())
-		return
+		return false
 	case !sent:
 		e.stats.unreachable.Inc()
 		s.log.Warn("cluster owner unreachable", "node", r.NodeID, "url", r.URL, "err", err)
 		s.fail(c, errOwnerUnreachable)
-		return
+		return false
 	case !create:
 		e.stats.lost.Inc()
 		s.log.Warn("cluster owner's answer lost", "node", r.NodeID, "url", r.URL, "err", err)
 		s.fail(c, errAnswerLost)
-		return
+		return false
 	}
 	s.log.Warn("cluster owner's answer to a create lost; looking it up", "node", r.NodeID, "url", r.URL, "err", err)
-	sess, err := s.resolveCreate(c, r.NodeID, user, buf.Bytes(), sid, deadline)
+	sess, err := s.resolveCreate(c, r.NodeID, user, body, sid, deadline)
 	if err != nil {
 		s.fail(c, err)
-		return
+		return false
 	}
 	s.writeJSON(c, http.StatusOK, toSession(sess))
 	c.Abort()
+	return false
 }
 
 // answerBuffers hold owners' answers while they are relayed.
@@ -323,7 +373,7 @@ func relay(c *gin.Context, a *answer) {
 	h := c.Writer.Header()
 	for i, kv := range a.header[:a.headers] {
 		switch kv[0] {
-		case "Date", "Keep-Alive", "Trailer", "Upgrade", "Proxy-Connection", "Te":
+		case "Date", "Keep-Alive", "Trailer", "Upgrade", "Proxy-Connection", "Te", hdrNotOwner:
 			continue
 		}
 		switch cur := h[kv[0]]; {

@@ -140,6 +140,9 @@ type answer struct {
 
 var errBadAnswer = errors.New("malformed answer from the owner")
 
+// has reports whether the answer has a header of that (canonical) name.
+func (a *answer) has(name string) bool { return a.named(name, a.headers) }
+
 // named reports whether a header before the i-th has that name.
 func (a *answer) named(name string, i int) bool {
 	for _, kv := range a.header[:i] {

@@ -184,6 +184,23 @@ var List = []Mutant{
 		File: "transport/cluster.go",
 		From: "case forwarded || (r.NodeID == e.self && r.Settled == nil):", To: "case (forwarded && false) || (r.NodeID == e.self && r.Settled == nil):",
 		Packages: []string{"./transport"}, Run: "ClusterForwardedRequestIsFinal"},
+	{Name: "route-waits-once", Invariant: "cluster mode: a request waiting for a moving partition gives up at the move's first step (the old owner's release) instead of waiting for the new owner",
+		File: "transport/cluster.go",
+		From: "settled := e.settle(ctx, r.Settled, until)", To: "settled := e.settle(ctx, r.Settled, until) && false",
+		Packages: []string{"./transport"}, Run: "ClusterWaitsForAMovingPartition"},
+	{Name: "forward-without-reserve", Invariant: "cluster mode: a request is forwarded with too little of its deadline left for the owner to commit it",
+		File: "transport/forward.go",
+		From: "\tcase left < serveReserve:", To: "\tcase false && left < serveReserve:",
+		Packages: []string{"./transport"}, Run: "ClusterKeepsTimeToServe"},
+	{Name: "cluster-leave-forgets-new-owners", Invariant: "cluster ownership: a leaving node stops with routes that name no owner for what it handed off (requests reaching it wait for their deadline)",
+		File: "cluster/cluster.go",
+		From: "\t\tcase <-reply:\n\t\t\tn.awaitNewOwners(ctx)\n", To: "\t\tcase <-reply:\n",
+		Packages: []string{"./cluster"}, Run: "TestGracefulLeave"},
+	{Name: "forward-reroutes-any-503", Invariant: "I5 counted once: an owner's 503 after which a create may have committed is taken for a refusal, and the create is sent to another owner",
+		File:     "transport/errors.go",
+		From:     "if s.cluster != nil && (err == errNotOwner || errors.Is(err, domain.ErrNotOwner)) && forwardOf(c) != nil {",
+		To:       "if s.cluster != nil && forwardOf(c) != nil {",
+		Packages: []string{"./transport"}, Run: "ClusterForwardedRequestIsFinal"},
 }
 
 // Result is what one mutant's run found.
