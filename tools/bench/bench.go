@@ -352,8 +352,8 @@ type Report struct {
 	CPU *CPUResult `json:"cpu,omitempty"`
 	// Cluster is the cluster phases' rounds, every side of each.
 	Cluster []ClusterRun `json:"cluster,omitempty"`
-	Phases []*Phase   `json:"phases"`
-	Notes  []string   `json:"notes"`
+	Phases  []*Phase     `json:"phases"`
+	Notes   []string     `json:"notes"`
 }
 
 // Settings are the knobs of the run.
