@@ -218,7 +218,7 @@ Flags:
 	fs.BoolVar(&o.SkipMillion, "skip-million", false, "skip the million-users RSS phase (the longest)")
 	fs.BoolVar(&o.SkipCluster, "skip-cluster", false, "skip the cluster phases ("+strings.Join(clusterPhaseNames, ", ")+": three etcd members and three Tally nodes each, several minutes)")
 	fs.StringVar(&o.EtcdBin, "etcd-bin", "", "the etcd server the cluster phases start (default: bin/etcd of the repository, built by `make etcd`)")
-	fs.BoolVar(&o.ClusterPprof, "cluster-pprof", false, "cluster phases: serve pprof on the nodes' ops listeners and write a CPU profile of a node in each phase's last round to --out (the forwarding node where one forwards)")
+	fs.BoolVar(&o.ClusterPprof, "cluster-pprof", false, "cluster phases: serve pprof on the nodes' ops listeners and write CPU profiles to --out, taken in each phase's last round: of the single node, of the owner and of a node forwarding to it, of a cluster node under many users")
 	fs.IntVar(&o.MillionUsers, "million-users", millionTarget, "distinct users the million-users phase touches")
 	fs.IntVar(&o.MemoryUsers, "memory-users", defaultMemUser, "new users the memory-per-user phase touches")
 	fs.StringVar(&o.PostgresURL, "postgres-url", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable", "PostgreSQL URL of a role that may CREATE DATABASE")
@@ -672,13 +672,14 @@ func (r *runner) estimate(phases []string) time.Duration {
 		case "poison":
 			t += 10 * time.Second
 		case "cluster-hot":
-			// etcd and six nodes, then three sides a round.
-			t += 30*time.Second + 3*rounds*(d+w+verify+5*time.Second)
+			// etcd and six nodes, then three sides a round, each reading
+			// its admissions back (about as long as it ran).
+			t += 30*time.Second + 3*rounds*(d+w+verify/3+5*time.Second)
 		case "cluster-forward":
 			t += 40*time.Second + 2*rounds*(d+w+3*time.Second)
 		case "cluster-many":
 			// Each side's round provisions its 10 000 users first.
-			t += 30*time.Second + 2*rounds*(d+w+2*verify+15*time.Second)
+			t += 30*time.Second + 2*rounds*(d+w+verify/3+10*time.Second)
 		}
 	}
 	return t

@@ -3,11 +3,9 @@ package bench
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,7 +14,6 @@ import (
 
 	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/tools/load"
-	"github.com/tally-dev/tally/transport"
 )
 
 // The cluster phases measure Tally in cluster mode (TALLY_ETCD_ENDPOINTS:
@@ -38,6 +35,12 @@ import (
 //   - cluster-many: durable admitted creates/s of 10 000 users on
 //     enterprise, 256 clients spread over three cluster nodes, against
 //     all of it sent to one single-node Tally, target ≥ 1×.
+//
+// The hot and many phases also measure the cluster with every request
+// sent to its user's owner ("cluster-to-owner": the hot user's owner; for
+// many users, one load per node with users that node owns), as a client
+// or a load balancer that knew the owners would: the cluster without its
+// forwards, shown for what it says, with no target.
 //
 // Each phase starts its own three-member etcd (etcd.go) and its own Tally
 // children, each side on a fresh database and its own Redis key prefix,
@@ -78,6 +81,7 @@ const (
 	sideCluster  = "cluster"
 	sideOff      = "ownership-off"
 	sideOne      = "one-node"
+	sideRouted   = "cluster-to-owner" // each request sent to its user's owner: no forward
 	sideOwner    = "owner"
 	sideNonOwner = "non-owner"
 )
@@ -105,10 +109,15 @@ type ClusterRun struct {
 	// MachineBusy is the machine's busy cores in the window (/proc/stat:
 	// the load client, Postgres, Redis, etcd and anything else running).
 	MachineBusy float64 `json:"machine_cores_busy"`
-	// Profile is a CPU profile of one node taken in the window
-	// (--cluster-pprof), and Node which.
-	Profile     string `json:"profile,omitempty"`
-	ProfileNode string `json:"profile_node,omitempty"`
+	// The group commits of the side's nodes in the window
+	// (tally_commit_batch_size, tally_commit_seconds): transactions a
+	// second, admissions per transaction, and a transaction's mean time.
+	CommitsPerS  float64 `json:"commits_per_s"`
+	MeanBatch    float64 `json:"mean_batch"`
+	MeanCommitMs float64 `json:"mean_commit_ms"`
+	// Profiles are CPU profiles taken in the window (--cluster-pprof),
+	// by node: the file of each.
+	Profiles map[string]string `json:"profiles,omitempty"`
 }
 
 // clusterSide is one side of a comparison: where the load goes and whose
@@ -221,425 +230,6 @@ func (r *runner) stopGroup(g *nodeGroup) {
 	wg.Wait()
 }
 
-// probeSet is one user id per partition, with its token: a GET of its
-// usage through a node is answered by the partition's owner, which names
-// itself in X-Tally-Node.
-type probeSet struct {
-	ids    [domain.Partitions]string
-	tokens [domain.Partitions]string
-}
-
-// newProbeSet draws ids prefix-0, prefix-1… until every partition has one.
-func newProbeSet(prefix, secret string) (*probeSet, error) {
-	ps := &probeSet{}
-	left := domain.Partitions
-	for i := 0; left > 0; i++ {
-		id := fmt.Sprintf("%s-%d", prefix, i)
-		p := domain.PartitionOf(id)
-		if ps.ids[p] != "" {
-			continue
-		}
-		tok, err := transport.IssueTokenFor([]byte(secret), id, 12*time.Hour, time.Now(), "", "")
-		if err != nil {
-			return nil, err
-		}
-		ps.ids[p], ps.tokens[p] = id, tok
-		left--
-	}
-	return ps, nil
-}
-
-// owners is the owner node id of every partition ("" when unknown).
-type owners [domain.Partitions]string
-
-// sweep asks every node who owns every partition: the X-Tally-Node of a
-// usage GET of the partition's probe user. A partition whose answers
-// disagree between nodes, or that some node answered with something other
-// than 200 or 404, is "" in the result.
-func sweep(ctx context.Context, client *http.Client, urls []string, ps *probeSet) owners {
-	type job struct{ node, p int }
-	seen := make([][domain.Partitions]string, len(urls))
-	jobs := make(chan job)
-	var wg sync.WaitGroup
-	for range probeConcurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range jobs {
-				seen[j.node][j.p] = probeOwner(ctx, client, urls[j.node], ps.tokens[j.p])
-			}
-		}()
-	}
-	for n := range urls {
-		for p := range domain.Partitions {
-			jobs <- job{n, p}
-		}
-	}
-	close(jobs)
-	wg.Wait()
-	return agreed(seen)
-}
-
-// agreed is, per partition, the owner every node named, or "".
-func agreed(seen [][domain.Partitions]string) owners {
-	var out owners
-	for p := range domain.Partitions {
-		o := seen[0][p]
-		for _, s := range seen[1:] {
-			if s[p] != o {
-				o = ""
-				break
-			}
-		}
-		out[p] = o
-	}
-	return out
-}
-
-// probeOwner is the X-Tally-Node of one usage GET, or "" for an answer
-// that was not decided by the owner (an error, a 503 while a partition
-// moves, which names the node that gave up).
-func probeOwner(ctx context.Context, client *http.Client, base, token string) string {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/usage", nil)
-	if err != nil {
-		return ""
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := client.Do(req)
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNotFound {
-		return ""
-	}
-	return resp.Header.Get(transport.HeaderNode)
-}
-
-// settledOwners reports whether an ownership map is complete: every
-// partition owned by one of ids, as every node sees it, and every id
-// owning some (all nodes joined).
-func settledOwners(o owners, ids []string) bool {
-	count := map[string]int{}
-	for _, id := range o {
-		if !slices.Contains(ids, id) {
-			return false
-		}
-		count[id]++
-	}
-	return len(count) == len(ids)
-}
-
-// waitOwnership waits until every node agrees on the owner of every
-// partition, all the group's nodes own some, and two sweeps a second
-// apart see the same map; it returns that map.
-func (r *runner) waitOwnership(ctx context.Context, g *nodeGroup, ps *probeSet) (owners, error) {
-	client := &http.Client{Timeout: 5 * time.Second}
-	defer client.CloseIdleConnections()
-	deadline := time.Now().Add(ownershipTimeout)
-	var prev owners
-	havePrev := false
-	for {
-		for _, c := range g.nodes {
-			if !c.alive() {
-				return owners{}, fmt.Errorf("%s: a node exited (%v); its log (%s) ends:\n%s", g.label, c.waitErr, c.logPath, fileTail(c.logPath, 15))
-			}
-		}
-		o := sweep(ctx, client, g.urls(), ps)
-		if settledOwners(o, g.ids) {
-			if havePrev && o == prev {
-				counts := map[string]int{}
-				for _, id := range o {
-					counts[id]++
-				}
-				parts := make([]string, len(g.ids))
-				for i, id := range g.ids {
-					parts[i] = fmt.Sprintf("%s %d", id, counts[id])
-				}
-				r.logf("%s: ownership settled, partitions per node: %s", g.label, strings.Join(parts, ", "))
-				return o, nil
-			}
-			prev, havePrev = o, true
-		} else {
-			havePrev = false
-		}
-		if time.Now().After(deadline) {
-			return owners{}, fmt.Errorf("%s: ownership did not settle within %s (every node agreeing on the owner of every partition, every node owning some)", g.label, ownershipTimeout)
-		}
-		select {
-		case <-ctx.Done():
-			return owners{}, ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-// usersOwnedBy draws n user ids prefix-0, prefix-1… whose partitions node
-// owns.
-func usersOwnedBy(o owners, node, prefix string, n int) []string {
-	out := make([]string, 0, n)
-	for i := 0; len(out) < n; i++ {
-		id := fmt.Sprintf("%s-%d", prefix, i)
-		if o[domain.PartitionOf(id)] == node {
-			out = append(out, id)
-		}
-	}
-	return out
-}
-
-// ---- CPU in a window ----
-
-// cpuSample is the summed CPU time of some processes at one moment, and
-// the machine's busy time (every process, the kernel's work included).
-type cpuSample struct {
-	at      time.Time
-	cpu     time.Duration
-	machine time.Duration
-}
-
-// cpuTrace samples the summed CPU time of processes until stopped, so
-// that the CPU spent inside a load's measured window (which starts after
-// provisioning and warm-up, inside load.Run) can be read afterwards.
-type cpuTrace struct {
-	pids    []int
-	mu      sync.Mutex
-	samples []cpuSample
-	errs    int
-	stop    chan struct{}
-	done    chan struct{}
-}
-
-func startCPUTrace(pids []int, every time.Duration) *cpuTrace {
-	t := &cpuTrace{pids: pids, stop: make(chan struct{}), done: make(chan struct{})}
-	t.sample()
-	go func() {
-		defer close(t.done)
-		tk := time.NewTicker(every)
-		defer tk.Stop()
-		for {
-			select {
-			case <-t.stop:
-				return
-			case <-tk.C:
-				t.sample()
-			}
-		}
-	}()
-	return t
-}
-
-func (t *cpuTrace) sample() {
-	var sum time.Duration
-	for _, pid := range t.pids {
-		d, err := readProcCPU(pid)
-		if err != nil {
-			t.mu.Lock()
-			t.errs++
-			t.mu.Unlock()
-			return
-		}
-		sum += d
-	}
-	busy, err := readMachineBusy()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if err != nil {
-		t.errs++
-		return
-	}
-	t.samples = append(t.samples, cpuSample{at: time.Now(), cpu: sum, machine: busy})
-}
-
-// Stop takes a last sample and returns them all.
-func (t *cpuTrace) Stop() []cpuSample {
-	close(t.stop)
-	<-t.done
-	t.sample()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return slices.Clone(t.samples)
-}
-
-// cpuBetween is the CPU spent from t0 to t1 (of the processes traced, or
-// of the whole machine: of picks which), read off samples in time order,
-// each end interpolated between the samples around it; false when the
-// samples do not cover the window.
-func cpuBetween(samples []cpuSample, t0, t1 time.Time, of func(cpuSample) time.Duration) (time.Duration, bool) {
-	at := func(t time.Time) (float64, bool) {
-		for i := 1; i < len(samples); i++ {
-			a, b := samples[i-1], samples[i]
-			if t.Before(a.at) || t.After(b.at) {
-				continue
-			}
-			span := b.at.Sub(a.at)
-			if span <= 0 {
-				return float64(of(b)), true
-			}
-			f := float64(t.Sub(a.at)) / float64(span)
-			return float64(of(a)) + f*float64(of(b)-of(a)), true
-		}
-		return 0, false
-	}
-	if !t1.After(t0) {
-		return 0, false
-	}
-	c0, ok0 := at(t0)
-	c1, ok1 := at(t1)
-	if !ok0 || !ok1 {
-		return 0, false
-	}
-	return time.Duration(c1 - c0), true
-}
-
-func tallyCPU(s cpuSample) time.Duration   { return s.cpu }
-func machineCPU(s cpuSample) time.Duration { return s.machine }
-
-// parseMachineBusy reads the busy time of the whole machine off the
-// "cpu" line of /proc/stat: user, nice, system, irq and softirq, in
-// USER_HZ ticks (not idle or iowait; not steal, the hypervisor's; not the
-// guest times, which user already counts).
-func parseMachineBusy(b []byte) (time.Duration, error) {
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	if len(f) < 8 || f[0] != "cpu" {
-		return 0, fmt.Errorf("/proc/stat: first line %q is not the cpu total", line)
-	}
-	var ticks int64
-	for i, v := range f[1:] {
-		if i == 3 || i == 4 || i >= 7 { // idle, iowait; steal, guest, guest_nice
-			continue
-		}
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			return 0, fmt.Errorf("/proc/stat: unexpected time %q", v)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * time.Second / userHZ, nil
-}
-
-func readMachineBusy() (time.Duration, error) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, err
-	}
-	return parseMachineBusy(b)
-}
-
-// ---- measuring a side ----
-
-// profileReq asks measureSide for a CPU profile of one node, taken in the
-// measured window.
-type profileReq struct {
-	node *child
-	id   string
-}
-
-// measureSide runs one load against a side and reads the CPU its
-// processes spent in the load's measured window.
-func (r *runner) measureSide(ctx context.Context, p *Phase, round int, side clusterSide, cfg load.Config, rejections bool, prof *profileReq) (ClusterRun, error) {
-	run := ClusterRun{Phase: p.Name, Round: round, Side: side.name, Targets: len(side.targets), Processes: len(side.counted)}
-	label := fmt.Sprintf("%s, %s, round %d", p.Name, side.name, round)
-	pids := make([]int, len(side.counted))
-	for i, c := range side.counted {
-		pids[i] = c.pid()
-	}
-	var profDone chan string
-	if prof != nil {
-		profDone = make(chan string, 1)
-		path := filepath.Join(r.outDir, fmt.Sprintf("%s-%s-%s-r%d-%s.pprof", r.stem, p.Name, side.name, round, prof.id))
-		go func() { profDone <- r.captureProfile(ctx, prof.node, path, cfg.Warmup) }()
-	}
-	trace := startCPUTrace(pids, cpuSampleEvery)
-	res, err := r.runLoad(ctx, p, label, cfg)
-	samples := trace.Stop()
-	if profDone != nil {
-		if path := <-profDone; path != "" {
-			run.Profile, run.ProfileNode = path, prof.id
-			p.LogFiles = append(p.LogFiles, path)
-		}
-	}
-	if err != nil {
-		return run, err
-	}
-	for _, c := range side.counted {
-		if !c.alive() {
-			return run, fmt.Errorf("%s: a Tally node exited (%v); its log (%s) ends:\n%s", label, c.waitErr, c.logPath, fileTail(c.logPath, 15))
-		}
-	}
-	run.Answers, run.PerS, run.P99Ms = res.Admitted, res.AdmittedPerS, res.LatencyAdmitted.P99Ms
-	if rejections {
-		run.Answers, run.PerS, run.P99Ms = res.Rejected, res.RejectedPerS, res.LatencyRejected.P99Ms
-	}
-	if run.Answers == 0 {
-		return run, fmt.Errorf("%s: nothing was %s (answers %v)", label, map[bool]string{false: "admitted", true: "rejected"}[rejections], res.Statuses)
-	}
-	run.WindowS = res.DurationS
-	end := res.MeasureStart.Add(time.Duration(res.DurationS * float64(time.Second)))
-	if cpu, ok := cpuBetween(samples, res.MeasureStart, end, tallyCPU); ok {
-		run.CPUSeconds = cpu.Seconds()
-		run.MicrosPerAnswer = run.CPUSeconds * 1e6 / float64(run.Answers)
-		run.CoresBusy = run.CPUSeconds / run.WindowS
-		busy, _ := cpuBetween(samples, res.MeasureStart, end, machineCPU)
-		run.MachineBusy = busy.Seconds() / run.WindowS
-	} else {
-		r.note("%s: the CPU samples do not cover the measured window; no CPU figure", label)
-	}
-	what := "admitted"
-	if rejections {
-		what = "rejected"
-	}
-	r.logf("%s: %.0f %s/s over %d node(s), p99 %.2f ms; Tally CPU %.2f cores, %.1f µs per answer; machine %.2f of %d cores busy",
-		label, run.PerS, what, run.Targets, run.P99Ms, run.CoresBusy, run.MicrosPerAnswer, run.MachineBusy, runtime.NumCPU())
-	return run, nil
-}
-
-// captureProfile takes a CPU profile of a node's ops listener (pprof is
-// on with --cluster-pprof) once the load's warm-up is over, and writes it
-// to path; it returns path, or "" after noting why not.
-func (r *runner) captureProfile(ctx context.Context, c *child, path string, warmup time.Duration) string {
-	select {
-	case <-ctx.Done():
-		return ""
-	case <-time.After(warmup + 200*time.Millisecond):
-	}
-	secs := max(1, min(clusterProfileSecs, int(r.opts.Duration.Seconds())-1))
-	url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", c.opsURL(), secs)
-	client := &http.Client{Timeout: time.Duration(secs)*time.Second + 30*time.Second}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return ""
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		r.note("CPU profile from %s: %v", url, err)
-		return ""
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		r.note("CPU profile from %s: %s", url, resp.Status)
-		return ""
-	}
-	b, err := io.ReadAll(resp.Body)
-	if err == nil {
-		err = os.WriteFile(path, b, 0o644)
-	}
-	if err != nil {
-		r.note("CPU profile to %s: %v", path, err)
-		return ""
-	}
-	r.logf("CPU profile (%d s) written to %s (go tool pprof -top %s)", secs, path, path)
-	return path
-}
-
-// rotated is sides in round's order: each round starts with the next
-// side, so that none is always measured first or last.
-func rotated[T any](sides []T, round int) []T {
-	k := (round - 1) % len(sides)
-	return append(slices.Clone(sides[k:]), sides[:k]...)
-}
-
 // ---- the phases ----
 
 // withEtcd runs a cluster phase f on an etcd of its own, with the probe
@@ -720,27 +310,39 @@ func (r *runner) phaseClusterHot(ctx context.Context, p *Phase) error {
 			{name: sideOff, targets: off.nodes, counted: off.nodes},
 			{name: sideOne, targets: off.nodes[:1], counted: off.nodes[:1]},
 			{name: sideCluster, targets: cl.nodes, counted: cl.nodes},
+			{name: sideRouted, counted: cl.nodes}, // targets: the round's owner
 		}
 		tag := randomHex(3)
 		for round := 1; round <= r.opts.Rounds; round++ {
 			for _, s := range rotated(sides, round) {
 				r.settle(ctx, p.Name)
+				prefix := fmt.Sprintf("bench-clhot-%s-%s-r%d", tag, s.name, round)
+				if s.name == sideRouted {
+					s.targets = []*child{cl.nodeOf(own[domain.PartitionOf(prefix+"-0")])}
+				}
 				cfg := r.loadConfig(s.targets[0].url())
 				cfg.URLs = urlsOf(s.targets)
-				cfg.Hot, cfg.Plan = true, "enterprise"
-				cfg.UserPrefix = fmt.Sprintf("bench-clhot-%s-%s-r%d", tag, s.name, round)
-				var prof *profileReq
-				if r.opts.ClusterPprof && s.name == sideCluster && round == r.opts.Rounds {
-					// A node that forwards: the hot user's owner does not.
-					owner := own[domain.PartitionOf(cfg.UserPrefix+"-0")]
-					for i, id := range cl.ids {
-						if id != owner {
-							prof = &profileReq{node: cl.nodes[i], id: id}
-							break
+				cfg.Hot, cfg.Plan, cfg.UserPrefix = true, "enterprise", prefix
+				cfgs := []load.Config{cfg}
+				var profs []profileReq
+				if r.opts.ClusterPprof && round == r.opts.Rounds {
+					switch s.name {
+					case sideOne:
+						profs = []profileReq{{node: off.nodes[0], id: "single"}}
+					case sideCluster:
+						// The hot user's owner, and a node that forwards
+						// to it.
+						owner := own[domain.PartitionOf(cfg.UserPrefix+"-0")]
+						profs = []profileReq{{node: cl.nodeOf(owner), id: owner}}
+						for i, id := range cl.ids {
+							if id != owner {
+								profs = append(profs, profileReq{node: cl.nodes[i], id: id})
+								break
+							}
 						}
 					}
 				}
-				x, err := r.measureSide(ctx, p, round, s, cfg, false, prof)
+				x, err := r.measureSide(ctx, p, round, s, cfgs, false, profs)
 				if err != nil {
 					return err
 				}
@@ -784,11 +386,14 @@ func (r *runner) phaseClusterForward(ctx context.Context, p *Phase) error {
 				r.settle(ctx, p.Name)
 				cfg := r.loadConfig(s.targets[0].url())
 				cfg.UserIDs, cfg.Plan, cfg.NoProvision = users, "free", true
-				var prof *profileReq
+				var profs []profileReq
 				if r.opts.ClusterPprof && round == r.opts.Rounds {
-					prof = &profileReq{node: s.targets[0], id: map[string]string{sideOwner: ownerID, sideNonOwner: fwdID}[s.name]}
+					profs = []profileReq{{node: owner, id: ownerID}}
+					if s.name == sideNonOwner {
+						profs = append(profs, profileReq{node: fwd, id: fwdID})
+					}
 				}
-				x, err := r.measureSide(ctx, p, round, s, cfg, true, prof)
+				x, err := r.measureSide(ctx, p, round, s, []load.Config{cfg}, true, profs)
 				if err != nil {
 					return err
 				}
@@ -852,26 +457,38 @@ func (r *runner) phaseClusterMany(ctx context.Context, p *Phase) error {
 			return err
 		}
 		defer r.stopGroup(one)
-		if _, err := r.waitOwnership(ctx, cl, ps); err != nil {
+		own, err := r.waitOwnership(ctx, cl, ps)
+		if err != nil {
 			return err
 		}
 		sides := []clusterSide{
 			{name: sideOne, targets: one.nodes, counted: one.nodes},
 			{name: sideCluster, targets: cl.nodes, counted: cl.nodes},
+			{name: sideRouted, targets: cl.nodes, counted: cl.nodes},
 		}
 		tag := randomHex(3)
 		for round := 1; round <= r.opts.Rounds; round++ {
 			for _, s := range rotated(sides, round) {
 				r.settle(ctx, p.Name)
-				cfg := r.loadConfig(s.targets[0].url())
-				cfg.URLs = urlsOf(s.targets)
-				cfg.Users, cfg.Plan, cfg.Concurrency = manyUsers, "enterprise", highWorkers
-				cfg.UserPrefix = fmt.Sprintf("bench-clmany-%s-%s-r%d", tag, s.name, round)
-				var prof *profileReq
-				if r.opts.ClusterPprof && s.name == sideCluster && round == r.opts.Rounds {
-					prof = &profileReq{node: cl.nodes[0], id: cl.ids[0]}
+				prefix := fmt.Sprintf("bench-clmany-%s-%s-r%d", tag, s.name, round)
+				var cfgs []load.Config
+				if s.name == sideRouted {
+					if cfgs, err = r.routedLoads(ctx, p, cl, own, prefix, round); err != nil {
+						return err
+					}
+				} else {
+					cfg := r.loadConfig(s.targets[0].url())
+					cfg.URLs = urlsOf(s.targets)
+					cfg.Users, cfg.Plan, cfg.Concurrency, cfg.UserPrefix = manyUsers, "enterprise", highWorkers, prefix
+					cfgs = []load.Config{cfg}
 				}
-				x, err := r.measureSide(ctx, p, round, s, cfg, false, prof)
+				var profs []profileReq
+				if r.opts.ClusterPprof && round == r.opts.Rounds {
+					// Every cluster node takes a third of the load and
+					// forwards two thirds of it: one is every node.
+					profs = []profileReq{{node: s.targets[0], id: map[bool]string{true: cl.ids[0], false: "single"}[s.name != sideOne]}}
+				}
+				x, err := r.measureSide(ctx, p, round, s, cfgs, false, profs)
 				if err != nil {
 					return err
 				}
@@ -880,6 +497,34 @@ func (r *runner) phaseClusterMany(ctx context.Context, p *Phase) error {
 		}
 		return nil
 	})
+}
+
+// routedLoads are the many-users load split by owner: one load per node,
+// with the node's share of the users (manyUsers in all, each owned by
+// that node) and of the clients, sent to that node only, so that nothing
+// is forwarded. Each part's users are provisioned and touched once first,
+// through their owner and verified, and the parts themselves run
+// unverified and without provisioning, so that all three start at once.
+func (r *runner) routedLoads(ctx context.Context, p *Phase, cl *nodeGroup, own owners, prefix string, round int) ([]load.Config, error) {
+	var cfgs []load.Config
+	for i, node := range cl.nodes {
+		users := usersOwnedBy(own, cl.ids[i], fmt.Sprintf("%s-%d", prefix, i+1), manyUsers/len(cl.nodes))
+		touch := r.loadConfig(node.url())
+		touch.UserIDs, touch.Plan, touch.Progress = users, "enterprise", nil
+		touch.Duration, touch.Warmup, touch.Requests, touch.NoVerify = 0, 0, int64(len(users)), false
+		if _, err := r.runLoad(ctx, p, fmt.Sprintf("%s, %s, round %d: provision and touch %s's users", p.Name, sideRouted, round, cl.ids[i]), touch); err != nil {
+			return nil, err
+		}
+		cfg := r.loadConfig(node.url())
+		cfg.UserIDs, cfg.Plan, cfg.NoProvision, cfg.NoVerify = users, "enterprise", true, true
+		// 256 clients in all: 86 + 85 + 85.
+		cfg.Concurrency = highWorkers / len(cl.nodes)
+		if i < highWorkers%len(cl.nodes) {
+			cfg.Concurrency++
+		}
+		cfgs = append(cfgs, cfg)
+	}
+	return cfgs, nil
 }
 
 func urlsOf(cs []*child) []string {
@@ -909,17 +554,24 @@ func (r *runner) clusterRows(compared func(Row, []float64, []float64) Row) []Row
 	rate := func(x ClusterRun) float64 { return x.PerS }
 	cpu := func(x ClusterRun) float64 { return x.MicrosPerAnswer }
 	fig := func(phase, side string, f func(ClusterRun) float64) []float64 { return r.clusterFigure(phase, side, f) }
-	var rows []Row
-	rows = append(rows,
+	hotCPU := compared(Row{Key: "cluster_hot_cpu", Figure: "  … Tally CPU per admitted create (3 nodes vs one node)", Unit: "µs",
+		BaselineName: "one single node"},
+		fig("cluster-hot", sideCluster, cpu), fig("cluster-hot", sideOne, cpu))
+	hotRoutedCPU := compared(Row{Key: "cluster_hot_routed_cpu", Figure: "  … the same, each request sent to the owner (no forward)", Unit: "µs",
+		BaselineName: "one single node"},
+		fig("cluster-hot", sideRouted, cpu), fig("cluster-hot", sideOne, cpu))
+	rows := []Row{
 		compared(Row{Key: "cluster_hot_vs_off", Figure: "one hot user through 3 cluster nodes, 64 clients: admitted/s", Unit: "/s",
 			BaselineName: "ownership off: 3 single nodes, one database", Target: atLeastRatio(clusterHotTarget)},
 			fig("cluster-hot", sideCluster, rate), fig("cluster-hot", sideOff, rate)),
 		compared(Row{Key: "cluster_hot_vs_one", Figure: "  … against one node alone", Unit: "/s",
 			BaselineName: "all to one single node", Target: atLeastRatio(clusterOneTarget)},
 			fig("cluster-hot", sideCluster, rate), fig("cluster-hot", sideOne, rate)),
-		compared(Row{Key: "cluster_hot_cpu", Figure: "  … Tally CPU per admitted create (3 nodes vs one node)", Unit: "µs",
-			BaselineName: "one single node"},
-			fig("cluster-hot", sideCluster, cpu), fig("cluster-hot", sideOne, cpu)),
+		compared(Row{Key: "cluster_hot_routed", Figure: "  … the cluster with each request sent to the owner (no forward)", Unit: "/s",
+			BaselineName: "all to one single node"},
+			fig("cluster-hot", sideRouted, rate), fig("cluster-hot", sideOne, rate)),
+		hotCPU,
+		hotRoutedCPU,
 		compared(Row{Key: "cluster_forward", Figure: fmt.Sprintf("over-limit rejections/s through a non-owner (one forward), %s full users", groupDigits(overUsers)), Unit: "/s",
 			BaselineName: "through the owner", Target: atLeastRatio(clusterFwdTarget)},
 			fig("cluster-forward", sideNonOwner, rate), fig("cluster-forward", sideOwner, rate)),
@@ -929,15 +581,24 @@ func (r *runner) clusterRows(compared func(Row, []float64, []float64) Row) []Row
 		compared(Row{Key: "cluster_many", Figure: fmt.Sprintf("durable admitted creates/s, %s users over 3 cluster nodes, 256 clients", groupDigits(manyUsers)), Unit: "/s",
 			BaselineName: "one single node", Target: atLeastRatio(clusterManyTarget)},
 			fig("cluster-many", sideCluster, rate), fig("cluster-many", sideOne, rate)),
-	)
+		compared(Row{Key: "cluster_many_routed", Figure: "  … the cluster with each request sent to its user's owner (no forward)", Unit: "/s",
+			BaselineName: "one single node"},
+			fig("cluster-many", sideRouted, rate), fig("cluster-many", sideOne, rate)),
+	}
 	manyCPU := compared(Row{Key: "cluster_many_cpu", Figure: "  … Tally CPU per admitted create (3 nodes vs one node)", Unit: "µs",
 		BaselineName: "one single node"},
 		fig("cluster-many", sideCluster, cpu), fig("cluster-many", sideOne, cpu))
+	manyRoutedCPU := compared(Row{Key: "cluster_many_routed_cpu", Figure: "  … the same, each request sent to its user's owner", Unit: "µs",
+		BaselineName: "one single node"},
+		fig("cluster-many", sideRouted, cpu), fig("cluster-many", sideOne, cpu))
 	if m := projectedScaling(manyCPU.Tally, manyCPU.Baseline); m > 0 {
-		manyCPU.Note = fmt.Sprintf("on one machine the nodes share its cores; with a machine per node (and Postgres not the bound) "+
-			"the cluster would admit about %.1f× one node (3 × one node's CPU per create ÷ the cluster's; docs/performance.md, \"Cluster\")", m)
+		manyCPU.Note = fmt.Sprintf("on one machine the nodes share its cores; with a machine per node, if Tally's CPU bounds each one (not Postgres), "+
+			"requests spread evenly over the nodes would be admitted at about %.1f× one node's rate (3 × one node's CPU per create ÷ the cluster's; docs/performance.md, \"Cluster\")", m)
 	}
-	return append(rows, manyCPU)
+	if m := projectedScaling(manyRoutedCPU.Tally, manyRoutedCPU.Baseline); m > 0 {
+		manyRoutedCPU.Note = fmt.Sprintf("likewise, requests routed to their owner by the client or the load balancer: about %.1f× one node's rate on three machines", m)
+	}
+	return append(rows, manyCPU, manyRoutedCPU)
 }
 
 // projectedScaling is what three nodes on three machines would admit
@@ -952,7 +613,7 @@ func projectedScaling(clusterCPU, oneCPU *float64) float64 {
 
 // clusterCells is the cluster phases' rounds as a table.
 func clusterCells(runs []ClusterRun) ([]string, [][]string) {
-	head := []string{"phase", "round", "side", "nodes", "rate", "p99", "Tally CPU", "Tally cores", "CPU per answer", "machine cores"}
+	head := []string{"phase", "round", "side", "nodes", "rate", "p99", "Tally cores", "Tally CPU per answer", "machine cores", "commits/s", "per commit", "commit time"}
 	var rows [][]string
 	for _, x := range runs {
 		rate := fmtValue(&x.PerS, "/s")
@@ -961,8 +622,13 @@ func clusterCells(runs []ClusterRun) ([]string, [][]string) {
 		} else {
 			rate += " admitted"
 		}
+		commits, batch, ms := "—", "—", "—"
+		if x.CommitsPerS > 0 {
+			commits, batch, ms = groupDigits(x.CommitsPerS), fmt.Sprintf("%.1f", x.MeanBatch), fmtValue(&x.MeanCommitMs, "ms")
+		}
 		rows = append(rows, []string{x.Phase, fmt.Sprint(x.Round), x.Side, fmt.Sprintf("%d (CPU of %d)", x.Targets, x.Processes), rate,
-			fmtValue(&x.P99Ms, "ms"), fmtValue(&x.CPUSeconds, "s"), fmt.Sprintf("%.2f", x.CoresBusy), fmtValue(&x.MicrosPerAnswer, "µs"), fmt.Sprintf("%.2f", x.MachineBusy)})
+			fmtValue(&x.P99Ms, "ms"), fmt.Sprintf("%.2f", x.CoresBusy), fmtValue(&x.MicrosPerAnswer, "µs"), fmt.Sprintf("%.2f", x.MachineBusy),
+			commits, batch, ms})
 	}
 	return head, rows
 }

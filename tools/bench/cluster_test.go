@@ -9,12 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/tools/load"
 	"github.com/tally-dev/tally/transport"
 )
 
@@ -254,6 +256,7 @@ func TestClusterRows(t *testing.T) {
 
 	add("cluster-many", sideOne, []float64{15000, 14000}, []float64{50, 54})
 	add("cluster-many", sideCluster, []float64{12000, 11000}, []float64{100, 116})
+	add("cluster-many", sideRouted, []float64{14000, 14500}, []float64{60, 70})
 	rows = map[string]Row{}
 	for _, row := range r.rows() {
 		rows[row.Key] = row
@@ -261,9 +264,15 @@ func TestClusterRows(t *testing.T) {
 	if row := rows["cluster_many"]; row.Status != StatusMissed || math.Abs(*row.Ratio-11500.0/14500) > 1e-9 {
 		t.Errorf("cluster_many: %+v", row)
 	}
-	// 3 × 52 µs ÷ 108 µs.
+	// 3 × 52 µs ÷ 108 µs, and 3 × 52 µs ÷ 65 µs.
 	if note := rows["cluster_many_cpu"].Note; !strings.Contains(note, "about 1.4× one node") {
 		t.Errorf("cluster_many_cpu note: %q", note)
+	}
+	if note := rows["cluster_many_routed_cpu"].Note; !strings.Contains(note, "about 2.4× one node") {
+		t.Errorf("cluster_many_routed_cpu note: %q", note)
+	}
+	if row := rows["cluster_many_routed"]; row.Status != StatusInfo || math.Abs(*row.Ratio-14250.0/14500) > 1e-9 {
+		t.Errorf("cluster_many_routed: %+v", row)
 	}
 	head, cells := clusterCells(r.clusterRuns)
 	if len(cells) != len(r.clusterRuns) || len(cells[0]) != len(head) || !strings.HasSuffix(cells[9][4], "rejected") {
@@ -343,5 +352,93 @@ func TestStartEtcd(t *testing.T) {
 		default:
 			t.Errorf("%s still runs after stop", m.name)
 		}
+	}
+}
+
+// opsServer is a fake ops listener whose /metrics serves body().
+func opsServer(t *testing.T, body func() string) *child {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, body())
+	}))
+	t.Cleanup(srv.Close)
+	return &child{name: "fake", opsAddr: strings.TrimPrefix(srv.URL, "http://"), exited: make(chan struct{})}
+}
+
+// The commit statistics of a side are summed over its nodes, and
+// watchCommits takes the difference over the measured phase only.
+func TestCommitStats(t *testing.T) {
+	var calls atomic.Int64
+	metrics := func(scale float64) func() string {
+		return func() string {
+			k := float64(calls.Add(1)) // grows with each read
+			return "# HELP tally_commit_batch_size …\n" +
+				"tally_commit_batch_size_bucket{le=\"1\"} 3\n" +
+				"tally_commit_batch_size_sum " + ftoa(scale*k*100) + "\n" +
+				"tally_commit_batch_size_count " + ftoa(scale*k*10) + "\n" +
+				"tally_commit_seconds_sum " + ftoa(scale*k*0.02) + "\n"
+		}
+	}
+	nodes := []*child{opsServer(t, metrics(1)), opsServer(t, metrics(2))}
+	ctx := context.Background()
+	s, err := readCommitStats(ctx, nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Reads 1 and 2: 100+400 rows, 10+40 transactions.
+	if s.rows != 500 || s.txs != 50 || math.Abs(s.seconds-0.1) > 1e-9 {
+		t.Errorf("summed stats %+v", s)
+	}
+	cfg := load.Config{}
+	m := newMeasuredPhase(&cfg)
+	done := make(chan struct{})
+	var d commitStats
+	go func() {
+		defer close(done)
+		d, err = watchCommits(ctx, m, nodes, 50*time.Millisecond)
+	}()
+	cfg.OnLoad(time.Now().Add(20 * time.Millisecond))
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Reads 3, 4 at the start, 5, 6 at the end: (5·100 + 6·200) − (3·100 + 4·200).
+	if d.rows != 600 || d.txs != 60 {
+		t.Errorf("the window's stats %+v, want the difference of the reads at its two ends", d)
+	}
+	missing := opsServer(t, func() string { return "tally_live_actors 3\n" })
+	if _, err := readCommitStats(ctx, []*child{missing}); err == nil {
+		t.Error("a node without the commit histograms gave statistics")
+	}
+	// A load that never starts (it failed provisioning) ends the wait
+	// with its context.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := watchCommits(cctx, newMeasuredPhase(&load.Config{}), nodes, time.Second); err == nil {
+		t.Error("watchCommits returned statistics for a load that never started")
+	}
+}
+
+func ftoa(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
+
+// Simultaneous loads add up: counts and rates summed, the worst p99, the
+// first one's window.
+func TestSumResults(t *testing.T) {
+	start := time.Now()
+	a := &load.Result{Admitted: 100, AdmittedPerS: 10, Requests: 120, MeasureStart: start, DurationS: 10,
+		LatencyAdmitted: load.Latency{P99Ms: 4}, Statuses: map[string]int64{"200": 100, "403": 20}}
+	b := &load.Result{Admitted: 300, AdmittedPerS: 30, Requests: 300, MeasureStart: start.Add(time.Millisecond), DurationS: 10.01,
+		LatencyAdmitted: load.Latency{P99Ms: 9}, Statuses: map[string]int64{"200": 300}}
+	sum := sumResults([]*load.Result{a, b})
+	if sum.Admitted != 400 || sum.AdmittedPerS != 40 || sum.Requests != 420 || sum.LatencyAdmitted.P99Ms != 9 ||
+		!sum.MeasureStart.Equal(start) || sum.DurationS != 10 || sum.Statuses["200"] != 400 || sum.Statuses["403"] != 20 {
+		t.Errorf("sum %+v", sum)
+	}
+	if a.Admitted != 100 || a.Statuses["200"] != 100 {
+		t.Error("sumResults changed its first argument")
 	}
 }

@@ -125,6 +125,11 @@ type Config struct {
 	// Log, when set, receives a line per phase (provisioning, load,
 	// verification).
 	Log io.Writer
+	// OnLoad, when set, is called once provisioning is done and the load
+	// begins, with the time its measured phase starts (after the warm-up):
+	// for a caller that watches the server over that phase alone (a CPU
+	// profile). It must not block.
+	OnLoad func(measureStart time.Time)
 }
 
 // defaultBody is a valid NewSession (docs/contract.md, transport/openapi.yaml).

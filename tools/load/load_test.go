@@ -607,3 +607,27 @@ func TestGivenUserIDs(t *testing.T) {
 		}
 	}
 }
+
+// OnLoad is called once, after every user is provisioned and before any
+// create, with the measured phase's start: what the result reports.
+func TestOnLoadMarksTheMeasuredPhase(t *testing.T) {
+	f := newFake(t)
+	srv := f.start()
+	cfg := fakeConfig(srv.URL)
+	cfg.Requests, cfg.Warmup, cfg.Duration = 0, 100*time.Millisecond, 100*time.Millisecond
+	var calls int
+	var at time.Time
+	var puts, creates int64
+	cfg.OnLoad = func(start time.Time) {
+		calls++
+		at = start
+		puts, creates = f.puts.Load(), f.creates.Load()
+	}
+	res := run(t, cfg)
+	if calls != 1 || !at.Equal(res.MeasureStart) {
+		t.Errorf("OnLoad called %d time(s) with %v; want once with the measured start %v", calls, at, res.MeasureStart)
+	}
+	if puts != 20 || creates != 0 {
+		t.Errorf("at OnLoad: %d users provisioned, %d creates sent; want 20 and 0", puts, creates)
+	}
+}

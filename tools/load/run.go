@@ -436,6 +436,9 @@ func (e *engine) load(ctx context.Context) time.Duration {
 		e.hasEnd = true
 		e.end = e.measureStart.Add(cfg.Duration)
 	}
+	if cfg.OnLoad != nil {
+		cfg.OnLoad(e.measureStart)
+	}
 
 	loadDone := make(chan struct{})
 	var bg sync.WaitGroup
