@@ -79,13 +79,14 @@ bench-diff: ## Compare Go benchmarks between BASE (git ref, default HEAD~1) and 
 
 # Ratios measured in one run on this machine (see tools/bench), each the
 # ratio of the medians of alternating rounds (BENCHFLAGS='--rounds N'):
-# 20-30 minutes by default (mostly the million-users phase), ~4 with
-# BENCHFLAGS='--quick --skip-million'. BENCH_BASE_REF (a git ref) adds the
+# 30-40 minutes by default (mostly the million-users and the cluster
+# phases; the cluster phases start bin/etcd, hence the prerequisite), ~4
+# with BENCHFLAGS='--quick --skip-million --skip-cluster'. BENCH_BASE_REF (a git ref) adds the
 # cpu phase: CPU per admitted create of the working tree's `tally serve`
 # against REF's, e.g. make bench-compare BENCH_BASE_REF=main~3
 # BENCHFLAGS='--quick --only many,cpu'. Results go to bin/bench-results/.
 BENCH_BASE_REF ?=
-bench-compare: ## Run the side-by-side benchmark (Tally vs row-lock pgbench vs bare Gin; BENCH_BASE_REF=REF adds CPU per create vs REF) and print the ratios
+bench-compare: $(ETCD_BIN) ## Run the side-by-side benchmark (Tally vs row-lock pgbench vs bare Gin, cluster vs single nodes; BENCH_BASE_REF=REF adds CPU per create vs REF) and print the ratios
 	$(GO) run ./cmd/tally-bench $(if $(BENCH_BASE_REF),--base-ref $(BENCH_BASE_REF)) $(BENCHFLAGS)
 
 # The overload, restart, slow-client and poison scenarios (README, "Overload

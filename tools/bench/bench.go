@@ -59,7 +59,12 @@
 // cpu.go); memory per active user (VmRSS before and after touching users
 // never seen, actors still live), and RSS while touching a million users
 // with a short idle timeout (in a separate Tally child, so its VmHWM is
-// that phase's peak alone).
+// that phase's peak alone); then the cluster phases (cluster.go, each on
+// an etcd and Tally nodes of its own; --skip-cluster leaves them out):
+// one hot user through three cluster nodes against three single nodes on
+// one database (≥ 2×) and against one node alone (≥ 0.8×), over-limit
+// rejections through a non-owner against through the owner (≥ 0.5×), and
+// many users over three cluster nodes against one node (≥ 1×).
 //
 // `--suite overload` (`make overload`) runs another list of phases with the
 // same harness: what Tally does past its capacity, through a restart, next
@@ -90,7 +95,7 @@ import (
 
 // The phases of the default suite ("compare"), in the order they run;
 // --only takes these names (or the overload suite's, scenarios.go).
-var phaseNames = []string{"rowlock", "gin", "many", "hot", "overlimit", "latency", "cpu", "memory", "million"}
+var phaseNames = append([]string{"rowlock", "gin", "many", "hot", "overlimit", "latency", "cpu", "memory", "million"}, clusterPhaseNames...)
 
 // suites are the phase lists --suite chooses between: the side-by-side
 // comparison, and the overload scenarios (scenarios.go).
@@ -146,6 +151,13 @@ type Options struct {
 	SlowConns        int
 	ReadTimeout      time.Duration
 	Vegeta           string
+
+	// The cluster phases (cluster.go): SkipCluster leaves them out,
+	// EtcdBin is the etcd server they start ("": bin/etcd), ClusterPprof
+	// takes a CPU profile of a node in each one's last round.
+	SkipCluster  bool
+	EtcdBin      string
+	ClusterPprof bool
 }
 
 // Run is the benchmark's command line (cmd/tally-bench), and also the
@@ -184,9 +196,12 @@ private key prefix), and removes them at the end, even on error or Ctrl-C.
 Each compared figure is the ratio of the medians of --rounds alternating
 rounds (baseline, then Tally). --base-ref REF adds the cpu phase: CPU per
 admitted create of the working tree's ./cmd/tally against REF's.
-Results go to --out as JSON and Markdown. A default run takes 20-30
-minutes on a 2-core machine, about half of it the million-users phase
-(--skip-million); --quick --skip-million takes about 4.
+Results go to --out as JSON and Markdown. A default run takes 30-40
+minutes on a 2-core machine, a third of it the million-users phase
+(--skip-million) and a quarter the cluster phases (--skip-cluster:
+cluster-hot, cluster-forward and cluster-many start three etcd members,
+bin/etcd from make etcd, and Tally nodes of their own); --quick
+--skip-million --skip-cluster takes about 4.
 
 --suite overload runs the overload scenarios instead (capacity, 2x and 3x
 capacity with the recovery after, a vegeta cross-check, a restart under
@@ -201,6 +216,9 @@ Flags:
 	fs.DurationVar(&o.Warmup, "warmup", -1, "unmeasured load before each HTTP phase (default: duration/5, at most 3s)")
 	fs.BoolVar(&o.Quick, "quick", false, "a quick run: 5s phases, 20 000 users for the memory phase, 100 000 for the million check; in the overload suite 10s overloads and 5s tails (explicit flags win)")
 	fs.BoolVar(&o.SkipMillion, "skip-million", false, "skip the million-users RSS phase (the longest)")
+	fs.BoolVar(&o.SkipCluster, "skip-cluster", false, "skip the cluster phases ("+strings.Join(clusterPhaseNames, ", ")+": three etcd members and three Tally nodes each, several minutes)")
+	fs.StringVar(&o.EtcdBin, "etcd-bin", "", "the etcd server the cluster phases start (default: bin/etcd of the repository, built by `make etcd`)")
+	fs.BoolVar(&o.ClusterPprof, "cluster-pprof", false, "cluster phases: serve pprof on the nodes' ops listeners and write CPU profiles to --out, taken in each phase's last round: of the single node, of the owner and of a node forwarding to it, of a cluster node under many users")
 	fs.IntVar(&o.MillionUsers, "million-users", millionTarget, "distinct users the million-users phase touches")
 	fs.IntVar(&o.MemoryUsers, "memory-users", defaultMemUser, "new users the memory-per-user phase touches")
 	fs.StringVar(&o.PostgresURL, "postgres-url", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable", "PostgreSQL URL of a role that may CREATE DATABASE")
@@ -331,9 +349,11 @@ type Report struct {
 	// LatencyByLoad is the latency phase's table: one open-loop rate a row.
 	LatencyByLoad []LoadLevel `json:"latency_by_load,omitempty"`
 	// CPU is the cpu phase's rounds (--base-ref).
-	CPU    *CPUResult `json:"cpu,omitempty"`
-	Phases []*Phase   `json:"phases"`
-	Notes  []string   `json:"notes"`
+	CPU *CPUResult `json:"cpu,omitempty"`
+	// Cluster is the cluster phases' rounds, every side of each.
+	Cluster []ClusterRun `json:"cluster,omitempty"`
+	Phases  []*Phase     `json:"phases"`
+	Notes   []string     `json:"notes"`
 }
 
 // Settings are the knobs of the run.
@@ -431,6 +451,7 @@ type runner struct {
 	million                    *MillionResult
 	memUsersPerS               float64
 	millionRequested           bool
+	clusterRuns                []ClusterRun
 
 	// The overload suite (scenarios.go).
 	capacity    float64
@@ -463,7 +484,7 @@ func (r *runner) logf(format string, args ...any) {
 
 // want reports whether a phase is selected (--only, --skip-million).
 func (r *runner) want(name string) bool {
-	if name == "million" && r.opts.SkipMillion || name == "cpu" && r.opts.BaseRef == "" {
+	if name == "million" && r.opts.SkipMillion || name == "cpu" && r.opts.BaseRef == "" || r.opts.SkipCluster && slices.Contains(clusterPhaseNames, name) {
 		return false
 	}
 	if len(r.opts.Only) == 0 {
@@ -547,6 +568,9 @@ func (r *runner) run(ctx context.Context) (err error) {
 		}
 	}
 	r.phase(ctx, "million", fmt.Sprintf("a fresh Tally (idle timeout %s): max VmRSS while touching %d distinct users", millionIdle, o.MillionUsers), r.phaseMillion)
+	r.phase(ctx, "cluster-hot", fmt.Sprintf("one hot user on enterprise, 64 clients: over 3 cluster nodes (etcd ×3), over 3 single nodes on one database (ownership off), and all to one single node; %d rounds, the sides' order rotating", o.Rounds), r.phaseClusterHot)
+	r.phase(ctx, "cluster-forward", fmt.Sprintf("%d users on free filled to their %d sessions, all owned by one of 3 cluster nodes, then rejections, 64 workers, through the owner and through another node (one forward); %d rounds alternating", overUsers, freeLimit, o.Rounds), r.phaseClusterForward)
+	r.phase(ctx, "cluster-many", fmt.Sprintf("%d users on enterprise, 256 clients: over 3 cluster nodes, and all to one single node; %d rounds alternating", manyUsers, o.Rounds), r.phaseClusterMany)
 
 	// The overload suite; each of these is selected only by --suite overload.
 	r.phase(ctx, "capacity", fmt.Sprintf("Tally's max admitted creates/s, %d enterprise users, closed loop %d workers (or --capacity checked open loop)", suiteUsers, highWorkers), r.phaseCapacity)
@@ -574,6 +598,7 @@ func (r *runner) run(ctx context.Context) (err error) {
 		r.report.Figures = r.rows()
 		r.report.LatencyByLoad = r.latLevels
 		r.report.CPU = r.cpu
+		r.report.Cluster = r.clusterRuns
 	}
 	if werr := r.write(); werr != nil {
 		return werr
@@ -646,6 +671,15 @@ func (r *runner) estimate(phases []string) time.Duration {
 			t += 2*d + max(3*r.opts.ReadTimeout, r.opts.ReadTimeout+5*time.Second) + 10*time.Second
 		case "poison":
 			t += 10 * time.Second
+		case "cluster-hot":
+			// etcd and six nodes, then three sides a round, each reading
+			// its admissions back (about as long as it ran).
+			t += 30*time.Second + 3*rounds*(d+w+verify/3+5*time.Second)
+		case "cluster-forward":
+			t += 40*time.Second + 2*rounds*(d+w+3*time.Second)
+		case "cluster-many":
+			// Each side's round provisions its 10 000 users first.
+			t += 30*time.Second + 2*rounds*(d+w+verify/3+10*time.Second)
 		}
 	}
 	return t
@@ -1244,6 +1278,7 @@ func (r *runner) rows() []Row {
 		mil.Note = "skipped (--skip-million or --only)"
 	}
 	rows = append(rows, mil)
+	rows = append(rows, r.clusterRows(compared)...)
 	for i := range rows {
 		rows[i].evaluate()
 		if n := roundsNote(rows[i]); n != "" {
@@ -1361,6 +1396,13 @@ func (r *runner) writeSections(w io.Writer, markdown bool) error {
 		title(fmt.Sprintf("p99 by load: admitted creates, open loop at a fraction of the max durable %s/s (%s enterprise users), %s per rate",
 			groupDigits(r.maxAdmitted()), groupDigits(manyUsers), r.opts.Duration))
 		head, cells := latencyCells(r.latLevels)
+		if err := writeCells(w, head, cells, markdown); err != nil {
+			return err
+		}
+	}
+	if len(r.clusterRuns) > 0 {
+		title("Cluster phases, round by round (rate of the side's load; Tally CPU of the side's processes in the measured window)")
+		head, cells := clusterCells(r.clusterRuns)
 		if err := writeCells(w, head, cells, markdown); err != nil {
 			return err
 		}

@@ -59,6 +59,10 @@ type Config struct {
 	// Empty picks "load-" and 8 random hex digits, so that runs do not share
 	// users (and start from zero usage).
 	UserPrefix string
+	// UserIDs, when set, are the users themselves, in place of UserPrefix-N
+	// (Users is then their number): a caller that chose its users, e.g.
+	// all owned by one node of a cluster, sends as exactly those.
+	UserIDs []string
 
 	// Duration is the measured phase's length. With Requests, whichever
 	// comes first ends the run. Neither: DefaultDuration.
@@ -121,6 +125,11 @@ type Config struct {
 	// Log, when set, receives a line per phase (provisioning, load,
 	// verification).
 	Log io.Writer
+	// OnLoad, when set, is called once provisioning is done and the load
+	// begins, with the time its measured phase starts (after the warm-up):
+	// for a caller that watches the server over that phase alone (a CPU
+	// profile). It must not block.
+	OnLoad func(measureStart time.Time)
 }
 
 // defaultBody is a valid NewSession (docs/contract.md, transport/openapi.yaml).
@@ -153,6 +162,20 @@ func (c Config) normalize() (Config, error) {
 	if !strings.HasPrefix(c.Path, "/") {
 		return c, fmt.Errorf("--path must start with /, got %q", c.Path)
 	}
+	if len(c.UserIDs) > 0 {
+		if c.Hot || (c.Users != 0 && c.Users != len(c.UserIDs)) {
+			return c, fmt.Errorf("user ids: %d given, which --hot (one user) or --users %d contradicts", len(c.UserIDs), c.Users)
+		}
+		seen := make(map[string]bool, len(c.UserIDs))
+		for _, id := range c.UserIDs {
+			if !domain.ValidUserID(id) || seen[id] {
+				return c, fmt.Errorf("user ids: %q is not a valid user id (1-128 characters of [A-Za-z0-9._@:-]) or is given twice", id)
+			}
+			seen[id] = true
+		}
+		c.UserIDs = append([]string(nil), c.UserIDs...)
+		c.Users = len(c.UserIDs)
+	}
 	if c.Hot {
 		if c.Users > 1 {
 			return c, fmt.Errorf("--hot sends as one user; it cannot be combined with --users %d", c.Users)
@@ -168,12 +191,12 @@ func (c Config) normalize() (Config, error) {
 	if c.Plan == "" {
 		c.Plan = DefaultPlan
 	}
-	if c.UserPrefix == "" {
+	if c.UserPrefix == "" && len(c.UserIDs) == 0 {
 		var b [4]byte
 		_, _ = rand.Read(b[:])
 		c.UserPrefix = "load-" + hex.EncodeToString(b[:])
 	}
-	if !domain.ValidUserID(userID(c.UserPrefix, c.Users-1)) {
+	if len(c.UserIDs) == 0 && !domain.ValidUserID(userID(c.UserPrefix, c.Users-1)) {
 		return c, fmt.Errorf("--user-prefix %q does not make valid user ids (1-128 characters of [A-Za-z0-9._@:-])", c.UserPrefix)
 	}
 	if c.Duration < 0 || c.Requests < 0 || c.Warmup < 0 {
@@ -221,8 +244,16 @@ func (c Config) normalize() (Config, error) {
 	return c, nil
 }
 
-// userID is the id of the i-th user of a run.
+// userID is the id of the i-th user of a run made of a prefix.
 func userID(prefix string, i int) string { return fmt.Sprintf("%s-%d", prefix, i) }
+
+// userID is the id of the run's i-th user: UserIDs[i] when given.
+func (c Config) userID(i int) string {
+	if len(c.UserIDs) > 0 {
+		return c.UserIDs[i]
+	}
+	return userID(c.UserPrefix, i)
+}
 
 // mode names the load model for the summary.
 func (c Config) mode() string {

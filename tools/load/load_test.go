@@ -571,3 +571,63 @@ func TestSpreadsCreatesOverTargets(t *testing.T) {
 		}
 	}
 }
+
+// Users given by id are the ones provisioned, sent as and verified, round
+// robin as with a prefix; contradictory or invalid lists are refused.
+func TestGivenUserIDs(t *testing.T) {
+	f := newFake(t)
+	srv := f.start()
+	cfg := fakeConfig(srv.URL)
+	ids := []string{"owned-by-a-7", "owned-by-a-19", "owned-by-a-3"}
+	cfg.Users, cfg.UserIDs, cfg.Requests = 0, ids, 60
+	res := run(t, cfg)
+	if !res.Passed || res.Users != 3 || res.Verification == nil || res.Verification.Users != 3 {
+		t.Fatalf("passed %v, users %d, verification %+v: %v", res.Passed, res.Users, res.Verification, res.Violations)
+	}
+	if f.puts.Load() != 3 {
+		t.Errorf("%d users provisioned, want the 3 given", f.puts.Load())
+	}
+	for _, id := range ids {
+		if got := f.usedBy(id); got != fakeLimit {
+			t.Errorf("user %s got %d sessions, want %d", id, got, fakeLimit)
+		}
+	}
+	if !strings.Contains(res.describeRun(), "ids given") {
+		t.Errorf("the summary names a prefix for given ids: %s", res.describeRun())
+	}
+	for _, bad := range []Config{
+		{UserIDs: []string{"a", "a"}},
+		{UserIDs: []string{"a", "bad id"}},
+		{UserIDs: []string{"a", "b"}, Users: 3},
+		{UserIDs: []string{"a", "b"}, Hot: true},
+	} {
+		bad.URL, bad.Secret, bad.AdminToken = srv.URL, fakeSecret, fakeAdmin
+		if _, err := Run(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "user ids") {
+			t.Errorf("%v: error %v, want one about the user ids", bad.UserIDs, err)
+		}
+	}
+}
+
+// OnLoad is called once, after every user is provisioned and before any
+// create, with the measured phase's start: what the result reports.
+func TestOnLoadMarksTheMeasuredPhase(t *testing.T) {
+	f := newFake(t)
+	srv := f.start()
+	cfg := fakeConfig(srv.URL)
+	cfg.Requests, cfg.Warmup, cfg.Duration = 0, 100*time.Millisecond, 100*time.Millisecond
+	var calls int
+	var at time.Time
+	var puts, creates int64
+	cfg.OnLoad = func(start time.Time) {
+		calls++
+		at = start
+		puts, creates = f.puts.Load(), f.creates.Load()
+	}
+	res := run(t, cfg)
+	if calls != 1 || !at.Equal(res.MeasureStart) {
+		t.Errorf("OnLoad called %d time(s) with %v; want once with the measured start %v", calls, at, res.MeasureStart)
+	}
+	if puts != 20 || creates != 0 {
+		t.Errorf("at OnLoad: %d users provisioned, %d creates sent; want 20 and 0", puts, creates)
+	}
+}

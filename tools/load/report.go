@@ -107,7 +107,11 @@ func (r *Result) describeRun() string {
 	if len(r.URLs) > 1 {
 		against = strings.Join(r.URLs, ", ") + " (creates spread over them) at " + r.Path
 	}
-	return fmt.Sprintf("%s, %s (%s-N) on plan %q, against %s", load, who, r.UserPrefix, r.Plan, against)
+	ids := r.UserPrefix + "-N"
+	if r.UserPrefix == "" {
+		ids = "ids given" // Config.UserIDs
+	}
+	return fmt.Sprintf("%s, %s (%s) on plan %q, against %s", load, who, ids, r.Plan, against)
 }
 
 // CountsText renders {"403": 5, "200": 10} as "200: 10, 403: 5", numeric

@@ -164,8 +164,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := e.prepare(ctx); err != nil {
 		return nil, err
 	}
-	e.logf("load: %s loop, %d workers, %d user(s) on plan %q (%s-N), %s against %s%s",
-		cfg.mode(), cfg.Concurrency, cfg.Users, cfg.Plan, cfg.UserPrefix, e.limitText(), cfg.URL, cfg.Path)
+	ids := cfg.UserPrefix + "-N"
+	if len(cfg.UserIDs) > 0 {
+		ids = "ids given"
+	}
+	e.logf("load: %s loop, %d workers, %d user(s) on plan %q (%s), %s against %s%s",
+		cfg.mode(), cfg.Concurrency, cfg.Users, cfg.Plan, ids, e.limitText(), cfg.URL, cfg.Path)
 	started := time.Now()
 	elapsed := e.load(ctx)
 	res := e.result(started, elapsed, ctx.Err() != nil)
@@ -231,7 +235,7 @@ func newEngine(cfg Config) (*engine, error) {
 	now := time.Now()
 	e.users = make([]user, cfg.Users)
 	for i := range e.users {
-		id := userID(cfg.UserPrefix, i)
+		id := cfg.userID(i)
 		tok, err := transport.IssueTokenFor([]byte(cfg.Secret), id, ttl, now, cfg.Issuer, cfg.Audience)
 		if err != nil {
 			return nil, err
@@ -431,6 +435,9 @@ func (e *engine) load(ctx context.Context) time.Duration {
 	if cfg.Duration > 0 {
 		e.hasEnd = true
 		e.end = e.measureStart.Add(cfg.Duration)
+	}
+	if cfg.OnLoad != nil {
+		cfg.OnLoad(e.measureStart)
 	}
 
 	loadDone := make(chan struct{})
