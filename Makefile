@@ -79,8 +79,8 @@ bench-diff: ## Compare Go benchmarks between BASE (git ref, default HEAD~1) and 
 
 # Ratios measured in one run on this machine (see tools/bench), each the
 # ratio of the medians of alternating rounds (BENCHFLAGS='--rounds N'):
-# 30-40 minutes by default (mostly the million-users and the cluster
-# phases; the cluster phases start bin/etcd, hence the prerequisite), ~4
+# 35-45 minutes by default (mostly the million-users phase and the cluster
+# phases, ~15; the cluster phases start bin/etcd, hence the prerequisite), ~4
 # with BENCHFLAGS='--quick --skip-million --skip-cluster'. BENCH_BASE_REF (a git ref) adds the
 # cpu phase: CPU per admitted create of the working tree's `tally serve`
 # against REF's, e.g. make bench-compare BENCH_BASE_REF=main~3

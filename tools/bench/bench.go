@@ -196,11 +196,11 @@ private key prefix), and removes them at the end, even on error or Ctrl-C.
 Each compared figure is the ratio of the medians of --rounds alternating
 rounds (baseline, then Tally). --base-ref REF adds the cpu phase: CPU per
 admitted create of the working tree's ./cmd/tally against REF's.
-Results go to --out as JSON and Markdown. A default run takes 30-40
-minutes on a 2-core machine, a third of it the million-users phase
-(--skip-million) and a quarter the cluster phases (--skip-cluster:
-cluster-hot, cluster-forward and cluster-many start three etcd members,
-bin/etcd from make etcd, and Tally nodes of their own); --quick
+Results go to --out as JSON and Markdown. A default run takes 35-45
+minutes on a 2-core machine: about 10 the million-users phase
+(--skip-million) and 15 the cluster phases (--skip-cluster: cluster-hot,
+cluster-forward and cluster-many start three etcd members, bin/etcd from
+make etcd, and Tally nodes of their own; about 4 with --quick); --quick
 --skip-million --skip-cluster takes about 4.
 
 --suite overload runs the overload scenarios instead (capacity, 2x and 3x
@@ -672,14 +672,14 @@ func (r *runner) estimate(phases []string) time.Duration {
 		case "poison":
 			t += 10 * time.Second
 		case "cluster-hot":
-			// etcd and six nodes, then three sides a round, each reading
+			// etcd and six nodes, then four sides a round, each reading
 			// its admissions back (about as long as it ran).
-			t += 30*time.Second + 3*rounds*(d+w+verify/3+5*time.Second)
+			t += 30*time.Second + 4*rounds*(d+w+verify/3+5*time.Second)
 		case "cluster-forward":
 			t += 40*time.Second + 2*rounds*(d+w+3*time.Second)
 		case "cluster-many":
-			// Each side's round provisions its 10 000 users first.
-			t += 30*time.Second + 2*rounds*(d+w+verify/3+10*time.Second)
+			// Three sides a round, each provisioning its 10 000 users first.
+			t += 30*time.Second + 3*rounds*(d+w+verify/3+10*time.Second)
 		}
 	}
 	return t

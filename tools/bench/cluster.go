@@ -56,7 +56,7 @@ import (
 // window (/proc/<pid>/stat, sampled every 100 ms; cpuTrace) per answer:
 // it moves far less with the machine's other work than the rate, and it
 // is what says how the cluster would scale with a machine per node
-// (docs/performance.md, "Cluster").
+// (docs/performance.md, "Cluster on one machine").
 
 // clusterPhaseNames are the cluster phases, in the order they run.
 var clusterPhaseNames = []string{"cluster-hot", "cluster-forward", "cluster-many"}
@@ -593,7 +593,7 @@ func (r *runner) clusterRows(compared func(Row, []float64, []float64) Row) []Row
 		fig("cluster-many", sideRouted, cpu), fig("cluster-many", sideOne, cpu))
 	if m := projectedScaling(manyCPU.Tally, manyCPU.Baseline); m > 0 {
 		manyCPU.Note = fmt.Sprintf("on one machine the nodes share its cores; with a machine per node, if Tally's CPU bounds each one (not Postgres), "+
-			"requests spread evenly over the nodes would be admitted at about %.1f× one node's rate (3 × one node's CPU per create ÷ the cluster's; docs/performance.md, \"Cluster\")", m)
+			"requests spread evenly over the nodes would be admitted at about %.1f× one node's rate (3 × one node's CPU per create ÷ the cluster's; docs/performance.md, \"Cluster on one machine\")", m)
 	}
 	if m := projectedScaling(manyRoutedCPU.Tally, manyRoutedCPU.Baseline); m > 0 {
 		manyRoutedCPU.Note = fmt.Sprintf("likewise, requests routed to their owner by the client or the load balancer: about %.1f× one node's rate on three machines", m)
