@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -77,9 +78,11 @@ func (c *Config) crossCheckCluster(bad map[string]bool, add func(name, problem s
 		return // whether this is a cluster node is unknown: one message is enough
 	}
 	if !c.Cluster() {
-		for _, name := range []string{"TALLY_NODE_ID", "TALLY_ADVERTISE_URL", "TALLY_CLUSTER_SECRET"} {
-			if c.clusterValue(name) != "" {
-				add(name, "is set but TALLY_ETCD_ENDPOINTS is not: it only applies in cluster mode")
+		for _, v := range []struct{ name, value string }{
+			{"TALLY_NODE_ID", c.NodeID}, {"TALLY_ADVERTISE_URL", c.AdvertiseURL}, {"TALLY_CLUSTER_SECRET", c.ClusterSecret},
+		} {
+			if v.value != "" {
+				add(v.name, "is set but TALLY_ETCD_ENDPOINTS is not: it only applies in cluster mode")
 			}
 		}
 		return
@@ -116,30 +119,8 @@ func (c *Config) crossCheckCluster(bad map[string]bool, add func(name, problem s
 	switch {
 	case c.ClusterSecret == "":
 		add("TALLY_CLUSTER_SECRET", fmt.Sprintf("is required in cluster mode: want at least %d bytes, the same on every node", MinSecretLen))
-	case c.ClusterSecret == c.JWTSecret || c.ClusterSecret == c.AdminToken || c.ClusterSecret == c.UploadSecret || c.adminTokenIs(c.ClusterSecret):
+	case c.ClusterSecret == c.JWTSecret || c.ClusterSecret == c.UploadSecret ||
+		slices.ContainsFunc(c.AdminCredentials(), func(t NamedToken) bool { return t.Token == c.ClusterSecret }):
 		add("TALLY_CLUSTER_SECRET", "must differ from every other secret: a node's key must not mint tokens or open the admin API")
 	}
-}
-
-// clusterValue is the raw value of a cluster variable, to tell set from unset.
-func (c *Config) clusterValue(name string) string {
-	switch name {
-	case "TALLY_NODE_ID":
-		return c.NodeID
-	case "TALLY_ADVERTISE_URL":
-		return c.AdvertiseURL
-	case "TALLY_CLUSTER_SECRET":
-		return c.ClusterSecret
-	}
-	return ""
-}
-
-// adminTokenIs reports whether token is one of the named admin tokens.
-func (c *Config) adminTokenIs(token string) bool {
-	for _, t := range c.AdminTokens {
-		if t.Token == token {
-			return true
-		}
-	}
-	return false
 }
