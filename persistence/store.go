@@ -56,6 +56,13 @@ type AdmitRequest struct {
 	// one that is missing is created all the same).
 	FirstOfPeriod bool
 
+	// Alerts, when set, are the plan's alert thresholds (alerts on): an
+	// admitted session whose number in its period (its seq) is a
+	// threshold's At of the sessions limit records that threshold's
+	// usage.threshold_crossed alert in the admission's transaction
+	// (outbox.go). Nil: no alert is recorded.
+	Alerts *domain.AlertPlan
+
 	// Epoch is the ownership epoch of the user's partition
 	// (domain.PartitionOf) under which the caller decided, in cluster mode;
 	// 0 in single-node mode, which checks nothing and costs nothing more.
@@ -173,6 +180,9 @@ type UserLoaded struct {
 // Store is Tally's source of truth. All methods are safe for concurrent use.
 // Every write commits before it returns.
 type Store interface {
+	// Outbox is the usage alerts' outbox and their webhook deliveries.
+	Outbox
+
 	// Migrate brings the schema up to date. Safe to call from several
 	// processes at once.
 	Migrate(ctx context.Context) error
@@ -249,8 +259,11 @@ type Store interface {
 	// duration returns the session unchanged; with another duration, or a
 	// failed session, a CodeConflict *domain.Error. Counters are the period's usage after.
 	// A completion that changes the session records its event (by) in the
-	// same transaction; a no-op records none.
-	CompleteSession(ctx context.Context, by domain.Origin, id string, seconds int64, now time.Time) (domain.Session, Counters, error)
+	// same transaction; a no-op records none. With alerts (the user's
+	// plan's thresholds; nil: alerts off), a completion that moves the
+	// period's seconds across a threshold of the minutes limit records
+	// its usage.threshold_crossed alert in the same transaction too.
+	CompleteSession(ctx context.Context, by domain.Origin, id string, seconds int64, now time.Time, alerts *domain.AlertPlan) (domain.Session, Counters, error)
 	// FailSession marks the session failed (no usage recorded). Failing a
 	// failed session is a no-op; a completed one is a CodeConflict *domain.Error.
 	// Like CompleteSession, a change records its event, a no-op none.
