@@ -122,6 +122,7 @@ func (a *userActor) onCreate(actx actor.Context, m *createSession, retries int) 
 			}
 			if err := domain.Admit(plan, a.counters.Usage, a.period); err != nil {
 				a.deps.metrics.rejectedFromMemory()
+				a.noteLimitReached(err, a.counters.Usage)
 				// Valid as long as this actor would answer the same
 				// without asking the store (rejects.go).
 				err = a.deps.rejects.post(a.id, err, minTime(a.confirmedAt.Add(rejectFreshness), a.period.End), a.epoch)
@@ -168,6 +169,9 @@ func (a *userActor) submit(actx actor.Context, m *createSession, plan domain.Pla
 		// No usage row when the counters were loaded: the store creates it
 		// in the admission's transaction (only a hint; it stays exact).
 		FirstOfPeriod: a.counters.Version == 0,
+		// With alerts on, the store records the thresholds this
+		// admission's session reaches (nil: alerts off).
+		Alerts: a.deps.alerts.of(plan.Name),
 		// The epoch this decision was made under (0 in single-node mode):
 		// the store commits it only while that epoch is the partition's.
 		Epoch: a.epoch,
@@ -310,6 +314,10 @@ func (a *userActor) absorb() bool {
 			fenced = true
 		default:
 			a.adoptCounters(e.req.Session.PeriodStart, d.res.Counters)
+			if d.res.Outcome == persistence.OverLimit {
+				// The writer answered the refusal; its alert is recorded here.
+				a.noteLimitReached(refusal(e.req, e.plan, d.res.Counters), d.res.Counters.Usage)
+			}
 		}
 	}
 	if fenced {

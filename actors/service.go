@@ -63,6 +63,9 @@ type Options struct {
 	// partition of users (ownership.go). Nil is single-node mode: every
 	// user is this process's, and nothing of cluster mode runs.
 	Ownership Ownership
+	// AlertPercents are the usage alerts' thresholds (alerts.go); nil or
+	// empty: alerts off, nothing is recorded.
+	AlertPercents []int
 }
 
 // Service is the accounting core behind the HTTP edge, on top of the
@@ -105,6 +108,7 @@ type deps struct {
 	loader  *loader
 	rejects *rejectBoard
 	parts   *partitions // nil: single-node mode
+	alerts  alertPlans  // nil: alerts off (alerts.go)
 }
 
 type nopCache struct{}
@@ -168,6 +172,7 @@ func New(o Options) (*Service, error) {
 		loader:  newLoader(o.Store, o.Registry),
 		rejects: newRejectBoard(),
 		parts:   s.parts,
+		alerts:  newAlertPlans(o.Catalog, o.AlertPercents),
 	}
 	registerQueueMetrics(o.Registry, s.gate, s.deps.writer)
 	actorLog := o.Logger.With("component", "protoactor")

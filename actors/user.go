@@ -42,6 +42,9 @@ type userActor struct {
 	// counters were loaded and admissions are decided (ownership.go); 0 in
 	// single-node mode.
 	epoch int64
+	// limitNoted is the limit-reached alert recorded last (alerts.go);
+	// nil until the user is first refused with alerts on.
+	limitNoted *limitNote
 }
 
 func (a *userActor) Receive(ctx actor.Context) {
@@ -316,7 +319,16 @@ func (a *userActor) prepareUpload(ctx context.Context, m *prepareUpload) *reply 
 }
 
 func (a *userActor) complete(ctx context.Context, m *completeSession) *reply {
-	s, c, err := a.deps.store.CompleteSession(ctx, m.by, m.session, m.seconds, a.deps.now())
+	var alerts *domain.AlertPlan
+	if a.deps.alerts != nil {
+		// The thresholds of the user's plan as it is now: the completion
+		// records the alerts of the minutes limit it crosses.
+		if err := a.refresh(ctx, a.deps.now(), false); err != nil {
+			return &reply{err: err}
+		}
+		alerts = a.deps.alerts.of(a.user.Plan)
+	}
+	s, c, err := a.deps.store.CompleteSession(ctx, m.by, m.session, m.seconds, a.deps.now(), alerts)
 	if err != nil {
 		if !isClientError(err) {
 			a.forget()

@@ -27,6 +27,11 @@ type SessionTx interface {
 	AddSeconds(ctx context.Context, userID string, periodStart time.Time, seconds int64) (Counters, error)
 	// InsertEvent records an admin change in the audit trail.
 	InsertEvent(ctx context.Context, e domain.UserEvent) error
+	// InsertAlert records a usage alert in the outbox unless its user
+	// already has one for the same period, kind, metric, threshold and
+	// limit. Its PeriodEnd is read from the usage row of its period, which
+	// the transaction has written.
+	InsertAlert(ctx context.Context, a domain.Alert) error
 }
 
 // SessionStatus implements Store's MarkUploading, CompleteSession and
@@ -42,7 +47,7 @@ type SessionStatus struct {
 // MarkUploading moves a created session to uploading. It is a no-op on an
 // uploading session and a CodeConflict error on a finished one.
 func (s SessionStatus) MarkUploading(ctx context.Context, id string, now time.Time) (domain.Session, error) {
-	sess, _, err := s.change(ctx, "mark uploading", nil, id, domain.StatusUploading, 0, now)
+	sess, _, err := s.change(ctx, "mark uploading", nil, id, domain.StatusUploading, 0, now, nil)
 	return sess, err
 }
 
@@ -51,8 +56,12 @@ func (s SessionStatus) MarkUploading(ctx context.Context, id string, now time.Ti
 // event. Completing again with the same duration returns the session and
 // the current counters unchanged, and records nothing, so that a retried
 // completion is harmless.
-func (s SessionStatus) CompleteSession(ctx context.Context, by domain.Origin, id string, seconds int64, now time.Time) (domain.Session, Counters, error) {
-	return s.change(ctx, "complete session", &by, id, domain.StatusCompleted, seconds, now)
+//
+// With alerts set, the thresholds of the minutes limit that the completion
+// moves the period's seconds across are recorded as alerts in the same
+// transaction (outbox.go).
+func (s SessionStatus) CompleteSession(ctx context.Context, by domain.Origin, id string, seconds int64, now time.Time, alerts *domain.AlertPlan) (domain.Session, Counters, error) {
+	return s.change(ctx, "complete session", &by, id, domain.StatusCompleted, seconds, now, alerts)
 }
 
 // FailSession marks a created or uploading session failed; its admission
@@ -60,7 +69,7 @@ func (s SessionStatus) CompleteSession(ctx context.Context, by domain.Origin, id
 // no-op; a completed one is a CodeConflict error. A change records its
 // event in the same transaction.
 func (s SessionStatus) FailSession(ctx context.Context, by domain.Origin, id string, now time.Time) (domain.Session, error) {
-	sess, _, err := s.change(ctx, "fail session", &by, id, domain.StatusFailed, 0, now)
+	sess, _, err := s.change(ctx, "fail session", &by, id, domain.StatusFailed, 0, now, nil)
 	return sess, err
 }
 
@@ -71,7 +80,7 @@ func (s SessionStatus) FailSession(ctx context.Context, by domain.Origin, id str
 // (by set) is recorded in the audit trail in the same transaction: the
 // event commits with the change or not at all. A no-op writes nothing, so
 // it records nothing either.
-func (s SessionStatus) change(ctx context.Context, op string, by *domain.Origin, id string, to domain.Status, seconds int64, now time.Time) (domain.Session, Counters, error) {
+func (s SessionStatus) change(ctx context.Context, op string, by *domain.Origin, id string, to domain.Status, seconds int64, now time.Time, alerts *domain.AlertPlan) (domain.Session, Counters, error) {
 	var (
 		sess domain.Session
 		c    Counters
@@ -96,10 +105,25 @@ func (s SessionStatus) change(ctx context.Context, op string, by *domain.Origin,
 			sess, err = tx.SetStatus(ctx, id, to, nil, now)
 			return err
 		}
-		if sess, c, ev, err = applySessionChange(ctx, tx, *by, sess, to, seconds, now); err != nil {
+		var before Counters
+		if sess, before, c, ev, err = applySessionChange(ctx, tx, *by, sess, to, seconds, now); err != nil {
 			return err
 		}
-		return tx.InsertEvent(ctx, ev)
+		if err := tx.InsertEvent(ctx, ev); err != nil {
+			return err
+		}
+		if alerts == nil {
+			return nil
+		}
+		for _, t := range domain.Crossed(alerts.Seconds, before.Seconds, c.Seconds) {
+			err := tx.InsertAlert(ctx, domain.Alert{Kind: domain.AlertThresholdCrossed, UserID: sess.UserID,
+				Plan: alerts.Plan.Name, Metric: domain.MetricMinutes, Percent: t.Percent, Used: c.Seconds,
+				Limit: alerts.Plan.MaxTotalMinutes, PeriodStart: sess.PeriodStart, OccurredAt: micro(now), SessionID: sess.ID})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return domain.Session{}, Counters{}, err
@@ -108,34 +132,34 @@ func (s SessionStatus) change(ctx context.Context, op string, by *domain.Origin,
 }
 
 // applySessionChange completes or fails the locked session sess in tx and
-// returns it, the counters of its period after, and the event recording
-// the change: the session's status and duration and its period's seconds,
-// before and after.
-func applySessionChange(ctx context.Context, tx SessionTx, by domain.Origin, sess domain.Session, to domain.Status, seconds int64, now time.Time) (domain.Session, Counters, domain.UserEvent, error) {
+// returns it, the counters of its period before and after, and the event
+// recording the change: the session's status and duration and its
+// period's seconds, before and after.
+func applySessionChange(ctx context.Context, tx SessionTx, by domain.Origin, sess domain.Session, to domain.Status, seconds int64, now time.Time) (domain.Session, Counters, Counters, domain.UserEvent, error) {
 	ev := domain.UserEvent{UserID: sess.UserID, SessionID: sess.ID, Kind: domain.EventFailSession,
 		Actor: by.Admin, RequestID: by.RequestID, OccurredAt: micro(now)}
 	before, err := tx.LoadCounters(ctx, sess.UserID, sess.PeriodStart)
 	if err != nil {
-		return domain.Session{}, Counters{}, ev, err
+		return domain.Session{}, Counters{}, Counters{}, ev, err
 	}
 	var duration *int64 // NULL unless completed
 	if to == domain.StatusCompleted {
 		ev.Kind, duration = domain.EventCompleteSession, &seconds
 	}
 	if ev.Before, err = sessionState(sess, before); err != nil {
-		return domain.Session{}, Counters{}, ev, err
+		return domain.Session{}, Counters{}, Counters{}, ev, err
 	}
 	if sess, err = tx.SetStatus(ctx, sess.ID, to, duration, now); err != nil {
-		return domain.Session{}, Counters{}, ev, err
+		return domain.Session{}, Counters{}, Counters{}, ev, err
 	}
 	after := before
 	if to == domain.StatusCompleted {
 		if after, err = tx.AddSeconds(ctx, sess.UserID, sess.PeriodStart, seconds); err != nil {
-			return domain.Session{}, Counters{}, ev, err
+			return domain.Session{}, Counters{}, Counters{}, ev, err
 		}
 	}
 	ev.After, err = sessionState(sess, after)
-	return sess, after, ev, err
+	return sess, before, after, ev, err
 }
 
 func sessionState(s domain.Session, c Counters) (json.RawMessage, error) {

@@ -27,6 +27,9 @@ import (
 //     admits nothing (0) creates no row. The limits arrive as the ceilings
 //     domain.Limit.Ceiling computes (used < ceiling admits; a new row's
 //     usage is 0), so the rule and its unlimited case live in domain alone.
+//   - alerted: with alerts on (AdmitRequest.Alerts), the alert of each
+//     threshold of the sessions limit that this session's number (seq)
+//     reaches, in the same transaction as the session (outbox.go).
 //   - created: the session row, only if it was counted, with the epoch
 //     it was admitted under (0 in single-node mode). The epoch itself is
 //     checked before this statement, not by it: Admit leaves out the
@@ -62,6 +65,16 @@ created AS (
            @created_at::timestamptz, @created_at::timestamptz, @epoch::bigint
     FROM counted
     RETURNING id
+),
+alerted AS (
+    INSERT INTO alerts (kind, user_id, plan, metric, percent, used, limit_value,
+                        period_start, period_end, occurred_at, session_id, next_attempt_at)
+    SELECT 'usage.threshold_crossed', @user_id::text, @plan_name::text, 'sessions', t.percent, t.at,
+           @max_sessions::bigint, @period_start::timestamptz, @period_end::timestamptz,
+           @created_at::timestamptz, @id::text, @created_at::timestamptz
+    FROM counted
+    JOIN unnest(@alert_percents::int[], @alert_at::bigint[]) AS t (percent, at) ON t.at = counted.seq
+    ON CONFLICT (user_id, period_start, kind, metric, percent, limit_value) DO NOTHING
 )` + more + `
 SELECT (SELECT version FROM fence) AS user_version,
        EXISTS (SELECT FROM counted) AS admitted`
@@ -393,6 +406,7 @@ func repeated(first persistence.AdmitResult, rec *persistence.IdempotencyRecord)
 }
 
 func admitArgs(r persistence.AdmitRequest) pgx.NamedArgs {
+	percents, ats := sessionAlerts(r)
 	return pgx.NamedArgs{
 		"user_id":      r.Session.UserID,
 		"user_version": r.UserVersion,
@@ -415,7 +429,22 @@ func admitArgs(r persistence.AdmitRequest) pgx.NamedArgs {
 		"key":             r.IdempotencyKey,
 		"request_hash":    r.RequestHash,
 		"epoch":           r.Epoch,
+		"alert_percents":  percents,
+		"alert_at":        ats,
 	}
+}
+
+// sessionAlerts is the thresholds of r's sessions limit as two columns
+// (empty when alerts are off), for the alerts the admission records.
+func sessionAlerts(r persistence.AdmitRequest) (percents []int32, ats []int64) {
+	if r.Alerts == nil {
+		return []int32{}, []int64{}
+	}
+	percents, ats = make([]int32, len(r.Alerts.Sessions)), make([]int64, len(r.Alerts.Sessions))
+	for i, t := range r.Alerts.Sessions {
+		percents[i], ats[i] = int32(t.Percent), t.At
+	}
+	return percents, ats
 }
 
 // keyOwners maps each request to the first request of the batch with the

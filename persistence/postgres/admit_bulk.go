@@ -137,10 +137,12 @@ var (
 
 func bulkAdmit(fenced bool) string {
 	cols, names, check, ret, col, val := "", "", "", "", "", ""
+	alerts := 15 // the alerts' four columns are the last parameters
 	if fenced {
 		cols, names = ", $15::int[], $16::bigint[]", ", partition, epoch"
 		check = "\n    AND " + bulkEpochCheck
 		ret, col, val = ", g.epoch", ", epoch", ", c.epoch"
+		alerts = 17
 	}
 	return `
 WITH g AS (
@@ -154,7 +156,7 @@ WITH g AS (
   FROM g
   WHERE us.user_id = g.user_id AND us.period_start = g.period_start
     AND (SELECT u.version FROM users u WHERE u.id = g.user_id) = g.user_version` + check + `
-  RETURNING g.gi, g.max_sessions, us.user_id, us.period_start, us.sessions, us.seconds, us.version, us.last_grant` + ret + `
+  RETURNING g.gi, g.max_sessions, us.user_id, us.period_start, us.period_end, us.sessions, us.seconds, us.version, us.last_grant` + ret + `
 ), inserted AS (
   INSERT INTO sessions (id, user_id, title, language, stt_provider, status, duration_seconds,
                         period_start, seq, max_sessions, created_at, updated_at` + col + `)
@@ -164,10 +166,28 @@ WITH g AS (
        AS s(gi, k, id, title, language, stt_provider, created_at)
   JOIN counted c ON c.gi = s.gi
   WHERE s.k <= c.last_grant
+  RETURNING id, user_id, period_start, seq, created_at
+), alerted AS (
+  INSERT INTO alerts (kind, user_id, plan, metric, percent, used, limit_value,
+                      period_start, period_end, occurred_at, session_id, next_attempt_at)
+  SELECT 'usage.threshold_crossed', c.user_id, t.plan, 'sessions', t.percent, t.at, c.max_sessions,
+         c.period_start, c.period_end, i.created_at, i.id, i.created_at
+  FROM unnest(` + fmt.Sprintf("$%d::bigint[], $%d::int[], $%d::bigint[], $%d::text[]", alerts, alerts+1, alerts+2, alerts+3) + `)
+       AS t(gi, percent, at, plan)
+  JOIN counted c ON c.gi = t.gi
+  JOIN inserted i ON i.user_id = c.user_id AND i.period_start = c.period_start AND i.seq = t.at
+  ON CONFLICT (user_id, period_start, kind, metric, percent, limit_value) DO NOTHING
 )
 SELECT gi, sessions, seconds, version, last_grant FROM counted`
 }
 
+// The alerted CTE records, with alerts on, the usage.threshold_crossed
+// alert of each threshold of a group's sessions limit that one of its
+// granted sessions reaches: the session numbered (seq) exactly the
+// threshold's At, which exists only when the grant moved the count across
+// it. The thresholds come as (group, percent, at, plan) rows computed by
+// domain.ThresholdsOf; the SQL only matches numbers.
+//
 // grantSQL is a group's grant, computed from the row being updated (SET
 // expressions all see the row as it was, so it is written out once per
 // column that uses it): while the seconds are below their ceiling, the
@@ -245,6 +265,11 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 		versions: make([]int64, 0, ng), n: make([]int64, 0, ng), maxS: make([]int64, 0, ng),
 		ceilS: make([]int64, 0, ng), ceilSc: make([]int64, 0, ng), admitsAny: make([]bool, 0, ng),
 	}
+	var al struct { // the thresholds of the groups with alerts on
+		gi, at   []int64
+		percents []int32
+		plans    []string
+	}
 	sa := struct {
 		gi, k                             []int64
 		ids, titles, languages, providers []string
@@ -285,6 +310,14 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 		ga.ceilS = append(ga.ceilS, limS.Ceiling())
 		ga.ceilSc = append(ga.ceilSc, limSc.Ceiling())
 		ga.admitsAny = append(ga.admitsAny, limS.Allows(0) && limSc.Allows(0))
+		if a := reqs[first].Alerts; a != nil && n > 0 {
+			for _, t := range a.Sessions {
+				al.gi = append(al.gi, int64(gi+1))
+				al.percents = append(al.percents, int32(t.Percent))
+				al.at = append(al.at, t.At)
+				al.plans = append(al.plans, a.Plan.Name)
+			}
+		}
 		if fenced {
 			ga.parts = append(ga.parts, int32(domain.PartitionOf(g.userID)))
 			ga.epochs = append(ga.epochs, g.epoch)
@@ -329,10 +362,12 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 	}
 	if fenced {
 		batch.Queue(bulkAdmitFencedSQL, ga.users, ga.starts, ga.versions, ga.n, ga.maxS, ga.ceilS, ga.ceilSc,
-			sa.gi, sa.k, sa.ids, sa.titles, sa.languages, sa.providers, sa.created, ga.parts, ga.epochs)
+			sa.gi, sa.k, sa.ids, sa.titles, sa.languages, sa.providers, sa.created, ga.parts, ga.epochs,
+			al.gi, al.percents, al.at, al.plans)
 	} else {
 		batch.Queue(bulkAdmitSQL, ga.users, ga.starts, ga.versions, ga.n, ga.maxS, ga.ceilS, ga.ceilSc,
-			sa.gi, sa.k, sa.ids, sa.titles, sa.languages, sa.providers, sa.created)
+			sa.gi, sa.k, sa.ids, sa.titles, sa.languages, sa.providers, sa.created,
+			al.gi, al.percents, al.at, al.plans)
 	}
 
 	// No BEGIN: the pipeline ends in one Sync, so Postgres runs it as one

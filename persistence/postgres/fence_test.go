@@ -502,3 +502,45 @@ func TestClaimDuringAdmissionStream(t *testing.T) {
 	}
 	t.Logf("admitted per epoch %v, fenced %d", stored, fences)
 }
+
+// A cluster node's admissions record their alerts like a single node's,
+// and a fenced-off one records none: an alert exists only with its cause.
+func TestFencedAdmissionAlerts(t *testing.T) {
+	e := newFenceEnv(t)
+	ctx := t.Context()
+	const p = domain.Partition(9)
+	u := e.usersIn(t, p, 1, "alerted")[0]
+	if err := e.s.ClaimPartition(ctx, p, 3); err != nil {
+		t.Fatal(err)
+	}
+	plan := domain.Plan{Name: "free", MaxSessions: 2, MaxTotalMinutes: 10}
+	req := func(epoch int64) persistence.AdmitRequest {
+		r := fenced(admitRequest(u, e.now), epoch)
+		r.PlanName, r.MaxSessions, r.MaxSeconds = plan.Name, plan.MaxSessions, plan.MaxSeconds()
+		r.Alerts = domain.NewAlertPlan(plan, []int{50, 100})
+		return r
+	}
+	alerts := func() (n int) {
+		if err := e.conn.QueryRow(ctx, `SELECT count(*) FROM alerts WHERE user_id = $1`, u.ID).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	res, err := e.s.Admit(ctx, []persistence.AdmitRequest{req(3)})
+	if err != nil || res[0].Outcome != persistence.Admitted || alerts() != 1 {
+		t.Fatalf("first fenced admission: %+v, %v, %d alerts; want admitted with the 50%% alert", res, err, alerts())
+	}
+	if err := e.s.ClaimPartition(ctx, p, 4); err != nil {
+		t.Fatal(err)
+	}
+	keyed := req(3)
+	keyed.IdempotencyKey, keyed.RequestHash = "k", "h"
+	for _, batch := range [][]persistence.AdmitRequest{{req(3)}, {keyed}} {
+		if res, err := e.s.Admit(ctx, batch); err != nil || res[0].Outcome != persistence.Fenced || alerts() != 1 {
+			t.Fatalf("admission under the old epoch: %+v, %v, %d alerts; want fenced, still 1", res, err, alerts())
+		}
+	}
+	if res, err := e.s.Admit(ctx, []persistence.AdmitRequest{req(4)}); err != nil || res[0].Outcome != persistence.Admitted || alerts() != 2 {
+		t.Fatalf("admission under the new epoch: %+v, %v, %d alerts; want admitted with the 100%% alert", res, err, alerts())
+	}
+}

@@ -139,6 +139,19 @@ func decide(ctx context.Context, tx *sql.Tx, r persistence.AdmitRequest) (persis
 		string(domain.StatusCreated), periodStart, c.Sessions, int64(r.MaxSessions), created, created); err != nil {
 		return persistence.AdmitResult{}, err
 	}
+	// With alerts on, the thresholds this session's number reaches are
+	// recorded in the same transaction (outbox.go).
+	if r.Alerts != nil {
+		for _, t := range domain.Crossed(r.Alerts.Sessions, c.Sessions-1, c.Sessions) {
+			_, err := insertAlert(ctx, tx, domain.Alert{Kind: domain.AlertThresholdCrossed, UserID: userID,
+				Plan: r.Alerts.Plan.Name, Metric: domain.MetricSessions, Percent: t.Percent, Used: c.Sessions,
+				Limit: r.MaxSessions, PeriodStart: r.Session.PeriodStart, PeriodEnd: r.PeriodEnd,
+				OccurredAt: r.Session.CreatedAt, SessionID: r.Session.ID})
+			if err != nil {
+				return persistence.AdmitResult{}, err
+			}
+		}
+	}
 	return persistence.AdmitResult{Outcome: persistence.Admitted, Counters: c}, nil
 }
 

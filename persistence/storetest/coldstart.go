@@ -192,7 +192,7 @@ func testEnsureUsersUsage(t *testing.T, s persistence.Store) {
 	old := ensureUser(t, s, "old")
 	busy := ensureUser(t, s, "busy")
 	admit(t, s, request(busy, "b1", t0, unlimited, unlimited), request(busy, "b2", t0, unlimited, unlimited))
-	if _, _, err := s.CompleteSession(t.Context(), ops, "b1", 90, t0); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), ops, "b1", 90, t0, nil); err != nil {
 		t.Fatal(err)
 	}
 	later := t0.Add(72 * time.Hour)

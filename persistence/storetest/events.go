@@ -184,10 +184,10 @@ func testSessionChangesRecordEvents(t *testing.T, s persistence.Store) {
 	if _, err := s.MarkUploading(t.Context(), "s2", t0); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.CompleteSession(t.Context(), completer, "s1", 90, t1); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), completer, "s1", 90, t1, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.CompleteSession(t.Context(), completer, "s2", 30, t1); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), completer, "s2", 30, t1, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.FailSession(t.Context(), failer, "s3", t2); err != nil {
@@ -195,13 +195,13 @@ func testSessionChangesRecordEvents(t *testing.T, s persistence.Store) {
 	}
 	// What changes nothing records nothing: a completion repeated, a
 	// failure repeated; refusals neither.
-	if _, _, err := s.CompleteSession(t.Context(), failer, "s1", 90, t2); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), failer, "s1", 90, t2, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.FailSession(t.Context(), completer, "s3", t2); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err := s.CompleteSession(t.Context(), failer, "s1", 91, t2)
+	_, _, err := s.CompleteSession(t.Context(), failer, "s1", 91, t2, nil)
 	wantCode(t, "another duration", err, domain.CodeConflict)
 	_, err = s.FailSession(t.Context(), failer, "s2", t2)
 	wantCode(t, "failing a completed session", err, domain.CodeConflict)
@@ -255,7 +255,7 @@ func testChangeWithoutActorChangesNothing(t *testing.T, s persistence.Store) {
 	}
 
 	before := getSession(t, s, "s1")
-	if _, _, err := s.CompleteSession(t.Context(), nobody, "s1", 60, later); err == nil {
+	if _, _, err := s.CompleteSession(t.Context(), nobody, "s1", 60, later, nil); err == nil {
 		t.Fatal("CompleteSession without an actor succeeded")
 	}
 	if _, err := s.FailSession(t.Context(), nobody, "s2", later); err == nil {

@@ -117,7 +117,7 @@ func testAdmitKeyReplaysRejection(t *testing.T, s persistence.Store) {
 	u := ensureUser(t, s, "alice")
 	period := u.Period(t0).Start
 	admit(t, s, request(u, "s1", t0, 1, 600))
-	if _, _, err := s.CompleteSession(t.Context(), ops, "s1", 30, t0); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), ops, "s1", 30, t0, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Over the session limit: the record keeps the plan, its limits, the
@@ -550,7 +550,7 @@ func testScanUsage(t *testing.T, s persistence.Store) {
 		request(bob, "b1", t0, unlimited, unlimited),
 		// Refused before anything was counted: no usage to report.
 		request(carol, "c1", next, 0, unlimited))
-	if _, _, err := s.CompleteSession(t.Context(), ops, "a1", 60, t0); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), ops, "a1", 60, t0, nil); err != nil {
 		t.Fatal(err)
 	}
 	row := func(u domain.User, p domain.Period, c persistence.Counters) persistence.UsageRow {

@@ -149,7 +149,7 @@ func seedUsage(t *testing.T, s persistence.Store, u domain.User, used domain.Usa
 	left := used.Seconds
 	for k := 0; left > 0; k++ {
 		n := min(left, domain.MaxDurationSeconds)
-		if _, _, err := s.CompleteSession(t.Context(), ops, reqs[k].Session.ID, n, t0); err != nil {
+		if _, _, err := s.CompleteSession(t.Context(), ops, reqs[k].Session.ID, n, t0, nil); err != nil {
 			t.Fatalf("seeding %s: CompleteSession: %v", u.ID, err)
 		}
 		left -= n

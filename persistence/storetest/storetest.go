@@ -86,6 +86,7 @@ func Run(t *testing.T, open func(t *testing.T) persistence.Store) {
 		{"CanceledContextIsUnavailable", testCanceledContextIsUnavailable},
 		{"ClosedStoreIsUnavailable", testClosedStoreIsUnavailable},
 	}
+	tests = append(tests, alertTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -580,7 +581,7 @@ func testAdmitOverLimitSeconds(t *testing.T, s persistence.Store) {
 	period := u.Period(t0).Start
 	complete := func(id string, seconds int64, want persistence.Counters) {
 		t.Helper()
-		_, c, err := s.CompleteSession(t.Context(), ops, id, seconds, t0)
+		_, c, err := s.CompleteSession(t.Context(), ops, id, seconds, t0, nil)
 		if err != nil || c != want {
 			t.Fatalf("CompleteSession(%s, %d) counters = %+v, %v; want %+v", id, seconds, c, err, want)
 		}
@@ -620,7 +621,7 @@ func testAdmitUnlimited(t *testing.T, s persistence.Store) {
 	for i, r := range admit(t, s, reqs...) {
 		wantResult(t, reqs[i].Session.ID, r, persistence.Admitted, counters(int64(i+1), 0, int64(i+1)))
 	}
-	if _, _, err := s.CompleteSession(t.Context(), ops, "s00", domain.MaxDurationSeconds, t0); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), ops, "s00", domain.MaxDurationSeconds, t0, nil); err != nil {
 		t.Fatalf("CompleteSession: %v", err)
 	}
 	wantResult(t, "after a day of minutes", admit(t, s, request(u, "s25", t0, unlimited, unlimited))[0],
@@ -815,7 +816,7 @@ func testTimesRoundTrip(t *testing.T, s persistence.Store) {
 	}
 
 	done := at.Add(90*time.Minute + 1)
-	sess, _, err = s.CompleteSession(t.Context(), ops, "s1", 60, done)
+	sess, _, err = s.CompleteSession(t.Context(), ops, "s1", 60, done, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -933,7 +934,7 @@ func testMarkUploading(t *testing.T, s persistence.Store) {
 	wantSession(t, "MarkUploading(uploading)", got, want)
 	wantSession(t, "GetSession after second MarkUploading", getSession(t, s, "s1"), want)
 
-	if _, _, err := s.CompleteSession(t.Context(), ops, "done", 10, t1); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), ops, "done", 10, t1, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.FailSession(t.Context(), ops, "broken", t1); err != nil {
@@ -962,7 +963,7 @@ func testCompleteSession(t *testing.T, s persistence.Store) {
 	want := created(reqs[0])
 	ninety := int64(90)
 	want.Status, want.DurationSeconds, want.UpdatedAt = domain.StatusCompleted, &ninety, us(t1)
-	got, c, err := s.CompleteSession(t.Context(), ops, "s1", 90, t1)
+	got, c, err := s.CompleteSession(t.Context(), ops, "s1", 90, t1, nil)
 	if err != nil {
 		t.Fatalf("CompleteSession: %v", err)
 	}
@@ -974,7 +975,7 @@ func testCompleteSession(t *testing.T, s persistence.Store) {
 	wantUsage(t, s, u.ID, period, counters(3, 90, 4))
 
 	// The same completion again (a retry): unchanged, counted once.
-	got, c, err = s.CompleteSession(t.Context(), ops, "s1", 90, t2)
+	got, c, err = s.CompleteSession(t.Context(), ops, "s1", 90, t2, nil)
 	if err != nil {
 		t.Fatalf("CompleteSession again: %v", err)
 	}
@@ -985,7 +986,7 @@ func testCompleteSession(t *testing.T, s persistence.Store) {
 	wantUsage(t, s, u.ID, period, counters(3, 90, 4))
 
 	// Another duration: a conflict, nothing changes.
-	_, _, err = s.CompleteSession(t.Context(), ops, "s1", 91, t2)
+	_, _, err = s.CompleteSession(t.Context(), ops, "s1", 91, t2, nil)
 	wantCode(t, "CompleteSession with another duration", err, domain.CodeConflict)
 	wantSession(t, "after refused completion", getSession(t, s, "s1"), want)
 	wantUsage(t, s, u.ID, period, counters(3, 90, 4))
@@ -994,7 +995,7 @@ func testCompleteSession(t *testing.T, s persistence.Store) {
 	if _, err := s.MarkUploading(t.Context(), "up", t1); err != nil {
 		t.Fatal(err)
 	}
-	got, c, err = s.CompleteSession(t.Context(), ops, "up", 30, t2)
+	got, c, err = s.CompleteSession(t.Context(), ops, "up", 30, t2, nil)
 	if err != nil || got.Status != domain.StatusCompleted || got.DurationSeconds == nil || *got.DurationSeconds != 30 {
 		t.Fatalf("CompleteSession(uploading) = %s, %v", sessionString(got), err)
 	}
@@ -1006,31 +1007,31 @@ func testCompleteSession(t *testing.T, s persistence.Store) {
 	if _, err := s.FailSession(t.Context(), ops, "broken", t1); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = s.CompleteSession(t.Context(), ops, "broken", 10, t2)
+	_, _, err = s.CompleteSession(t.Context(), ops, "broken", 10, t2, nil)
 	wantCode(t, "CompleteSession(failed)", err, domain.CodeConflict)
 	if got := getSession(t, s, "broken"); got.Status != domain.StatusFailed || got.DurationSeconds != nil {
 		t.Fatalf("after refused completion: %s", sessionString(got))
 	}
 	wantUsage(t, s, u.ID, period, counters(3, 120, 5))
 
-	_, _, err = s.CompleteSession(t.Context(), ops, "nope", 10, t1)
+	_, _, err = s.CompleteSession(t.Context(), ops, "nope", 10, t1, nil)
 	wantNotFound(t, "CompleteSession(nope)", err)
 }
 
 func testCompleteSessionZeroSeconds(t *testing.T, s persistence.Store) {
 	u := ensureUser(t, s, "alice")
 	admit(t, s, request(u, "s1", t0, unlimited, unlimited))
-	got, c, err := s.CompleteSession(t.Context(), ops, "s1", 0, t0)
+	got, c, err := s.CompleteSession(t.Context(), ops, "s1", 0, t0, nil)
 	if err != nil || got.Status != domain.StatusCompleted || got.DurationSeconds == nil || *got.DurationSeconds != 0 {
 		t.Fatalf("CompleteSession(0) = %s, %v; want completed with duration 0", sessionString(got), err)
 	}
 	if c != counters(1, 0, 2) {
 		t.Fatalf("CompleteSession(0) counters = %+v, want %+v", c, counters(1, 0, 2))
 	}
-	if _, _, err := s.CompleteSession(t.Context(), ops, "s1", 0, t0); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), ops, "s1", 0, t0, nil); err != nil {
 		t.Fatalf("CompleteSession(0) again: %v", err)
 	}
-	_, _, err = s.CompleteSession(t.Context(), ops, "s1", 5, t0)
+	_, _, err = s.CompleteSession(t.Context(), ops, "s1", 5, t0, nil)
 	wantCode(t, "CompleteSession(5) after 0", err, domain.CodeConflict)
 }
 
@@ -1045,7 +1046,7 @@ func testCompleteSessionCountsInAdmissionPeriod(t *testing.T, s persistence.Stor
 	if second.Start.Equal(first.Start) {
 		t.Fatal("test setup: the reset did not start a new period")
 	}
-	_, c, err := s.CompleteSession(t.Context(), ops, "s1", 120, reset)
+	_, c, err := s.CompleteSession(t.Context(), ops, "s1", 120, reset, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1065,7 +1066,7 @@ func testFailSession(t *testing.T, s persistence.Store) {
 		reqs = append(reqs, request(u, id, t0, unlimited, unlimited))
 	}
 	admit(t, s, reqs...)
-	if _, _, err := s.CompleteSession(t.Context(), ops, "done", 45, t0); err != nil {
+	if _, _, err := s.CompleteSession(t.Context(), ops, "done", 45, t0, nil); err != nil {
 		t.Fatal(err)
 	}
 	wantUsage(t, s, u.ID, period, counters(3, 45, 4))
@@ -1124,9 +1125,19 @@ func everyMethod(ctx context.Context, s persistence.Store, u domain.User) map[st
 	_, errs["GetSession"] = s.GetSession(ctx, "s1")
 	_, errs["ListSessions"] = s.ListSessions(ctx, u.ID, 10, nil)
 	_, errs["MarkUploading"] = s.MarkUploading(ctx, "s1", t0)
-	_, _, errs["CompleteSession"] = s.CompleteSession(ctx, ops, "s1", 10, t0)
+	_, _, errs["CompleteSession"] = s.CompleteSession(ctx, ops, "s1", 10, t0, nil)
 	_, errs["FailSession"] = s.FailSession(ctx, ops, "s1", t0)
 	_, errs["ListUserEvents"] = s.ListUserEvents(ctx, u.ID, 10, nil)
+	errs["RecordAlertSettings"] = s.RecordAlertSettings(ctx, []int{80}, t0)
+	p := u.Period(t0)
+	_, errs["RecordLimitReached"] = s.RecordLimitReached(ctx, domain.Alert{UserID: u.ID, Plan: "free", Metric: domain.MetricSessions,
+		Limit: 1, PeriodStart: p.Start, PeriodEnd: p.End, OccurredAt: t0})
+	_, errs["ClaimDeliveries"] = s.ClaimDeliveries(ctx, t0, time.Minute, 10)
+	_, errs["SettleDelivery"] = s.SettleDelivery(ctx, persistence.Settlement{ID: 1, Claim: 1, At: t0, Status: domain.DeliveryDelivered})
+	_, _, errs["OutboxDepth"] = s.OutboxDepth(ctx)
+	_, errs["ListDeliveries"] = s.ListDeliveries(ctx, "", 10, 0)
+	_, errs["GetDelivery"] = s.GetDelivery(ctx, 1)
+	_, errs["RetryDelivery"] = s.RetryDelivery(ctx, 1, t0)
 	return errs
 }
 

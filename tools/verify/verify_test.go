@@ -179,7 +179,7 @@ func seed(t *testing.T, b *backend) *fixture {
 	}
 	complete := func(id string, seconds int64) {
 		t.Helper()
-		if _, _, err := b.store.CompleteSession(ctx, ops, id, seconds, t0.Add(time.Hour)); err != nil {
+		if _, _, err := b.store.CompleteSession(ctx, ops, id, seconds, t0.Add(time.Hour), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -704,7 +704,7 @@ func TestTrailBeginsAtTheMigration(t *testing.T) {
 			if _, err := b.store.PutUser(t.Context(), persistence.UserChange{ID: "legacy", Plan: &student, Now: t0.Add(time.Hour), By: ops}); err != nil {
 				t.Fatal(err)
 			}
-			if _, _, err := b.store.CompleteSession(t.Context(), ops, "l3", 30, t0.Add(time.Hour)); err != nil {
+			if _, _, err := b.store.CompleteSession(t.Context(), ops, "l3", 30, t0.Add(time.Hour), nil); err != nil {
 				t.Fatal(err)
 			}
 			if rep := run(t, b); !rep.OK() || rep.Events != 2 {

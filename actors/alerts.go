@@ -1,0 +1,78 @@
+package actors
+
+import (
+	"context"
+	"time"
+
+	"github.com/tally-dev/tally/domain"
+)
+
+// Usage alerts on the actors' side (docs/alerts.md). Threshold alerts are
+// recorded by the store in the transaction of the admission or completion
+// that crossed them; the actor only hands each request its plan's
+// thresholds (alertPlans). The limit-reached alert has no transaction of
+// its own cause — a refusal writes nothing — so the actor records it
+// itself, the first time it sees a create refused in a period.
+
+// noteTimeout bounds recording a limit-reached alert, which holds the
+// user's actor (only that user's) for one insert.
+const noteTimeout = 2 * time.Second
+
+// alertPlans maps each plan of the catalog to its thresholds, computed
+// once; nil when alerts are off.
+type alertPlans map[string]*domain.AlertPlan
+
+func newAlertPlans(c *domain.Catalog, percents []int) alertPlans {
+	if len(percents) == 0 {
+		return nil
+	}
+	m := make(alertPlans)
+	for _, p := range c.Plans() {
+		m[p.Name] = domain.NewAlertPlan(p, percents)
+	}
+	return m
+}
+
+// of returns the plan's thresholds, or nil when alerts are off.
+func (m alertPlans) of(plan string) *domain.AlertPlan {
+	if m == nil {
+		return nil
+	}
+	return m[plan]
+}
+
+// limitNote is the limit-reached alert an actor has recorded (or found
+// recorded): one per period, metric and limit.
+type limitNote struct {
+	periodStart time.Time
+	metric      domain.Metric
+	limit       domain.Limit
+}
+
+// noteLimitReached records the limit-reached alert of a create refused by
+// refusal when usage was u, unless this actor already did for the same
+// period, metric and limit. The store keeps one per user, period, metric
+// and limit whatever any actor believes, so an actor that restarted, or
+// another node's, inserts nothing twice. A failure is logged and tried
+// again at the next refusal: the refusal itself stands.
+func (a *userActor) noteLimitReached(refusal error, u domain.Usage) {
+	if a.deps.alerts == nil {
+		return
+	}
+	al, ok := domain.LimitReachedAlert(a.id, refusal, u, a.deps.now())
+	if !ok {
+		return
+	}
+	note := limitNote{periodStart: al.PeriodStart, metric: al.Metric, limit: al.Limit}
+	if a.limitNoted != nil && *a.limitNoted == note {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), noteTimeout)
+	defer cancel()
+	if _, err := a.deps.store.RecordLimitReached(ctx, al); err != nil {
+		a.deps.log.Warn("usage alert: recording limit reached failed; the next refusal tries again",
+			"user", a.id, "metric", al.Metric, "err", err)
+		return
+	}
+	a.limitNoted = &note
+}

@@ -1,0 +1,248 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tally-dev/tally/domain"
+	"github.com/tally-dev/tally/persistence"
+)
+
+// The outbox of usage alerts (persistence/outbox.go, migration 0006). The
+// admissions write their alerts in admit.go and admit_bulk.go, the
+// completions through InsertAlert below; this file is the delivery side.
+
+// insertAlertSQL records one alert unless it exists (the unique key is the
+// "exactly one" of docs/alerts.md). The alert is due at once.
+const insertAlertSQL = `
+INSERT INTO alerts (kind, user_id, plan, metric, percent, used, limit_value,
+                    period_start, period_end, occurred_at, session_id, next_attempt_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULLIF($11, ''), $10)
+ON CONFLICT (user_id, period_start, kind, metric, percent, limit_value) DO NOTHING`
+
+// InsertAlert records a completion's alert; its period end is the usage
+// row's, which the completion has just written.
+func (t writeTx) InsertAlert(ctx context.Context, a domain.Alert) error {
+	var end time.Time
+	if err := t.tx.QueryRow(ctx, `SELECT period_end FROM usage WHERE user_id = $1 AND period_start = $2`,
+		a.UserID, ts(a.PeriodStart)).Scan(&end); err != nil {
+		return fmt.Errorf("period end of alert: %w", err)
+	}
+	a.PeriodEnd = end
+	_, err := t.tx.Exec(ctx, insertAlertSQL, alertArgs(a)...)
+	return err
+}
+
+func alertArgs(a domain.Alert) []any {
+	return []any{string(a.Kind), a.UserID, a.Plan, string(a.Metric), a.Percent, a.Used, int64(a.Limit),
+		ts(a.PeriodStart), ts(a.PeriodEnd), ts(a.OccurredAt), a.SessionID}
+}
+
+// RecordLimitReached records a usage.limit_reached alert, once per user,
+// period, metric and limit.
+func (s *Store) RecordLimitReached(ctx context.Context, a domain.Alert) (bool, error) {
+	a.Kind, a.Percent = domain.AlertLimitReached, 0
+	tag, err := s.pool.Exec(ctx, insertAlertSQL, alertArgs(a)...)
+	if err != nil {
+		return false, translate("record limit reached", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// RecordAlertSettings appends the thresholds in force from now when they
+// differ from the last recorded (nil or empty: alerts off). Several nodes
+// starting at once with the same settings record them once: the insert
+// compares with the latest row in the same statement, under a lock that
+// serializes the writers of this table.
+func (s *Store) RecordAlertSettings(ctx context.Context, percents []int, now time.Time) error {
+	ps := make([]int32, len(percents))
+	for i, p := range percents {
+		ps[i] = int32(p)
+	}
+	return s.inTx(ctx, "record alert settings", func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `LOCK TABLE alert_settings IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+			return err
+		}
+		var last []int32
+		err := tx.QueryRow(ctx, `SELECT percents FROM alert_settings ORDER BY since DESC LIMIT 1`).Scan(&last)
+		switch {
+		case err == nil && slices.Equal(last, ps):
+			return nil
+		case err != nil && err != pgx.ErrNoRows:
+			return err
+		case err == pgx.ErrNoRows && len(ps) == 0:
+			return nil // off, and never on: nothing to say
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO alert_settings (since, percents) VALUES ($1, $2)
+			ON CONFLICT (since) DO UPDATE SET percents = EXCLUDED.percents`, ts(now), ps)
+		return err
+	})
+}
+
+// deliveryColumns are the columns scanDelivery reads, in its order, with
+// the restart computed from the alert's predecessor: the latest earlier
+// alert of the same user, kind, metric and threshold.
+const deliveryColumns = `a.id, a.kind, a.user_id, a.plan, a.metric, a.percent, a.used, a.limit_value,
+       a.period_start, a.period_end, a.occurred_at, COALESCE(a.session_id, ''),
+       a.status, a.attempts, a.next_attempt_at, a.last_attempt_at, a.last_status, a.last_error,
+       a.delivered_at, a.claim,
+       COALESCE((SELECT CASE
+                   WHEN p.period_start = a.period_start THEN 'plan_change'
+                   WHEN p.period_start < a.period_start AND p.period_end > a.period_start THEN 'reset'
+                   ELSE '' END
+                 FROM alerts p
+                 WHERE p.user_id = a.user_id AND p.kind = a.kind AND p.metric = a.metric
+                   AND p.percent = a.percent AND p.id < a.id
+                 ORDER BY p.id DESC LIMIT 1), '')`
+
+func scanDelivery(row pgx.Row) (domain.Delivery, error) {
+	var (
+		d                  domain.Delivery
+		kind, metric, stat string
+		limit              int64
+		lastAt, doneAt     *time.Time
+		restart            string
+	)
+	err := row.Scan(&d.ID, &kind, &d.UserID, &d.Plan, &metric, &d.Percent, &d.Used, &limit,
+		&d.PeriodStart, &d.PeriodEnd, &d.OccurredAt, &d.SessionID,
+		&stat, &d.Attempts, &d.NextAttemptAt, &lastAt, &d.LastStatus, &d.LastError, &doneAt, &d.Claim, &restart)
+	if err != nil {
+		return domain.Delivery{}, err
+	}
+	d.Kind, d.Metric, d.Status, d.Limit = domain.AlertKind(kind), domain.Metric(metric), domain.DeliveryStatus(stat), domain.Limit(limit)
+	d.Restart = domain.AlertRestart(restart)
+	if lastAt != nil {
+		d.LastAttemptAt = *lastAt
+	}
+	if doneAt != nil {
+		d.DeliveredAt = *doneAt
+	}
+	for _, t := range []*time.Time{&d.PeriodStart, &d.PeriodEnd, &d.OccurredAt, &d.NextAttemptAt, &d.LastAttemptAt, &d.DeliveredAt} {
+		if !t.IsZero() {
+			*t = t.UTC()
+		}
+	}
+	return d, nil
+}
+
+func collectDeliveries(rows pgx.Rows, err error) ([]domain.Delivery, error) {
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (domain.Delivery, error) { return scanDelivery(r) })
+}
+
+// claimDeliveriesSQL hands out due deliveries. A pending alert is handed out only
+// while it is its user's oldest pending one, so a user's alerts go out in
+// order; FOR UPDATE SKIP LOCKED lets dispatchers of several nodes claim at
+// once without waiting for or taking each other's rows, and the claim's
+// end (claimed_until) keeps a row from being handed out again while its
+// delivery runs. A claim that outlives its lease (the node died) is taken
+// over: delivery is at least once, and the receiver deduplicates by
+// webhook-id.
+const claimDeliveriesSQL = `
+WITH due AS (
+    SELECT a.id FROM alerts a
+    WHERE a.status = 'pending' AND a.next_attempt_at <= $1
+      AND (a.claimed_until IS NULL OR a.claimed_until <= $1)
+      AND NOT EXISTS (SELECT FROM alerts b
+                      WHERE b.user_id = a.user_id AND b.status = 'pending' AND b.id < a.id)
+    ORDER BY a.id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE alerts a SET claim = $4, claimed_until = $2, attempts = a.attempts + 1, last_attempt_at = $1
+    FROM due WHERE a.id = due.id
+    RETURNING a.*
+)
+SELECT ` + deliveryColumns + ` FROM claimed a ORDER BY a.id`
+
+// ClaimDeliveries hands out up to limit due deliveries under one new claim.
+func (s *Store) ClaimDeliveries(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]domain.Delivery, error) {
+	claim := rand.Int64N(1<<62) + 1 // any value but 0, which is "never claimed"
+	ds, err := collectDeliveries(s.pool.Query(ctx, claimDeliveriesSQL, ts(now), ts(now.Add(lease)), limit, claim))
+	return ds, translate("claim deliveries", err)
+}
+
+// SettleDelivery records an attempt's outcome under its claim.
+func (s *Store) SettleDelivery(ctx context.Context, st persistence.Settlement) (bool, error) {
+	var delivered, next *time.Time
+	switch st.Status {
+	case domain.DeliveryDelivered:
+		at := ts(st.At)
+		delivered = &at
+	case domain.DeliveryPending:
+		at := ts(st.NextAttemptAt)
+		next = &at
+	case domain.DeliveryFailed:
+	default:
+		return false, fmt.Errorf("settle delivery %d: status %q", st.ID, st.Status)
+	}
+	tag, err := s.pool.Exec(ctx, `
+UPDATE alerts SET status = $3, delivered_at = $4, next_attempt_at = COALESCE($5, next_attempt_at),
+                  claimed_until = NULL, last_status = $6, last_error = $7
+WHERE id = $1 AND claim = $2 AND status = 'pending'`,
+		st.ID, st.Claim, string(st.Status), delivered, next, st.HTTPStatus, st.Error)
+	if err != nil {
+		return false, translate("settle delivery", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// OutboxDepth counts the pending deliveries and finds the oldest.
+func (s *Store) OutboxDepth(ctx context.Context) (int64, time.Time, error) {
+	var (
+		n      int64
+		oldest *time.Time
+	)
+	err := s.pool.QueryRow(ctx, `SELECT count(*), min(occurred_at) FROM alerts WHERE status = 'pending'`).Scan(&n, &oldest)
+	if err != nil {
+		return 0, time.Time{}, translate("outbox depth", err)
+	}
+	if oldest == nil {
+		return n, time.Time{}, nil
+	}
+	return n, oldest.UTC(), nil
+}
+
+// ListDeliveries lists deliveries newest first, by id.
+func (s *Store) ListDeliveries(ctx context.Context, status domain.DeliveryStatus, limit int, before int64) ([]domain.Delivery, error) {
+	if before <= 0 {
+		before = 1<<63 - 1
+	}
+	ds, err := collectDeliveries(s.pool.Query(ctx, `SELECT `+deliveryColumns+` FROM alerts a
+WHERE ($1 = '' OR a.status = $1) AND a.id < $2 ORDER BY a.id DESC LIMIT $3`, string(status), before, limit))
+	return ds, translate("list deliveries", err)
+}
+
+// GetDelivery reads one delivery.
+func (s *Store) GetDelivery(ctx context.Context, id int64) (domain.Delivery, error) {
+	d, err := scanDelivery(s.pool.QueryRow(ctx, `SELECT `+deliveryColumns+` FROM alerts a WHERE a.id = $1`, id))
+	if err != nil {
+		return domain.Delivery{}, translate("get delivery", notFound(err))
+	}
+	return d, nil
+}
+
+// RetryDelivery puts a failed delivery back to pending, due at now.
+func (s *Store) RetryDelivery(ctx context.Context, id int64, now time.Time) (domain.Delivery, error) {
+	tag, err := s.pool.Exec(ctx, `
+UPDATE alerts SET status = 'pending', next_attempt_at = $2, claimed_until = NULL
+WHERE id = $1 AND status = 'failed'`, id, ts(now))
+	if err != nil {
+		return domain.Delivery{}, translate("retry delivery", err)
+	}
+	d, err := s.GetDelivery(ctx, id)
+	if err != nil {
+		return domain.Delivery{}, err
+	}
+	if tag.RowsAffected() == 0 {
+		return d, domain.Errorf(domain.CodeConflict, "delivery %s is %s, not failed: only a failed delivery can be retried", d.WebhookID(), d.Status)
+	}
+	return d, nil
+}
