@@ -69,6 +69,10 @@ type SessionState struct {
 	DurationSeconds *int64    `json:"duration_seconds"`
 	PeriodStart     time.Time `json:"period_start"`
 	PeriodSeconds   int64     `json:"period_seconds"`
+	// AlertMinutesLimit is, on the after of a completion made with usage
+	// alerts on, the minutes limit its alerts were counted against
+	// (-1 unlimited); absent otherwise.
+	AlertMinutesLimit *Limit `json:"alert_minutes_limit,omitempty"`
 }
 
 // EventCursor is a position in a user's event list, which is ordered

@@ -106,7 +106,7 @@ func (s SessionStatus) change(ctx context.Context, op string, by *domain.Origin,
 			return err
 		}
 		var before Counters
-		if sess, before, c, ev, err = applySessionChange(ctx, tx, *by, sess, to, seconds, now); err != nil {
+		if sess, before, c, ev, err = applySessionChange(ctx, tx, *by, sess, to, seconds, now, alerts); err != nil {
 			return err
 		}
 		if err := tx.InsertEvent(ctx, ev); err != nil {
@@ -135,7 +135,8 @@ func (s SessionStatus) change(ctx context.Context, op string, by *domain.Origin,
 // returns it, the counters of its period before and after, and the event
 // recording the change: the session's status and duration and its
 // period's seconds, before and after.
-func applySessionChange(ctx context.Context, tx SessionTx, by domain.Origin, sess domain.Session, to domain.Status, seconds int64, now time.Time) (domain.Session, Counters, Counters, domain.UserEvent, error) {
+func applySessionChange(ctx context.Context, tx SessionTx, by domain.Origin, sess domain.Session, to domain.Status, seconds int64, now time.Time,
+	alerts *domain.AlertPlan) (domain.Session, Counters, Counters, domain.UserEvent, error) {
 	ev := domain.UserEvent{UserID: sess.UserID, SessionID: sess.ID, Kind: domain.EventFailSession,
 		Actor: by.Admin, RequestID: by.RequestID, OccurredAt: micro(now)}
 	before, err := tx.LoadCounters(ctx, sess.UserID, sess.PeriodStart)
@@ -146,7 +147,7 @@ func applySessionChange(ctx context.Context, tx SessionTx, by domain.Origin, ses
 	if to == domain.StatusCompleted {
 		ev.Kind, duration = domain.EventCompleteSession, &seconds
 	}
-	if ev.Before, err = sessionState(sess, before); err != nil {
+	if ev.Before, err = sessionState(sess, before, nil); err != nil {
 		return domain.Session{}, Counters{}, Counters{}, ev, err
 	}
 	if sess, err = tx.SetStatus(ctx, sess.ID, to, duration, now); err != nil {
@@ -158,11 +159,20 @@ func applySessionChange(ctx context.Context, tx SessionTx, by domain.Origin, ses
 			return domain.Session{}, Counters{}, Counters{}, ev, err
 		}
 	}
-	ev.After, err = sessionState(sess, after)
+	ev.After, err = sessionState(sess, after, alerts)
 	return sess, before, after, ev, err
 }
 
-func sessionState(s domain.Session, c Counters) (json.RawMessage, error) {
-	return json.Marshal(domain.SessionState{Status: s.Status, DurationSeconds: s.DurationSeconds,
-		PeriodStart: s.PeriodStart.UTC(), PeriodSeconds: c.Seconds})
+// sessionState is a session change's before or after. With alerts on, the
+// after of a completion also names the minutes limit the completion's
+// alerts were counted against, so that tally verify can tell which
+// thresholds it crossed (the plan may change later).
+func sessionState(s domain.Session, c Counters, alerts *domain.AlertPlan) (json.RawMessage, error) {
+	st := domain.SessionState{Status: s.Status, DurationSeconds: s.DurationSeconds,
+		PeriodStart: s.PeriodStart.UTC(), PeriodSeconds: c.Seconds}
+	if alerts != nil && s.Status == domain.StatusCompleted {
+		limit := alerts.Plan.MaxTotalMinutes
+		st.AlertMinutesLimit = &limit
+	}
+	return json.Marshal(st)
 }

@@ -29,6 +29,8 @@ type source struct {
 	// jsonInt reads an integer member of a JSON column (NULL when it is
 	// missing or null).
 	jsonInt func(col, key string) string
+	// text reads a column (an array, a JSON document) as its text.
+	text func(col string) string
 	// snapshot is how the audit's read transaction begins: all its queries
 	// must see one state of the store.
 	snapshot *sql.TxOptions
@@ -70,6 +72,7 @@ func openPostgres(ctx context.Context, dsn string) (*source, error) {
 		label:    label,
 		micros:   func(col string) string { return "(extract(epoch FROM " + col + ") * 1000000)::bigint" },
 		jsonInt:  func(col, key string) string { return "(" + col + " ->> '" + key + "')::bigint" },
+		text:     func(col string) string { return col + "::text" },
 		snapshot: &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true},
 		// The per-period aggregate sorts every session; with the default
 		// 4MB it spills to disk and takes twice as long on a million rows.
@@ -121,6 +124,7 @@ func openSQLite(ctx context.Context, dataDir string) (*source, error) {
 		label:   "sqlite " + path,
 		micros:  func(col string) string { return col }, // stored as unix microseconds
 		jsonInt: func(col, key string) string { return "(" + col + " ->> '$." + key + "')" },
+		text:    func(col string) string { return col },
 		// A read transaction sees one snapshot of a WAL database.
 		snapshot: nil,
 	}
@@ -241,6 +245,9 @@ func (s *source) scan(ctx context.Context, a *audit) (err error) {
 	}
 	if err := s.scanSessionEvents(ctx, tx, a); err != nil {
 		return wrap("compare sessions with their audit events", err)
+	}
+	if err := s.scanAlerts(ctx, tx, a); err != nil {
+		return wrap("compare usage alerts with their causes", err)
 	}
 	return nil
 }

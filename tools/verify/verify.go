@@ -47,6 +47,14 @@
 //     has exactly one event of its kind, with its duration, and no other
 //     session has one.
 //
+// And for the usage alerts' outbox (alerts.go):
+//
+//   - alert_missing: every threshold crossing made while alerts were on
+//     (a session numbered at a threshold of its limit, a completion that
+//     moved the seconds across one) has its alert;
+//   - alert_unfounded: every threshold alert has the admission or the
+//     completion that crossed it.
+//
 // The store is read in one snapshot (a REPEATABLE READ, READ ONLY
 // transaction on Postgres; one read transaction on a read-only SQLite
 // connection) with one aggregate query over all periods (GROUP BY, one pass
@@ -89,6 +97,10 @@ const (
 	UserEvents    Check = "user_events"
 	UserState     Check = "user_state"
 	SessionEvents Check = "session_events"
+	// AlertMissing and AlertUnfounded compare usage alerts with their
+	// causes (alerts.go).
+	AlertMissing   Check = "alert_missing"
+	AlertUnfounded Check = "alert_unfounded"
 )
 
 // DefaultBatchSize is how many Redis keys one pipeline reads.
@@ -132,6 +144,8 @@ type Report struct {
 	Fenced int64 `json:"fenced_sessions"`
 	// Events is the audit events the trail's checks read.
 	Events int64 `json:"events"`
+	// Alerts is the usage alerts the alert checks read.
+	Alerts int64 `json:"alerts"`
 
 	Redis RedisSummary `json:"redis"`
 

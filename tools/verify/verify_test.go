@@ -151,6 +151,14 @@ func seed(t *testing.T, b *backend) *fixture {
 	if err := b.store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// Alerts on from before the first admission: every crossing below
+	// has its alert (alerts.go).
+	if err := b.store.RecordAlertSettings(ctx, []int{80, 100}, t0.Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	alertPlan := func(sessions domain.Limit) *domain.AlertPlan {
+		return domain.NewAlertPlan(domain.Plan{Name: "free", MaxSessions: sessions, MaxTotalMinutes: 10}, []int{80, 100})
+	}
 	f := &fixture{users: map[string]domain.User{}, periods: map[string]domain.Period{}}
 	for _, id := range []string{"alice", "bob", "carol", "dave"} {
 		u, err := b.store.EnsureUser(ctx, id, t0)
@@ -168,7 +176,7 @@ func seed(t *testing.T, b *backend) *fixture {
 				ID: id, UserID: user, Title: "Lecture " + id, Language: "en-US", STTProvider: "google",
 				PeriodStart: p.Start, CreatedAt: at,
 			},
-			UserVersion: u.Version, PeriodEnd: p.End, MaxSessions: limit, MaxSeconds: -1,
+			UserVersion: u.Version, PeriodEnd: p.End, MaxSessions: limit, MaxSeconds: -1, Alerts: alertPlan(limit),
 		}})
 		if err != nil {
 			t.Fatal(err)
@@ -179,7 +187,8 @@ func seed(t *testing.T, b *backend) *fixture {
 	}
 	complete := func(id string, seconds int64) {
 		t.Helper()
-		if _, _, err := b.store.CompleteSession(ctx, ops, id, seconds, t0.Add(time.Hour), nil); err != nil {
+		// 10 minutes: alice's first completion crosses 80% and 100%.
+		if _, _, err := b.store.CompleteSession(ctx, ops, id, seconds, t0.Add(time.Hour), alertPlan(10)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -268,6 +277,10 @@ func TestCleanStorePasses(t *testing.T) {
 			if rep.Users != wantUsers || rep.Periods != wantPeriods || rep.Sessions != wantSessions || rep.Events != wantEvents {
 				t.Errorf("checked %d users, %d periods, %d sessions, %d events; want %d, %d, %d, %d",
 					rep.Users, rep.Periods, rep.Sessions, rep.Events, wantUsers, wantPeriods, wantSessions, wantEvents)
+			}
+			// alice's 80% and 100% of sessions, then of minutes.
+			if rep.Alerts != 4 {
+				t.Errorf("checked %d alerts, want 4", rep.Alerts)
 			}
 			// Every cached key matched (so the key layout is the cache's),
 			// and carol's second period is a cold key, not a violation.
@@ -459,6 +472,39 @@ var storeCorruptions = []struct {
 			b.exec(t, `UPDATE sessions SET seq = 1 WHERE id = 'b2'`)
 		},
 		want: []want{{verify.Seq, "bob", map[string]int64{"sessions": 3, "min_seq": 1, "max_seq": 3, "distinct_seqs": 2}}},
+	},
+	{
+		name: "threshold alert lost",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `DELETE FROM alerts WHERE session_id = 'a8'`)
+		},
+		want: []want{{verify.AlertMissing, "alice", map[string]int64{"seq": 8, "max_sessions": 10, "percent": 80}}},
+	},
+	{
+		name: "threshold alert without its admission",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			p := f.periods["carol"]
+			b.exec(t, `INSERT INTO alerts (kind, user_id, plan, metric, percent, used, limit_value, period_start, period_end, occurred_at, session_id, next_attempt_at)
+				VALUES ('usage.threshold_crossed', 'carol', 'free', 'sessions', 80, 8, 10, ?, ?, ?, 'c2', ?)`, b.ts(p.Start), b.ts(p.End), b.ts(t0), b.ts(t0))
+		},
+		want: []want{{verify.AlertUnfounded, "carol", map[string]int64{"percent": 80, "used": 8, "limit": 10}}},
+	},
+	{
+		name: "minutes alert lost",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `DELETE FROM alerts WHERE metric = 'minutes' AND percent = 100`)
+		},
+		want: []want{{verify.AlertMissing, "alice", map[string]int64{"seconds_before": 0, "seconds_after": 600, "percent": 100, "limit_minutes": 10}}},
+	},
+	{
+		name: "minutes alert on the wrong completion",
+		corrupt: func(t *testing.T, b *backend, f *fixture) {
+			b.exec(t, `UPDATE alerts SET session_id = 'a2' WHERE metric = 'minutes' AND percent = 80`)
+		},
+		want: []want{
+			{verify.AlertMissing, "alice", map[string]int64{"percent": 80, "limit_minutes": 10}},
+			{verify.AlertUnfounded, "alice", map[string]int64{"percent": 80, "limit_minutes": 10}},
+		},
 	},
 	{
 		name: "gap in seq",
