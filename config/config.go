@@ -173,6 +173,25 @@ type Config struct {
 	AdvertiseURL    string
 	ClusterLeaseTTL time.Duration
 	ClusterSecret   string
+
+	// Usage alerts (config/webhooks.go): on when WebhookURL is set
+	// (Webhooks). WebhookURL is where they are delivered
+	// (TALLY_WEBHOOK_URL). WebhookSecret is TALLY_WEBHOOK_SECRET as given,
+	// whsec_…; WebhookKey is its decoded key, 24 to 64 bytes, which signs
+	// the webhooks. AlertPercents are the thresholds
+	// (TALLY_ALERT_THRESHOLDS), ascending, parsed even when alerts are off
+	// (check Webhooks before recording any). WebhookTimeout bounds one
+	// attempt (TALLY_WEBHOOK_TIMEOUT); WebhookRetryHorizon is how long a
+	// delivery is retried before it is dead-lettered
+	// (TALLY_WEBHOOK_RETRY_HORIZON); WebhookConcurrency is how many
+	// attempts one process makes at once (TALLY_WEBHOOK_CONCURRENCY).
+	WebhookURL          string
+	WebhookSecret       string
+	WebhookKey          []byte
+	AlertPercents       []int
+	WebhookTimeout      time.Duration
+	WebhookRetryHorizon time.Duration
+	WebhookConcurrency  int
 }
 
 // Embedded reports whether the service runs without Postgres, on the
@@ -210,8 +229,9 @@ type Var struct {
 	get func(c Config) string
 }
 
-// vars is the table Load walks, in the order of the original contract's variables (docs/contract.md), then the extras.
-var vars = []Var{
+// vars is the table Load walks, in the order of the original contract's variables (docs/contract.md), then the extras,
+// then the usage alerts' (config/webhooks.go).
+var vars = append([]Var{
 	{
 		Name: "TALLY_HTTP_ADDR", Default: "127.0.0.1:8080",
 		Meaning: "listen address, host:port (port 0 picks a free port)",
@@ -613,7 +633,7 @@ var vars = []Var{
 		parse:   func(c *Config, v string) error { return setSecret(&c.ClusterSecret, v) },
 		get:     func(c Config) string { return c.ClusterSecret },
 	},
-}
+}, webhookVars...)
 
 // retired are variables Tally no longer reads, with what replaced them.
 // Load refuses them: a deployment that still sets one would otherwise lose
@@ -703,6 +723,7 @@ func (c *Config) crossCheck(bad map[string]bool) []error {
 	}
 	c.crossCheckRedis(bad, add)
 	c.crossCheckCluster(bad, add)
+	c.crossCheckWebhooks(bad, add)
 	if c.OpsPprof && c.OpsAddr == "" {
 		add("TALLY_OPS_PPROF", "is true but TALLY_OPS_ADDR is unset: pprof is served on the ops listener only; set TALLY_OPS_ADDR=127.0.0.1:PORT")
 	}

@@ -78,6 +78,11 @@ func TestDefaults(t *testing.T) {
 		MaxUserInFlight:  128,
 		JWTMaxTTL:        24 * time.Hour,
 		ClusterLeaseTTL:  5 * time.Second,
+		// Alerts are off (no TALLY_WEBHOOK_URL); the rest has defaults.
+		AlertPercents:       []int{80, 100},
+		WebhookTimeout:      5 * time.Second,
+		WebhookRetryHorizon: 24 * time.Hour,
+		WebhookConcurrency:  8,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %#v\nwant %#v", c, want)
@@ -143,6 +148,11 @@ func TestEveryOverride(t *testing.T) {
 		MaxInFlight:      64,
 		MaxUserInFlight:  8,
 		ClusterLeaseTTL:  5 * time.Second,
+		// The webhook variables' overrides: webhooks_test.go.
+		AlertPercents:       []int{80, 100},
+		WebhookTimeout:      5 * time.Second,
+		WebhookRetryHorizon: 24 * time.Hour,
+		WebhookConcurrency:  8,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("overrides:\n got %#v\nwant %#v", c, want)

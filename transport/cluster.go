@@ -22,7 +22,8 @@ import (
 // API or admin request; the edge finds the request's user, asks Cluster
 // where its partition is served, and either serves it here or forwards it
 // once to the owner (forward.go), which treats a forwarded request as
-// final. /healthz, /readyz, /openapi.yaml and /api/v1/plans are served by
+// final. /healthz, /readyz, /openapi.yaml, /api/v1/plans and the webhook
+// deliveries (/admin/v1/webhooks/…, no user's: webhooks.go) are served by
 // whichever node receives them. Without Options.Cluster none of this is
 // installed: the routes and their cost are the single node's.
 

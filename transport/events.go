@@ -26,23 +26,30 @@ func origin(c *gin.Context) domain.Origin {
 	return domain.Origin{Admin: c.GetString(ctxAdmin), RequestID: c.Writer.Header().Get(headerRequestID)}
 }
 
-// Event list paging.
+// Admin list paging: the events' and the webhook deliveries'.
 const (
 	defaultEventLimit = 50
 	maxEventLimit     = 500
 )
 
+// pageLimit parses ?limit= of the admin lists (events, webhook
+// deliveries), which page alike.
+func pageLimit(c *gin.Context, f *fieldErrors) int {
+	raw, ok := c.GetQuery("limit")
+	if !ok {
+		return defaultEventLimit
+	}
+	n, err := strconv.Atoi(raw)
+	if err != nil || n < 1 || n > maxEventLimit {
+		f.add("limit", "must be an integer from 1 to 500")
+		return defaultEventLimit
+	}
+	return n
+}
+
 // eventListParams parses ?limit= and ?cursor= of the event list.
 func eventListParams(c *gin.Context, f *fieldErrors) (limit int, after *domain.EventCursor) {
-	limit = defaultEventLimit
-	if raw, ok := c.GetQuery("limit"); ok {
-		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > maxEventLimit {
-			f.add("limit", "must be an integer from 1 to 500")
-		} else {
-			limit = n
-		}
-	}
+	limit = pageLimit(c, f)
 	if raw, ok := c.GetQuery("cursor"); ok {
 		cur, err := decodeEventCursor(raw)
 		if err != nil {

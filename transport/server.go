@@ -80,6 +80,11 @@ type Options struct {
 	// the outcome of a create whose answer was lost). Required with
 	// Cluster; actors.Service implements it.
 	Lookups Lookups
+	// Deliveries, when set, is the webhook outbox of usage alerts
+	// (TALLY_WEBHOOK_URL set): the admin routes under
+	// /admin/v1/webhooks/deliveries list, read and retry its deliveries.
+	// Nil: webhooks are not configured, and those routes answer 404.
+	Deliveries Deliveries
 	// RequestTimeout is the core's request deadline (TALLY_REQUEST_TIMEOUT,
 	// actors.Options.RequestTimeout). In cluster mode it bounds waiting
 	// for a moving partition, forwarding, and resolving a lost answer, and
@@ -105,6 +110,7 @@ type server struct {
 	now        func() time.Time
 	limits     limitAnswers
 	cluster    *clusterEdge // nil: a single node
+	deliveries Deliveries   // nil: webhooks not configured
 }
 
 // New builds the HTTP handler. It fails on missing or invalid options, or
@@ -147,6 +153,7 @@ func New(opts Options) (http.Handler, error) {
 		checkers:   append([]Checker(nil), opts.Checkers...),
 		now:        opts.Now,
 		admins:     admins,
+		deliveries: opts.Deliveries,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -242,6 +249,12 @@ func (s *server) routes() *gin.Engine {
 	admin.POST("/users/:id/reset-usage", routed(byUser, s.resetUsage)...)
 	admin.POST("/sessions/:id/complete", routed(bySess, s.completeSession)...)
 	admin.POST("/sessions/:id/fail", routed(bySess, s.failSession)...)
+	// The webhook deliveries belong to no user: every node reads the
+	// shared outbox, so whichever receives the request serves it, without
+	// a routing middleware (webhooks.go).
+	admin.GET("/webhooks/deliveries", s.listDeliveries)
+	admin.GET("/webhooks/deliveries/:id", s.getDelivery)
+	admin.POST("/webhooks/deliveries/:id/retry", s.retryDelivery)
 	return r
 }
 
