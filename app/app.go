@@ -29,6 +29,7 @@ import (
 	"github.com/tally-dev/tally/persistence/rediscache"
 	"github.com/tally-dev/tally/persistence/sqlite"
 	"github.com/tally-dev/tally/transport"
+	"github.com/tally-dev/tally/webhooks"
 )
 
 // Bounds of the HTTP server that are not configuration: headers are small
@@ -61,6 +62,9 @@ type App struct {
 	cache    *rediscache.Cache
 	accounts *actors.Service
 	node     *nodeRef // cluster mode's node (app/cluster.go), or nil
+	// dispatcher delivers the usage alerts (app/webhooks.go); nil when
+	// alerts are off.
+	dispatcher *webhooks.Dispatcher
 	handler  http.Handler
 	ops      http.Handler // the ops listener's (transport.NewOps)
 	registry *prometheus.Registry
@@ -141,8 +145,13 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		a.node.registerMetrics(a.registry)
 		ownership = a.node
 	}
+	alertPercents, err := a.setupAlerts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("usage alerts: %w", err)
+	}
 	a.accounts, err = actors.New(actors.Options{
-		Ownership:   ownership,
+		Ownership:     ownership,
+		AlertPercents: alertPercents,
 		Store:       a.store,
 		Cache:       a.cache,
 		Catalog:     cfg.Plans,
@@ -177,6 +186,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Registry:      a.registry,
 		Checkers:      checkers,
 		MaxInFlight:   cfg.MaxInFlight,
+	}
+	if a.dispatcher != nil {
+		topts.Deliveries = deliveries{a.store}
 	}
 	if a.node != nil {
 		topts.Cluster = a.node
@@ -314,19 +326,38 @@ func (a *App) Run(ctx context.Context, api, ops net.Listener) error {
 	} else {
 		opsErr <- nil
 	}
+	// The dispatcher delivers usage alerts for as long as the API serves,
+	// and finishes its attempts in flight (bounded by
+	// TALLY_WEBHOOK_TIMEOUT) once it has drained; what it leaves pending
+	// is delivered by the next process, or another node.
+	dispatched := make(chan error, 1)
+	stopDispatch := func() {}
+	if a.dispatcher != nil {
+		var dctx context.Context
+		dctx, stopDispatch = context.WithCancel(context.Background())
+		defer stopDispatch()
+		go func() { dispatched <- a.dispatcher.Run(dctx) }()
+	} else {
+		dispatched <- nil
+	}
 	apiCtx := ctx
 	var left <-chan error
 	if a.node != nil {
 		var err error
 		if apiCtx, left, err = a.joinCluster(ctx); err != nil {
 			stopOps()
-			return errors.Join(err, <-opsErr)
+			stopDispatch()
+			return errors.Join(err, <-opsErr, <-dispatched)
 		}
 	}
 	err := a.serveAPI(apiCtx, api)
 	cancel()
 	if left != nil {
 		err = errors.Join(err, <-left)
+	}
+	stopDispatch()
+	if e := <-dispatched; e != nil && !errors.Is(e, context.Canceled) {
+		err = errors.Join(err, fmt.Errorf("webhook dispatcher: %w", e))
 	}
 	stopOps()
 	if e := <-opsErr; e != nil {

@@ -184,7 +184,9 @@ type Config struct {
 	// attempt (TALLY_WEBHOOK_TIMEOUT); WebhookRetryHorizon is how long a
 	// delivery is retried before it is dead-lettered
 	// (TALLY_WEBHOOK_RETRY_HORIZON); WebhookConcurrency is how many
-	// attempts one process makes at once (TALLY_WEBHOOK_CONCURRENCY).
+	// attempts one process makes at once (TALLY_WEBHOOK_CONCURRENCY);
+	// WebhookMaxBackoff the longest wait between two attempts
+	// (TALLY_WEBHOOK_MAX_BACKOFF).
 	WebhookURL          string
 	WebhookSecret       string
 	WebhookKey          []byte
@@ -192,6 +194,7 @@ type Config struct {
 	WebhookTimeout      time.Duration
 	WebhookRetryHorizon time.Duration
 	WebhookConcurrency  int
+	WebhookMaxBackoff   time.Duration
 }
 
 // Embedded reports whether the service runs without Postgres, on the

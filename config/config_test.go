@@ -83,6 +83,7 @@ func TestDefaults(t *testing.T) {
 		WebhookTimeout:      5 * time.Second,
 		WebhookRetryHorizon: 24 * time.Hour,
 		WebhookConcurrency:  8,
+		WebhookMaxBackoff:   10 * time.Minute,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %#v\nwant %#v", c, want)
@@ -153,6 +154,7 @@ func TestEveryOverride(t *testing.T) {
 		WebhookTimeout:      5 * time.Second,
 		WebhookRetryHorizon: 24 * time.Hour,
 		WebhookConcurrency:  8,
+		WebhookMaxBackoff:   10 * time.Minute,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("overrides:\n got %#v\nwant %#v", c, want)

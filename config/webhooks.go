@@ -82,6 +82,12 @@ var webhookVars = []Var{
 		get:     func(c Config) string { return c.WebhookRetryHorizon.String() },
 	},
 	{
+		Name: "TALLY_WEBHOOK_MAX_BACKOFF", Default: "10m",
+		Meaning: "the longest wait between two attempts of one delivery (the wait starts at 1s and doubles, with jitter; a Retry-After answer is honoured up to it); Go duration from 1s to 1h",
+		parse:   durationBetween(time.Second, time.Hour, "from 1s to 1h, such as 10m", func(c *Config) *time.Duration { return &c.WebhookMaxBackoff }),
+		get:     func(c Config) string { return c.WebhookMaxBackoff.String() },
+	},
+	{
 		Name: "TALLY_WEBHOOK_CONCURRENCY", Default: "8",
 		Meaning: "deliveries attempted at once by one process; integer from 1 to 256",
 		parse: func(c *Config, v string) error {
