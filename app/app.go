@@ -65,10 +65,10 @@ type App struct {
 	// dispatcher delivers the usage alerts (app/webhooks.go); nil when
 	// alerts are off.
 	dispatcher *webhooks.Dispatcher
-	handler  http.Handler
-	ops      http.Handler // the ops listener's (transport.NewOps)
-	registry *prometheus.Registry
-	conns    connGauge
+	handler    http.Handler
+	ops        http.Handler // the ops listener's (transport.NewOps)
+	registry   *prometheus.Registry
+	conns      connGauge
 }
 
 // connGauge counts the HTTP connections open now (tally_http_open_connections),
@@ -152,12 +152,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	a.accounts, err = actors.New(actors.Options{
 		Ownership:     ownership,
 		AlertPercents: alertPercents,
-		Store:       a.store,
-		Cache:       a.cache,
-		Catalog:     cfg.Plans,
-		Logger:      log.With("component", "actors"),
-		Registry:    a.registry,
-		IdleTimeout: cfg.IdleTimeout,
+		Store:         a.store,
+		Cache:         a.cache,
+		Catalog:       cfg.Plans,
+		Logger:        log.With("component", "actors"),
+		Registry:      a.registry,
+		IdleTimeout:   cfg.IdleTimeout,
 		// The one request deadline (actors/budget.go).
 		RequestTimeout: cfg.RequestTimeout,
 		// Every queued admission is an in-flight request of the HTTP edge,
