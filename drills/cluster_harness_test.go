@@ -216,11 +216,15 @@ func (c *tallyCluster) startNode(node *tallyNode) {
 		env = append(env, k+"="+v)
 	}
 	env = append(env,
-		"TALLY_NODE_ID="+node.ID,
 		"TALLY_HTTP_ADDR="+strings.TrimPrefix(node.URL, "http://"),
-		"TALLY_ADVERTISE_URL="+node.URL,
 		"TALLY_OPS_ADDR="+strings.TrimPrefix(node.OpsURL, "http://"),
 	)
+	// A node's id and advertised URL are for cluster mode only; without
+	// etcd (a single process, as the webhooks drill runs) Tally refuses
+	// them.
+	if c.env["TALLY_ETCD_ENDPOINTS"] != "" {
+		env = append(env, "TALLY_NODE_ID="+node.ID, "TALLY_ADVERTISE_URL="+node.URL)
+	}
 	out, err := os.OpenFile(node.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		c.t.Errorf("%s: log: %v", node.ID, err)

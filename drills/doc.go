@@ -87,6 +87,14 @@
 // request deadline. Each prints a CLUSTER DRILL block of figures:
 // `go test -v -run TestCluster ./drills/`.
 //
+// The webhooks drill (webhooks_test.go) kills a `tally serve` subprocess
+// with usage alerts on (docs/alerts.md) while it delivers them to a slow
+// receiver of the test's, restarts it on the same database, and checks
+// that every alert row is delivered (at least once, each signature
+// verified by the Standard Webhooks library), each user's alerts in order
+// and once each after deduplication by webhook-id. It prints a WEBHOOKS
+// DRILL line: alerts, deliveries, duplicates and the time to drain.
+//
 // The non-test files hold the drill machinery — History, Client, Load,
 // Check, and the fault helpers SlowCommits and WaitForCommit — exported so
 // that cmd/tally's subprocess drill uses the same recorder and checker.
