@@ -781,8 +781,8 @@ func TestNewValidates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.timeout != DefaultTimeout-3*time.Second || d.horizon != DefaultHorizon || d.concurrency != DefaultConcurrency {
-		// testOptions sets Timeout 2s; the others are defaults.
+	// testOptions sets Timeout 2s; horizon and concurrency are defaults.
+	if d.timeout != 2*time.Second || d.horizon != DefaultHorizon || d.concurrency != DefaultConcurrency {
 		t.Errorf("timeout %s, horizon %s, concurrency %d", d.timeout, d.horizon, d.concurrency)
 	}
 	if got := d.lease(); got != 2*2*time.Second+5*time.Second {
