@@ -8,9 +8,10 @@
 // Delivery is at least once. The Dispatcher claims due deliveries from the
 // outbox under a lease, sends them concurrently and settles each attempt:
 // delivered on a 2xx answer; retried with exponential backoff (or the
-// receiver's Retry-After) on a network error, a timeout, a 5xx, 408 or
-// 429; dead-lettered (status failed) at once on any other 4xx, or once
-// the next attempt would fall after the retry horizon. The store hands out
+// receiver's Retry-After) on a network error, a timeout, a 5xx, 408, 429
+// or a redirect (never followed); dead-lettered (status failed) at once on
+// any other 4xx, or once the next attempt would fall after the retry
+// horizon. The store hands out
 // only each user's oldest pending alert, so a user's alerts arrive in the
 // order they occurred, and a slow receiver answer for one user holds only
 // that user's deliveries. Nothing in the request path waits for a webhook:
