@@ -59,7 +59,11 @@
 // cpu.go); memory per active user (VmRSS before and after touching users
 // never seen, actors still live), and RSS while touching a million users
 // with a short idle timeout (in a separate Tally child, so its VmHWM is
-// that phase's peak alone); then the cluster phases (cluster.go, each on
+// that phase's peak alone); then the alerts phase (alerts.go;
+// --skip-alerts leaves it out): durable admitted creates/s of fresh free
+// users each pushed past their limit, on single nodes with usage alerts
+// on (a receiver in this process answering 204) and on with the receiver
+// down, each against alerts off (≥ 0.9× both); then the cluster phases (cluster.go, each on
 // an etcd and Tally nodes of its own; --skip-cluster leaves them out):
 // one hot user through three cluster nodes against three single nodes on
 // one database (≥ 2×) and against one node alone (≥ 0.8×), over-limit
@@ -95,7 +99,7 @@ import (
 
 // The phases of the default suite ("compare"), in the order they run;
 // --only takes these names (or the overload suite's, scenarios.go).
-var phaseNames = append([]string{"rowlock", "gin", "many", "hot", "overlimit", "latency", "cpu", "memory", "million"}, clusterPhaseNames...)
+var phaseNames = append([]string{"rowlock", "gin", "many", "hot", "overlimit", "latency", "cpu", "memory", "million", alertsPhaseName}, clusterPhaseNames...)
 
 // suites are the phase lists --suite chooses between: the side-by-side
 // comparison, and the overload scenarios (scenarios.go).
@@ -158,6 +162,9 @@ type Options struct {
 	SkipCluster  bool
 	EtcdBin      string
 	ClusterPprof bool
+
+	// SkipAlerts leaves out the alerts phase (alerts.go).
+	SkipAlerts bool
 }
 
 // Run is the benchmark's command line (cmd/tally-bench), and also the
@@ -201,7 +208,9 @@ minutes on a 2-core machine: about 10 the million-users phase
 (--skip-million) and 15 the cluster phases (--skip-cluster: cluster-hot,
 cluster-forward and cluster-many start three etcd members, bin/etcd from
 make etcd, and Tally nodes of their own; about 4 with --quick); --quick
---skip-million --skip-cluster takes about 4.
+--skip-million --skip-cluster takes about 4. The alerts phase
+(--skip-alerts) compares alerts off, on, and on with the receiver down:
+a few minutes.
 
 --suite overload runs the overload scenarios instead (capacity, 2x and 3x
 capacity with the recovery after, a vegeta cross-check, a restart under
@@ -217,6 +226,7 @@ Flags:
 	fs.BoolVar(&o.Quick, "quick", false, "a quick run: 5s phases, 20 000 users for the memory phase, 100 000 for the million check; in the overload suite 10s overloads and 5s tails (explicit flags win)")
 	fs.BoolVar(&o.SkipMillion, "skip-million", false, "skip the million-users RSS phase (the longest)")
 	fs.BoolVar(&o.SkipCluster, "skip-cluster", false, "skip the cluster phases ("+strings.Join(clusterPhaseNames, ", ")+": three etcd members and three Tally nodes each, several minutes)")
+	fs.BoolVar(&o.SkipAlerts, "skip-alerts", false, "skip the alerts phase (alerts off, on with a receiver, on with the receiver down: three Tally children in turn, a fresh database each)")
 	fs.StringVar(&o.EtcdBin, "etcd-bin", "", "the etcd server the cluster phases start (default: bin/etcd of the repository, built by `make etcd`)")
 	fs.BoolVar(&o.ClusterPprof, "cluster-pprof", false, "cluster phases: serve pprof on the nodes' ops listeners and write CPU profiles to --out, taken in each phase's last round: of the single node, of the owner and of a node forwarding to it, of a cluster node under many users")
 	fs.IntVar(&o.MillionUsers, "million-users", millionTarget, "distinct users the million-users phase touches")
@@ -352,8 +362,10 @@ type Report struct {
 	CPU *CPUResult `json:"cpu,omitempty"`
 	// Cluster is the cluster phases' rounds, every side of each.
 	Cluster []ClusterRun `json:"cluster,omitempty"`
-	Phases  []*Phase     `json:"phases"`
-	Notes   []string     `json:"notes"`
+	// Alerts is the alerts phase's rounds, every side of each.
+	Alerts []AlertsRun `json:"alerts,omitempty"`
+	Phases []*Phase    `json:"phases"`
+	Notes  []string    `json:"notes"`
 }
 
 // Settings are the knobs of the run.
@@ -452,6 +464,7 @@ type runner struct {
 	memUsersPerS               float64
 	millionRequested           bool
 	clusterRuns                []ClusterRun
+	alertRuns                  []AlertsRun
 
 	// The overload suite (scenarios.go).
 	capacity    float64
@@ -484,7 +497,7 @@ func (r *runner) logf(format string, args ...any) {
 
 // want reports whether a phase is selected (--only, --skip-million).
 func (r *runner) want(name string) bool {
-	if name == "million" && r.opts.SkipMillion || name == "cpu" && r.opts.BaseRef == "" || r.opts.SkipCluster && slices.Contains(clusterPhaseNames, name) {
+	if name == "million" && r.opts.SkipMillion || name == "cpu" && r.opts.BaseRef == "" || r.opts.SkipCluster && slices.Contains(clusterPhaseNames, name) || r.opts.SkipAlerts && name == alertsPhaseName {
 		return false
 	}
 	if len(r.opts.Only) == 0 {
@@ -568,6 +581,8 @@ func (r *runner) run(ctx context.Context) (err error) {
 		}
 	}
 	r.phase(ctx, "million", fmt.Sprintf("a fresh Tally (idle timeout %s): max VmRSS while touching %d distinct users", millionIdle, o.MillionUsers), r.phaseMillion)
+	r.phase(ctx, alertsPhaseName, fmt.Sprintf("%d fresh users on free per round and side, each sent %d creates (past its %d: 80%%, 100%% and limit-reached alerts), 64 workers, on single nodes with alerts off, on (a receiver answering 204) and on with the receiver down; %d rounds, the sides' order rotating",
+		alertsUsers(o.Duration), freeLimit+alertsOverLimit, freeLimit, o.Rounds), r.phaseAlerts)
 	r.phase(ctx, "cluster-hot", fmt.Sprintf("one hot user on enterprise, 64 clients: over 3 cluster nodes (etcd ×3), over 3 single nodes on one database (ownership off), and all to one single node; %d rounds, the sides' order rotating", o.Rounds), r.phaseClusterHot)
 	r.phase(ctx, "cluster-forward", fmt.Sprintf("%d users on free filled to their %d sessions, all owned by one of 3 cluster nodes, then rejections, 64 workers, through the owner and through another node (one forward); %d rounds alternating", overUsers, freeLimit, o.Rounds), r.phaseClusterForward)
 	r.phase(ctx, "cluster-many", fmt.Sprintf("%d users on enterprise, 256 clients: over 3 cluster nodes, and all to one single node; %d rounds alternating", manyUsers, o.Rounds), r.phaseClusterMany)
@@ -599,6 +614,7 @@ func (r *runner) run(ctx context.Context) (err error) {
 		r.report.LatencyByLoad = r.latLevels
 		r.report.CPU = r.cpu
 		r.report.Cluster = r.clusterRuns
+		r.report.Alerts = r.alertRuns
 	}
 	if werr := r.write(); werr != nil {
 		return werr
@@ -671,6 +687,11 @@ func (r *runner) estimate(phases []string) time.Duration {
 			t += 2*d + max(3*r.opts.ReadTimeout, r.opts.ReadTimeout+5*time.Second) + 10*time.Second
 		case "poison":
 			t += 10 * time.Second
+		case alertsPhaseName:
+			// Three sides a round, each a child started, its users
+			// provisioned, about --duration of creates, verification, and
+			// the receiver's drain.
+			t += 3 * rounds * (d + verify + 10*time.Second)
 		case "cluster-hot":
 			// etcd and six nodes, then four sides a round, each reading
 			// its admissions back (about as long as it ran).
@@ -1278,6 +1299,7 @@ func (r *runner) rows() []Row {
 		mil.Note = "skipped (--skip-million or --only)"
 	}
 	rows = append(rows, mil)
+	rows = append(rows, r.alertsRows(compared)...)
 	rows = append(rows, r.clusterRows(compared)...)
 	for i := range rows {
 		rows[i].evaluate()
@@ -1403,6 +1425,13 @@ func (r *runner) writeSections(w io.Writer, markdown bool) error {
 	if len(r.clusterRuns) > 0 {
 		title("Cluster phases, round by round (rate of the side's load; Tally CPU of the side's processes in the measured window)")
 		head, cells := clusterCells(r.clusterRuns)
+		if err := writeCells(w, head, cells, markdown); err != nil {
+			return err
+		}
+	}
+	if len(r.alertRuns) > 0 {
+		title("Alerts phase, round by round (each side a fresh single-node Tally; the same creates, every one measured)")
+		head, cells := alertsCells(r.alertRuns)
 		if err := writeCells(w, head, cells, markdown); err != nil {
 			return err
 		}
