@@ -107,8 +107,9 @@ type deps struct {
 	writer  writers
 	loader  *loader
 	rejects *rejectBoard
-	parts   *partitions // nil: single-node mode
-	alerts  alertPlans  // nil: alerts off (alerts.go)
+	parts   *partitions    // nil: single-node mode
+	alerts  alertPlans     // nil: alerts off (alerts.go)
+	limits  *limitRecorder // records limit-reached alerts; nil when alerts are off
 }
 
 type nopCache struct{}
@@ -173,6 +174,9 @@ func New(o Options) (*Service, error) {
 		rejects: newRejectBoard(),
 		parts:   s.parts,
 		alerts:  newAlertPlans(o.Catalog, o.AlertPercents),
+	}
+	if s.deps.alerts != nil {
+		s.deps.limits = newLimitRecorder(o.Store)
 	}
 	registerQueueMetrics(o.Registry, s.gate, s.deps.writer)
 	actorLog := o.Logger.With("component", "protoactor")
@@ -265,6 +269,9 @@ func (s *Service) Close() {
 		}
 		s.deps.writer.close()
 		s.deps.loader.close()
+		if s.deps.limits != nil {
+			s.deps.limits.close()
+		}
 		s.system.Shutdown()
 		s.dispatcher.stop()
 	})

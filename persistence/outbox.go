@@ -35,10 +35,11 @@ type Outbox interface {
 	// recorded, so that tally verify knows which crossings must have an
 	// alert.
 	RecordAlertSettings(ctx context.Context, percents []int, now time.Time) error
-	// RecordLimitReached records a usage.limit_reached alert unless the
-	// user already has one for the same period, metric and limit; it
-	// reports whether it recorded one.
-	RecordLimitReached(ctx context.Context, a domain.Alert) (bool, error)
+	// RecordLimitReached records the usage.limit_reached alerts (Kind
+	// and Percent are set by the store) in one transaction, each unless
+	// its user already has one for the same period, metric and limit; it
+	// reports how many it recorded.
+	RecordLimitReached(ctx context.Context, alerts []domain.Alert) (int, error)
 
 	// ClaimDeliveries hands out up to limit pending deliveries that are
 	// due at now, each the oldest pending alert of its user (so a user's

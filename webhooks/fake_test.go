@@ -50,9 +50,11 @@ func (f *fakeOutbox) add(a domain.Alert) int64 {
 
 func (f *fakeOutbox) RecordAlertSettings(context.Context, []int, time.Time) error { return nil }
 
-func (f *fakeOutbox) RecordLimitReached(_ context.Context, a domain.Alert) (bool, error) {
-	f.add(a)
-	return true, nil
+func (f *fakeOutbox) RecordLimitReached(_ context.Context, alerts []domain.Alert) (int, error) {
+	for _, a := range alerts {
+		f.add(a)
+	}
+	return len(alerts), nil
 }
 
 func (f *fakeOutbox) ClaimDeliveries(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]domain.Delivery, error) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/persistence"
@@ -43,15 +44,43 @@ func alertArgs(a domain.Alert) []any {
 		ts(a.PeriodStart), ts(a.PeriodEnd), ts(a.OccurredAt), a.SessionID}
 }
 
-// RecordLimitReached records a usage.limit_reached alert, once per user,
-// period, metric and limit.
-func (s *Store) RecordLimitReached(ctx context.Context, a domain.Alert) (bool, error) {
-	a.Kind, a.Percent = domain.AlertLimitReached, 0
-	tag, err := s.pool.Exec(ctx, insertAlertSQL, alertArgs(a)...)
-	if err != nil {
-		return false, translate("record limit reached", err)
+// RecordLimitReached records usage.limit_reached alerts in one statement,
+// each once per user, period, metric and limit.
+func (s *Store) RecordLimitReached(ctx context.Context, alerts []domain.Alert) (int, error) {
+	if len(alerts) == 0 {
+		return 0, nil
 	}
-	return tag.RowsAffected() == 1, nil
+	var c struct {
+		users, plans, metrics []string
+		used, limits          []int64
+		starts, ends, at      []time.Time
+	}
+	for _, a := range alerts {
+		c.users = append(c.users, a.UserID)
+		c.plans = append(c.plans, a.Plan)
+		c.metrics = append(c.metrics, string(a.Metric))
+		c.used = append(c.used, a.Used)
+		c.limits = append(c.limits, int64(a.Limit))
+		c.starts = append(c.starts, ts(a.PeriodStart))
+		c.ends = append(c.ends, ts(a.PeriodEnd))
+		c.at = append(c.at, ts(a.OccurredAt))
+	}
+	// Sorted in the unique key's order, so that two batches inserting the
+	// same alerts wait for each other rather than deadlock.
+	tag, err := s.pool.Exec(ctx, `
+INSERT INTO alerts (kind, user_id, plan, metric, percent, used, limit_value,
+                    period_start, period_end, occurred_at, next_attempt_at)
+SELECT '`+string(domain.AlertLimitReached)+`', a.user_id, a.plan, a.metric, 0, a.used, a.limit_value,
+       a.period_start, a.period_end, a.occurred_at, a.occurred_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
+     AS a(user_id, plan, metric, used, limit_value, period_start, period_end, occurred_at)
+ORDER BY a.user_id COLLATE "C", a.period_start, a.metric, a.limit_value
+ON CONFLICT (user_id, period_start, kind, metric, percent, limit_value) DO NOTHING`,
+		c.users, c.plans, c.metrics, c.used, c.limits, c.starts, c.ends, c.at)
+	if err != nil {
+		return 0, translate("record limit reached", err)
+	}
+	return int(tag.RowsAffected()), nil
 }
 
 // RecordAlertSettings appends the thresholds in force from now when they
@@ -165,8 +194,57 @@ SELECT ` + deliveryColumns + ` FROM claimed a ORDER BY a.id`
 // ClaimDeliveries hands out up to limit due deliveries under one new claim.
 func (s *Store) ClaimDeliveries(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]domain.Delivery, error) {
 	claim := rand.Int64N(1<<62) + 1 // any value but 0, which is "never claimed"
-	ds, err := collectDeliveries(s.pool.Query(ctx, claimDeliveriesSQL, ts(now), ts(now.Add(lease)), limit, claim))
+	var ds []domain.Delivery
+	_, err := s.lazyCommit(ctx, claimDeliveriesSQL, []any{ts(now), ts(now.Add(lease)), limit, claim}, func(rows pgx.Rows) error {
+		var err error
+		ds, err = collectDeliveries(rows, nil)
+		return err
+	})
 	return ds, translate("claim deliveries", err)
+}
+
+// lazyCommit runs one statement in a transaction whose COMMIT does not
+// wait for its WAL record to reach the disk (synchronous_commit off), in
+// one round trip, and hands its rows to scan (nil: it returns the
+// statement's tag instead). The
+// dispatcher's writes — claims and settlements, one of each per delivery —
+// would otherwise each cost a WAL flush, competing with the admissions'
+// group commits for the disk. Losing one in a crash of the database only
+// repeats a delivery: a lost claim leaves the alert unclaimed, a lost
+// settlement leaves it claimed until its lease ends, and it is sent again
+// either way (at least once; the receiver deduplicates by webhook-id). It
+// is never used for what must not be lost: alerts are written in their
+// cause's transaction, with its durability.
+func (s *Store) lazyCommit(ctx context.Context, sql string, args []any, scan func(pgx.Rows) error) (tag pgconn.CommandTag, err error) {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("SET LOCAL synchronous_commit = off")
+	b.Queue(sql, args...)
+	b.Queue("COMMIT")
+	br := s.pool.SendBatch(ctx, b)
+	defer func() {
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	for range 2 {
+		if _, err = br.Exec(); err != nil {
+			return tag, err
+		}
+	}
+	if scan != nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err != nil {
+			return tag, err
+		}
+		if err = scan(rows); err != nil {
+			return tag, err
+		}
+	} else if tag, err = br.Exec(); err != nil {
+		return tag, err
+	}
+	_, err = br.Exec()
+	return tag, err
 }
 
 // SettleDelivery records an attempt's outcome under its claim.
@@ -183,11 +261,11 @@ func (s *Store) SettleDelivery(ctx context.Context, st persistence.Settlement) (
 	default:
 		return false, fmt.Errorf("settle delivery %d: status %q", st.ID, st.Status)
 	}
-	tag, err := s.pool.Exec(ctx, `
+	tag, err := s.lazyCommit(ctx, `
 UPDATE alerts SET status = $3, delivered_at = $4, next_attempt_at = COALESCE($5, next_attempt_at),
                   claimed_until = NULL, last_status = $6, last_error = $7
 WHERE id = $1 AND claim = $2 AND status = 'pending'`,
-		st.ID, st.Claim, string(st.Status), delivered, next, st.HTTPStatus, st.Error)
+		[]any{st.ID, st.Claim, string(st.Status), delivered, next, st.HTTPStatus, st.Error}, nil)
 	if err != nil {
 		return false, translate("settle delivery", err)
 	}

@@ -51,17 +51,27 @@ func (t writeTx) InsertAlert(ctx context.Context, a domain.Alert) error {
 	return err
 }
 
-// RecordLimitReached records a usage.limit_reached alert, once per user,
-// period, metric and limit.
-func (s *Store) RecordLimitReached(ctx context.Context, a domain.Alert) (bool, error) {
-	a.Kind, a.Percent = domain.AlertLimitReached, 0
-	var recorded bool
+// RecordLimitReached records usage.limit_reached alerts in one write
+// transaction, each once per user, period, metric and limit.
+func (s *Store) RecordLimitReached(ctx context.Context, alerts []domain.Alert) (int, error) {
+	n := 0
 	err := s.inTx(ctx, "record limit reached", func(tx *sql.Tx) error {
-		var err error
-		recorded, err = insertAlert(ctx, tx, a)
-		return err
+		for _, a := range alerts {
+			a.Kind, a.Percent = domain.AlertLimitReached, 0
+			recorded, err := insertAlert(ctx, tx, a)
+			if err != nil {
+				return err
+			}
+			if recorded {
+				n++
+			}
+		}
+		return nil
 	})
-	return recorded, err
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
 }
 
 // RecordAlertSettings appends the thresholds in force from now when they

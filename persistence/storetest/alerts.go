@@ -250,21 +250,31 @@ func testAlertsOnConcurrentAdmissions(t *testing.T, s persistence.Store) {
 
 func testLimitReachedOnce(t *testing.T, s persistence.Store) {
 	u := ensureUser(t, s, "alice")
+	v := ensureUser(t, s, "bob")
 	p := u.Period(t0)
 	a := domain.Alert{UserID: u.ID, Plan: "free", Metric: domain.MetricSessions, Used: 10, Limit: 10,
 		PeriodStart: p.Start, PeriodEnd: p.End, OccurredAt: t0}
-	for i, want := range []bool{true, false} {
-		got, err := s.RecordLimitReached(t.Context(), a)
-		if err != nil || got != want {
-			t.Fatalf("RecordLimitReached #%d = %v, %v; want %v", i+1, got, err, want)
+	b := a
+	b.UserID = v.ID
+	minutes := a
+	minutes.Metric, minutes.Used, minutes.Limit = domain.MetricMinutes, 7200, 120
+	for i, c := range []struct {
+		alerts []domain.Alert
+		want   int
+	}{
+		{[]domain.Alert{a}, 1},
+		{[]domain.Alert{a, b, a}, 1}, // alice's again, and twice in one call: bob's only
+		{[]domain.Alert{minutes, b}, 1},
+		{nil, 0},
+	} {
+		got, err := s.RecordLimitReached(t.Context(), c.alerts)
+		if err != nil || got != c.want {
+			t.Fatalf("RecordLimitReached #%d = %d, %v; want %d", i+1, got, err, c.want)
 		}
-	}
-	a.Metric, a.Used, a.Limit = domain.MetricMinutes, 7200, 120
-	if got, err := s.RecordLimitReached(t.Context(), a); err != nil || !got {
-		t.Fatalf("RecordLimitReached of minutes = %v, %v; want a new alert", got, err)
 	}
 	wantAlerts(t, s,
 		`alice usage.limit_reached sessions/0 used=10 limit=10 plan=free session= restart=""`,
+		`bob usage.limit_reached sessions/0 used=10 limit=10 plan=free session= restart=""`,
 		`alice usage.limit_reached minutes/0 used=7200 limit=120 plan=free session= restart=""`)
 }
 

@@ -1130,8 +1130,8 @@ func everyMethod(ctx context.Context, s persistence.Store, u domain.User) map[st
 	_, errs["ListUserEvents"] = s.ListUserEvents(ctx, u.ID, 10, nil)
 	errs["RecordAlertSettings"] = s.RecordAlertSettings(ctx, []int{80}, t0)
 	p := u.Period(t0)
-	_, errs["RecordLimitReached"] = s.RecordLimitReached(ctx, domain.Alert{UserID: u.ID, Plan: "free", Metric: domain.MetricSessions,
-		Limit: 1, PeriodStart: p.Start, PeriodEnd: p.End, OccurredAt: t0})
+	_, errs["RecordLimitReached"] = s.RecordLimitReached(ctx, []domain.Alert{{UserID: u.ID, Plan: "free", Metric: domain.MetricSessions,
+		Limit: 1, PeriodStart: p.Start, PeriodEnd: p.End, OccurredAt: t0}})
 	_, errs["ClaimDeliveries"] = s.ClaimDeliveries(ctx, t0, time.Minute, 10)
 	_, errs["SettleDelivery"] = s.SettleDelivery(ctx, persistence.Settlement{ID: 1, Claim: 1, At: t0, Status: domain.DeliveryDelivered})
 	_, _, errs["OutboxDepth"] = s.OutboxDepth(ctx)
