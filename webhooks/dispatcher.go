@@ -249,21 +249,25 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	// have acted on one, and settling it spares it a duplicate after the
 	// lease.
 	attemptCtx := context.WithoutCancel(ctx)
-	// Each attempt sends whether it delivered on finished; at most
-	// concurrency attempts are unaccounted for, so sends never block.
-	finished := make(chan bool, d.concurrency)
+	// Each attempt sends how it went on finished; at most concurrency
+	// attempts are unaccounted for, so sends never block.
+	finished := make(chan string, d.concurrency)
 	inflight := 0
 	tick := time.NewTicker(d.poll)
 	defer tick.Stop()
+	var down receiverHealth
 
 	// claim is true when the outbox may have due deliveries the loop has
 	// not asked for: at start, after a poll tick or a Notify, after a
 	// claim that filled every free slot, and after a delivery (the
-	// user's next alert is due now).
+	// user's next alert is due now). Claims wait for a quarter of the
+	// slots to be free (or none to be busy): a claim and its commit per
+	// delivery would cost the database as much as the deliveries.
 	claim := true
+	minClaim := max(1, d.concurrency/4)
 	for ctx.Err() == nil {
-		if claim && inflight < d.concurrency {
-			free := d.concurrency - inflight
+		limit := down.slots(d.concurrency, d.now())
+		if free := limit - inflight; claim && free > 0 && (free >= min(minClaim, limit) || inflight == 0) {
 			ds, err := d.outbox.ClaimDeliveries(ctx, d.now(), d.lease(), free)
 			if err != nil {
 				if ctx.Err() != nil {
@@ -279,7 +283,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 				wg.Go(func() { finished <- d.deliver(attemptCtx, del) })
 			}
 			claim = len(ds) == free
-			if claim && inflight < d.concurrency {
+			if claim && inflight < limit {
 				continue
 			}
 		}
@@ -289,17 +293,72 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			claim = true
 		case <-tick.C:
 			claim = true
-		case delivered := <-finished:
+		case outcome := <-finished:
 			inflight--
-			claim = claim || delivered
+			down.observe(outcome, d.now(), d.minBackoff, d.maxBackoff)
+			claim = claim || outcome == outcomeDelivered
 		}
 	}
 	return nil
 }
 
+// receiverHealth is the dispatcher's view of the receiver as a whole.
+// Each alert has its own retry schedule, but when the receiver is down
+// every due alert would fail in turn, each costing a claim, an attempt
+// and a settlement: thousands a second, for nothing, on the machine that
+// admits. After failDown attempts in a row fail with no answer worth
+// keeping (network errors, timeouts, 5xx, 429), the receiver counts as
+// down: nothing is sent until a pause (growing like an alert's backoff)
+// has passed, then one attempt at a time probes it, and the first
+// delivery, or a final answer (it is up, refusing one alert), ends it.
+type receiverHealth struct {
+	failures  int           // retryable failures in a row
+	pause     time.Duration // the current pause; doubles with each failed probe
+	downUntil time.Time     // while down: nothing is claimed before this
+}
+
+// failDown is how many retryable failures in a row mean the receiver is
+// down rather than one alert unlucky.
+const failDown = 3
+
+// slots is how many attempts may run now: all of them while the receiver
+// answers, none while it pauses, one (a probe) after.
+func (h *receiverHealth) slots(concurrency int, now time.Time) int {
+	switch {
+	case h.failures < failDown:
+		return concurrency
+	case now.Before(h.downUntil):
+		return 0
+	default:
+		return 1
+	}
+}
+
+// observe takes an attempt's outcome. Attempts that were in flight when
+// the receiver went down fail during the pause and do not lengthen it;
+// a probe that fails doubles it, up to maxBackoff.
+func (h *receiverHealth) observe(outcome string, now time.Time, minBackoff, maxBackoff time.Duration) {
+	if outcome != outcomeRetry {
+		*h = receiverHealth{}
+		return
+	}
+	h.failures++
+	switch {
+	case h.failures < failDown:
+		return
+	case h.failures == failDown:
+		h.pause = minBackoff
+	case now.Before(h.downUntil):
+		return
+	default:
+		h.pause = min(2*h.pause, maxBackoff)
+	}
+	h.downUntil = now.Add(h.pause)
+}
+
 // pause waits storeRetry, or until ctx ends, and returns how many attempts
 // finished meanwhile.
-func (d *Dispatcher) pause(ctx context.Context, finished <-chan bool) int {
+func (d *Dispatcher) pause(ctx context.Context, finished <-chan string) int {
 	t := time.NewTimer(d.storeRetry)
 	defer t.Stop()
 	n := 0
@@ -325,9 +384,9 @@ type result struct {
 	hasRetry   bool
 }
 
-// deliver makes one attempt of del and settles it. It reports whether the
-// alert was delivered.
-func (d *Dispatcher) deliver(ctx context.Context, del domain.Delivery) bool {
+// deliver makes one attempt of del and settles it. It returns the
+// attempt's outcome (outcomeDelivered, outcomeRetry, outcomeDead).
+func (d *Dispatcher) deliver(ctx context.Context, del domain.Delivery) string {
 	r := d.attempt(ctx, del)
 	at := d.now()
 	s := persistence.Settlement{ID: del.ID, Claim: del.Claim, At: at, HTTPStatus: r.status, Error: r.err}
@@ -372,7 +431,7 @@ func (d *Dispatcher) deliver(ctx context.Context, del domain.Delivery) bool {
 	default:
 		d.errs.recovered(d.log, "settle", "webhooks: the outbox records attempts again")
 	}
-	return r.ok
+	return outcome
 }
 
 // attempt sends del once.

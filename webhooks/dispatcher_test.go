@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -843,5 +844,91 @@ func TestBackoffGrowsWithJitterWithinBounds(t *testing.T) {
 		if hi == lo {
 			t.Errorf("attempt %d: no jitter (%s every time)", attempts, lo)
 		}
+	}
+}
+
+// A receiver that is down is not hammered: once failDown attempts in a row
+// fail, nothing more is sent until a pause has passed, then one probe at a
+// time; the first delivery brings every slot back.
+func TestReceiverDownIsProbedNotHammered(t *testing.T) {
+	clk := newClock(base())
+	script := make([]int, 13)
+	for i := range script {
+		script[i] = http.StatusServiceUnavailable
+	}
+	rc := newReceiver(t, script...)
+	fo := &fakeOutbox{}
+	var ids []int64
+	for i := range 40 {
+		ids = append(ids, fo.add(testAlert(fmt.Sprintf("u%02d", i), "s", base())))
+	}
+	opts := testOptions(fo, rc.URL, clk)
+	opts.Concurrency = 8
+	d := newDispatcher(t, opts)
+	run(t, d)
+	// The first claims fill the slots; failDown failures in a row mark the
+	// receiver down, and with the clock standing still nothing more may be
+	// sent, however often Run polls.
+	waitFor(t, "the receiver marked down", func() bool {
+		n := len(rc.requests())
+		return n >= failDown && fo.settleCount() == n
+	})
+	time.Sleep(50 * time.Millisecond) // ten polls
+	down := len(rc.requests())
+	if down > opts.Concurrency+failDown {
+		t.Fatalf("%d requests before the receiver counted as down, want at most %d", down, opts.Concurrency+failDown)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := len(rc.requests()); n != down {
+		t.Fatalf("%d requests while the receiver is down and its pause runs, want %d (none more)", n, down)
+	}
+	// Past the pause (MinBackoff): one probe, which fails, and a longer
+	// pause.
+	clk.Advance(opts.MinBackoff)
+	d.Notify()
+	waitFor(t, "the probe", func() bool { return len(rc.requests()) == down+1 })
+	time.Sleep(50 * time.Millisecond)
+	if n := len(rc.requests()); n != down+1 {
+		t.Fatalf("%d requests after one failed probe, want %d", n, down+1)
+	}
+	// The receiver answers 503 a few times more, then 200 to everything: the
+	// probes continue one at a time until one is delivered, then every
+	// alert goes out.
+	drive(t, d, clk, fo, opts.MaxBackoff, "every alert delivered", func() bool {
+		for _, id := range ids {
+			if fo.get(t, id).Status != domain.DeliveryDelivered {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func TestReceiverHealth(t *testing.T) {
+	var h receiverHealth
+	now := base()
+	for i := range failDown - 1 {
+		h.observe(outcomeRetry, now, time.Second, 8*time.Second)
+		if got := h.slots(8, now); got != 8 {
+			t.Fatalf("after %d failure(s): %d slots, want all 8", i+1, got)
+		}
+	}
+	h.observe(outcomeRetry, now, time.Second, 8*time.Second) // down: a pause of 1s
+	for range 5 {                                            // attempts in flight fail during the pause
+		h.observe(outcomeRetry, now.Add(time.Millisecond), time.Second, 8*time.Second)
+	}
+	for i, pause := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 8 * time.Second} {
+		if got := h.slots(8, now.Add(pause-time.Nanosecond)); got != 0 {
+			t.Fatalf("pause %d: %d slots during the %s pause, want 0", i+1, got, pause)
+		}
+		now = now.Add(pause)
+		if got := h.slots(8, now); got != 1 {
+			t.Fatalf("pause %d: %d slots once the %s pause passed, want 1 (a probe)", i+1, got, pause)
+		}
+		h.observe(outcomeRetry, now, time.Second, 8*time.Second) // the probe fails
+	}
+	h.observe(outcomeDead, now, time.Second, 8*time.Second) // an answer: the receiver is up
+	if got := h.slots(8, now); got != 8 {
+		t.Fatalf("after a final answer: %d slots, want all 8", got)
 	}
 }

@@ -197,6 +197,13 @@ func (f *fakeOutbox) get(t *testing.T, id int64) domain.Delivery {
 	return d
 }
 
+// settleCount is how many settlements were recorded.
+func (f *fakeOutbox) settleCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.settles)
+}
+
 // settlements returns the settlements of delivery id so far, in order.
 func (f *fakeOutbox) settlements(id int64) []persistence.Settlement {
 	f.mu.Lock()
