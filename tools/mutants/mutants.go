@@ -231,7 +231,7 @@ var List = []Mutant{
 		Packages: []string{"./persistence/postgres"}, Run: "TestStore/LimitReached"},
 	{Name: "verify-missing-alert", Invariant: "the audit (`tally verify`) misses a threshold crossing without its alert",
 		File: "tools/verify/alerts.go",
-		From: "AND NOT EXISTS (SELECT 1 FROM alerts a\n                  WHERE a.session_id = s.id", To: "AND EXISTS (SELECT 1 FROM alerts a\n                  WHERE a.session_id = s.id",
+		From: "AND NOT EXISTS (SELECT 1 FROM alerts a\n                  WHERE a.user_id = s.user_id", To: "AND EXISTS (SELECT 1 FROM alerts a\n                  WHERE a.user_id = s.user_id",
 		Packages: []string{"./tools/verify"}, Run: "TestStoreCorruptionsAreReported"},
 }
 

@@ -92,8 +92,9 @@ FROM sessions s
 WHERE s.max_sessions > 0 AND %[3]s >= %[4]d AND %[3]s < %[5]d
   AND s.seq = CASE WHEN (%[1]d * s.max_sessions + 99) / 100 < 1 THEN 1 ELSE (%[1]d * s.max_sessions + 99) / 100 END
   AND NOT EXISTS (SELECT 1 FROM alerts a
-                  WHERE a.session_id = s.id AND a.kind = 'usage.threshold_crossed'
-                    AND a.metric = 'sessions' AND a.percent = %[1]d AND a.limit_value = s.max_sessions)
+                  WHERE a.user_id = s.user_id AND a.period_start = s.period_start
+                    AND a.kind = 'usage.threshold_crossed' AND a.metric = 'sessions'
+                    AND a.percent = %[1]d AND a.limit_value = s.max_sessions AND a.session_id = s.id)
 ORDER BY s.user_id, s.period_start, s.seq`
 
 // unfoundedSessionAlertsSQL lists the sessions alerts without the session

@@ -48,14 +48,16 @@ CREATE TABLE alerts (
     UNIQUE (user_id, period_start, kind, metric, percent, limit_value)
 );
 
--- A user's pending alerts in order: the head is the only one handed out.
+-- Every index here is written by the admissions that cross a threshold,
+-- so there are as few as the readers need. The claim scans the primary key
+-- in id order and asks, per candidate, whether its user has an older
+-- pending alert: this index answers that. Partial, so that an alert leaves
+-- it once delivered.
 CREATE INDEX alerts_pending_user_idx ON alerts (user_id, id) WHERE status = 'pending';
--- Pending alerts by due time, for the dispatcher's poll.
-CREATE INDEX alerts_pending_due_idx ON alerts (next_attempt_at, id) WHERE status = 'pending';
--- The admin listing, newest first, by status.
-CREATE INDEX alerts_status_idx ON alerts (status, id DESC);
--- tally verify finds a session's crossing by it.
-CREATE INDEX alerts_session_idx ON alerts (session_id) WHERE session_id IS NOT NULL;
+-- The admin listing of dead letters; partial: a new alert never enters it.
+-- (The other listings walk the primary key backwards; tally verify finds
+-- a session's alert by the unique key, which names it completely.)
+CREATE INDEX alerts_failed_idx ON alerts (id) WHERE status = 'failed';
 
 -- The thresholds alerts were counted with, from when (RecordAlertSettings,
 -- at each start whose settings differ from the last row). An empty array

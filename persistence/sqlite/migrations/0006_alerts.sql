@@ -29,9 +29,7 @@ CREATE TABLE alerts (
 ) STRICT;
 
 CREATE INDEX alerts_pending_user_idx ON alerts (user_id, id) WHERE status = 'pending';
-CREATE INDEX alerts_pending_due_idx ON alerts (next_attempt_at, id) WHERE status = 'pending';
-CREATE INDEX alerts_status_idx ON alerts (status, id DESC);
-CREATE INDEX alerts_session_idx ON alerts (session_id) WHERE session_id IS NOT NULL;
+CREATE INDEX alerts_failed_idx ON alerts (id) WHERE status = 'failed';
 
 -- percents: a JSON array of integers; [] is alerts off.
 CREATE TABLE alert_settings (
