@@ -115,7 +115,11 @@ func (s *Store) RecordAlertSettings(ctx context.Context, percents []int, now tim
 
 // deliveryColumns are the columns scanDelivery reads, in its order, with
 // the restart computed from the alert's predecessor: the latest earlier
-// alert of the same user, kind, metric and threshold.
+// alert of the same user, kind, metric and threshold. It is found by an
+// aggregate over the user's few alerts (the unique key's index), written
+// max(q.id + 0) so that the planner cannot turn it into a backward walk
+// of the primary key filtered by user, which a table without fresh
+// statistics makes look cheap and which reads every later alert.
 const deliveryColumns = `a.id, a.kind, a.user_id, a.plan, a.metric, a.percent, a.used, a.limit_value,
        a.period_start, a.period_end, a.occurred_at, COALESCE(a.session_id, ''),
        a.status, a.attempts, a.next_attempt_at, a.last_attempt_at, a.last_status, a.last_error,
@@ -125,9 +129,9 @@ const deliveryColumns = `a.id, a.kind, a.user_id, a.plan, a.metric, a.percent, a
                    WHEN p.period_start < a.period_start AND p.period_end > a.period_start THEN 'reset'
                    ELSE '' END
                  FROM alerts p
-                 WHERE p.user_id = a.user_id AND p.kind = a.kind AND p.metric = a.metric
-                   AND p.percent = a.percent AND p.id < a.id
-                 ORDER BY p.id DESC LIMIT 1), '')`
+                 WHERE p.id = (SELECT max(q.id + 0) FROM alerts q
+                               WHERE q.user_id = a.user_id AND q.kind = a.kind AND q.metric = a.metric
+                                 AND q.percent = a.percent AND q.id < a.id)), '')`
 
 func scanDelivery(row pgx.Row) (domain.Delivery, error) {
 	var (
@@ -195,13 +199,25 @@ SELECT ` + deliveryColumns + ` FROM claimed a ORDER BY a.id`
 func (s *Store) ClaimDeliveries(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]domain.Delivery, error) {
 	claim := rand.Int64N(1<<62) + 1 // any value but 0, which is "never claimed"
 	var ds []domain.Delivery
-	_, err := s.lazyCommit(ctx, claimDeliveriesSQL, []any{ts(now), ts(now.Add(lease)), limit, claim}, func(rows pgx.Rows) error {
+	_, err := s.lazyCommit(ctx, claimPlan, claimDeliveriesSQL, []any{ts(now), ts(now.Add(lease)), limit, claim}, func(rows pgx.Rows) error {
 		var err error
 		ds, err = collectDeliveries(rows, nil)
 		return err
 	})
 	return ds, translate("claim deliveries", err)
 }
+
+// claimPlan has the claim planned for each execution, with the table as
+// it is then. The good plan walks the pending alerts in id order
+// (alerts_pending_idx), probes each candidate's user for an older pending
+// one (alerts_pending_user_idx) and stops at the limit: it costs the
+// alerts a claim skips and takes, 0.4 ms at 9 000 pending. A prepared
+// statement's generic plan is made once per connection, and the
+// dispatcher prepares this one at start, when the table is empty: the
+// plan made then read, probed and sorted every pending alert to keep the
+// first few, 14 ms a claim at 9 000 pending, and deliveries fell to
+// 140/s. Planning each claim costs well under a millisecond.
+var claimPlan = []string{"SET LOCAL plan_cache_mode = force_custom_plan"}
 
 // lazyCommit runs one statement in a transaction whose COMMIT does not
 // wait for its WAL record to reach the disk (synchronous_commit off), in
@@ -215,10 +231,14 @@ func (s *Store) ClaimDeliveries(ctx context.Context, now time.Time, lease time.D
 // either way (at least once; the receiver deduplicates by webhook-id). It
 // is never used for what must not be lost: alerts are written in their
 // cause's transaction, with its durability.
-func (s *Store) lazyCommit(ctx context.Context, sql string, args []any, scan func(pgx.Rows) error) (tag pgconn.CommandTag, err error) {
+// The settings (SET LOCAL statements) come first in the transaction.
+func (s *Store) lazyCommit(ctx context.Context, settings []string, sql string, args []any, scan func(pgx.Rows) error) (tag pgconn.CommandTag, err error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue("SET LOCAL synchronous_commit = off")
+	for _, set := range settings {
+		b.Queue(set)
+	}
 	b.Queue(sql, args...)
 	b.Queue("COMMIT")
 	br := s.pool.SendBatch(ctx, b)
@@ -227,7 +247,7 @@ func (s *Store) lazyCommit(ctx context.Context, sql string, args []any, scan fun
 			err = cerr
 		}
 	}()
-	for range 2 {
+	for range 2 + len(settings) {
 		if _, err = br.Exec(); err != nil {
 			return tag, err
 		}
@@ -261,7 +281,7 @@ func (s *Store) SettleDelivery(ctx context.Context, st persistence.Settlement) (
 	default:
 		return false, fmt.Errorf("settle delivery %d: status %q", st.ID, st.Status)
 	}
-	tag, err := s.lazyCommit(ctx, `
+	tag, err := s.lazyCommit(ctx, nil, `
 UPDATE alerts SET status = $3, delivered_at = $4, next_attempt_at = COALESCE($5, next_attempt_at),
                   claimed_until = NULL, last_status = $6, last_error = $7
 WHERE id = $1 AND claim = $2 AND status = 'pending'`,

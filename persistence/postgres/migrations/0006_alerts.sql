@@ -49,10 +49,15 @@ CREATE TABLE alerts (
 );
 
 -- Every index here is written by the admissions that cross a threshold,
--- so there are as few as the readers need. The claim scans the primary key
--- in id order and asks, per candidate, whether its user has an older
--- pending alert: this index answers that. Partial, so that an alert leaves
--- it once delivered.
+-- so there are as few as the readers need. The claim walks the pending
+-- alerts in id order and stops at its limit (the first index), asking
+-- per candidate whether its user has an older pending alert (the second):
+-- a claim costs the alerts it skips and takes, not the whole backlog,
+-- whatever the table's statistics say (without the first index the
+-- planner, on a table filled faster than autovacuum analyzes it, sorted
+-- every pending alert on each claim). Partial: a delivered alert leaves
+-- them.
+CREATE INDEX alerts_pending_idx ON alerts (id) WHERE status = 'pending';
 CREATE INDEX alerts_pending_user_idx ON alerts (user_id, id) WHERE status = 'pending';
 -- The admin listing of dead letters; partial: a new alert never enters it.
 -- (The other listings walk the primary key backwards; tally verify finds

@@ -28,6 +28,7 @@ CREATE TABLE alerts (
     UNIQUE (user_id, period_start, kind, metric, percent, limit_value)
 ) STRICT;
 
+CREATE INDEX alerts_pending_idx ON alerts (id) WHERE status = 'pending';
 CREATE INDEX alerts_pending_user_idx ON alerts (user_id, id) WHERE status = 'pending';
 CREATE INDEX alerts_failed_idx ON alerts (id) WHERE status = 'failed';
 
