@@ -255,6 +255,15 @@ func (s *Service) pruneKeys(ttl, every time.Duration, log *slog.Logger) {
 	}
 }
 
+// busyDepth is the number of admissions waiting for, or in, a group
+// commit at which the process counts as busy admitting (Busy): a few
+// clients at full speed keep it there, a trickle almost never.
+const busyDepth = 8
+
+// Busy reports whether admissions are queueing for the group commit: what
+// background work (the webhook dispatcher) reads to step aside.
+func (s *Service) Busy() bool { return s.deps.writer.depth() >= busyDepth }
+
 // LiveActors is the number of user actors in memory.
 func (s *Service) LiveActors() int64 { return s.live.Load() }
 

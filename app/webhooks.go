@@ -41,6 +41,10 @@ func (a *App) setupAlerts(ctx context.Context) ([]int, error) {
 		MaxBackoff:  a.cfg.WebhookMaxBackoff,
 		Logger:      a.log.With("component", "webhooks"),
 		Registry:    a.registry,
+		// Admissions first: while they queue for the group commit, one
+		// delivery at a time (a.accounts is built after this function,
+		// hence the closure).
+		Yield: func() bool { return a.accounts != nil && a.accounts.Busy() },
 	})
 	return percents, err
 }

@@ -97,6 +97,14 @@ type Options struct {
 	// Now is the clock of claims, settlements and signatures; nil means
 	// time.Now.
 	Now func() time.Time
+	// Yield, when set, reports whether the process is busy admitting:
+	// then deliveries are claimed once per Poll, as many as there are free
+	// slots, rather than as soon as an attempt ends, so that they take
+	// little of what admissions need (each delivery costs the database a
+	// claim and a settlement, and the process an HTTP exchange) and catch
+	// up when the rush is over. They never stop: at the defaults, up to
+	// 32 a second go out however busy the process is.
+	Yield func() bool
 }
 
 // Dispatcher delivers the outbox's alerts as signed webhooks (see the
@@ -114,6 +122,7 @@ type Dispatcher struct {
 	maxBackoff  time.Duration
 	log         *slog.Logger
 	now         func() time.Time
+	yield       func() bool
 	m           *metrics
 	exported    bool // metrics registered: the depth gauges are refreshed
 
@@ -163,6 +172,7 @@ func New(opts Options) (*Dispatcher, error) {
 		maxBackoff:  orDefault(opts.MaxBackoff, DefaultMaxBackoff),
 		log:         opts.Logger,
 		now:         opts.Now,
+		yield:       opts.Yield,
 		storeRetry:  storeRetry,
 		depthEvery:  depthEvery,
 		wake:        make(chan struct{}, 1),
@@ -264,10 +274,19 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	// slots to be free (or none to be busy): a claim and its commit per
 	// delivery would cost the database as much as the deliveries.
 	claim := true
+	ticked := true // a poll tick has passed since the last claim
 	minClaim := max(1, d.concurrency/4)
 	for ctx.Err() == nil {
 		limit := down.slots(d.concurrency, d.now())
-		if free := limit - inflight; claim && free > 0 && (free >= min(minClaim, limit) || inflight == 0) {
+		least := min(minClaim, limit)
+		if d.yield != nil && d.yield() && !ticked {
+			// Busy admitting: claims wait for the next poll tick,
+			// whatever finished meanwhile, so that deliveries take a
+			// claim's batch per poll while admissions need the machine.
+			least = limit + 1
+		}
+		if free := limit - inflight; claim && free > 0 && (free >= least || (inflight == 0 && least <= limit)) {
+			ticked = false
 			ds, err := d.outbox.ClaimDeliveries(ctx, d.now(), d.lease(), free)
 			if err != nil {
 				if ctx.Err() != nil {
@@ -292,7 +311,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		case <-d.wake:
 			claim = true
 		case <-tick.C:
-			claim = true
+			claim, ticked = true, true
 		case outcome := <-finished:
 			inflight--
 			down.observe(outcome, d.now(), d.minBackoff, d.maxBackoff)

@@ -137,13 +137,14 @@ var (
 
 func bulkAdmit(fenced bool) string {
 	cols, names, check, ret, col, val := "", "", "", "", "", ""
-	alerts := 15 // the alerts' four columns are the last parameters
+	alerts := 15 // the alerts' six columns are the last parameters
 	if fenced {
 		cols, names = ", $15::int[], $16::bigint[]", ", partition, epoch"
 		check = "\n    AND " + bulkEpochCheck
 		ret, col, val = ", g.epoch", ", epoch", ", c.epoch"
 		alerts = 17
 	}
+	p := func(i int) string { return fmt.Sprintf("$%d", alerts+i) }
 	return `
 WITH g AS (
   SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[]` + cols + `)
@@ -166,16 +167,17 @@ WITH g AS (
        AS s(gi, k, id, title, language, stt_provider, created_at)
   JOIN counted c ON c.gi = s.gi
   WHERE s.k <= c.last_grant
-  RETURNING id, user_id, period_start, seq, created_at
 ), alerted AS (
   INSERT INTO alerts (kind, user_id, plan, metric, percent, used, limit_value,
                       period_start, period_end, occurred_at, session_id, next_attempt_at)
-  SELECT 'usage.threshold_crossed', c.user_id, t.plan, 'sessions', t.percent, t.at, c.max_sessions,
-         c.period_start, c.period_end, i.created_at, i.id, i.created_at
-  FROM unnest(` + fmt.Sprintf("$%d::bigint[], $%d::int[], $%d::bigint[], $%d::text[]", alerts, alerts+1, alerts+2, alerts+3) + `)
-       AS t(gi, percent, at, plan)
-  JOIN counted c ON c.gi = t.gi
-  JOIN inserted i ON i.user_id = c.user_id AND i.period_start = c.period_start AND i.seq = t.at
+  SELECT 'usage.threshold_crossed', c.user_id, (` + p(3) + `::text[])[c.gi], 'sessions', t.percent, t.at, c.max_sessions,
+         c.period_start, c.period_end, ($14::timestamptz[])[x.i], ($10::text[])[x.i], ($14::timestamptz[])[x.i]
+  FROM counted c
+  CROSS JOIN LATERAL unnest(
+         (` + p(4) + `::bigint[])[(` + p(0) + `::int[])[c.gi] : (` + p(0) + `::int[])[c.gi] + (` + p(1) + `::int[])[c.gi] - 1],
+         (` + p(5) + `::int[])[(` + p(0) + `::int[])[c.gi] : (` + p(0) + `::int[])[c.gi] + (` + p(1) + `::int[])[c.gi] - 1]) AS t(at, percent)
+  CROSS JOIN LATERAL (SELECT (` + p(2) + `::int[])[c.gi] + (t.at - (c.sessions - c.last_grant)) - 1 AS i) AS x
+  WHERE c.sessions - c.last_grant < t.at AND t.at <= c.sessions
   ON CONFLICT (user_id, period_start, kind, metric, percent, limit_value) DO NOTHING
 )
 SELECT gi, sessions, seconds, version, last_grant FROM counted`
@@ -183,10 +185,18 @@ SELECT gi, sessions, seconds, version, last_grant FROM counted`
 
 // The alerted CTE records, with alerts on, the usage.threshold_crossed
 // alert of each threshold of a group's sessions limit that one of its
-// granted sessions reaches: the session numbered (seq) exactly the
-// threshold's At, which exists only when the grant moved the count across
-// it. The thresholds come as (group, percent, at, plan) rows computed by
-// domain.ThresholdsOf; the SQL only matches numbers.
+// granted sessions reaches: the one whose number (seq) is the threshold's
+// At, which exists only when the grant moved the count across it. The
+// thresholds (domain.ThresholdsOf; the SQL only compares) come flattened,
+// each group's a slice of them (its offset and count, indexed by the
+// group's ordinality), and the crossing session is found by arithmetic:
+// the k-th granted session of a group is at the group's offset in the
+// session columns plus k - 1, and the one reaching At is the
+// (At - count before the grant)-th. Every lookup is by position, so the
+// statement's cost grows with the batch, not with its square: joining
+// thresholds and sessions as sets (CTEs and unnest have no statistics)
+// compared every threshold of a batch with every session of it, and
+// admissions with alerts on cost Postgres 60% more CPU.
 //
 // grantSQL is a group's grant, computed from the row being updated (SET
 // expressions all see the row as it was, so it is written out once per
@@ -265,10 +275,11 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 		versions: make([]int64, 0, ng), n: make([]int64, 0, ng), maxS: make([]int64, 0, ng),
 		ceilS: make([]int64, 0, ng), ceilSc: make([]int64, 0, ng), admitsAny: make([]bool, 0, ng),
 	}
-	var al struct { // the thresholds of the groups with alerts on
-		gi, at   []int64
-		percents []int32
-		plans    []string
+	var al struct { // per group: where its thresholds and sessions start, how many thresholds, its plan
+		toff, tn, soff []int32
+		plans          []string
+		at             []int64 // the thresholds, flattened
+		percents       []int32
 	}
 	sa := struct {
 		gi, k                             []int64
@@ -281,6 +292,7 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 	for gi, g := range groups {
 		first := -1
 		var n int64
+		al.soff = append(al.soff, int32(len(sa.ids)+1))
 		for _, i := range g.reqs {
 			r := reqs[i]
 			if r.UserVersion != g.userVersion || r.Epoch != g.epoch {
@@ -310,13 +322,17 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 		ga.ceilS = append(ga.ceilS, limS.Ceiling())
 		ga.ceilSc = append(ga.ceilSc, limSc.Ceiling())
 		ga.admitsAny = append(ga.admitsAny, limS.Allows(0) && limSc.Allows(0))
+		al.toff = append(al.toff, int32(len(al.at)+1))
 		if a := reqs[first].Alerts; a != nil && n > 0 {
 			for _, t := range a.Sessions {
-				al.gi = append(al.gi, int64(gi+1))
 				al.percents = append(al.percents, int32(t.Percent))
 				al.at = append(al.at, t.At)
-				al.plans = append(al.plans, a.Plan.Name)
 			}
+			al.tn = append(al.tn, int32(len(a.Sessions)))
+			al.plans = append(al.plans, a.Plan.Name)
+		} else {
+			al.tn = append(al.tn, 0)
+			al.plans = append(al.plans, "")
 		}
 		if fenced {
 			ga.parts = append(ga.parts, int32(domain.PartitionOf(g.userID)))
@@ -363,11 +379,11 @@ func (s *Store) admitGroups(ctx context.Context, reqs []persistence.AdmitRequest
 	if fenced {
 		batch.Queue(bulkAdmitFencedSQL, ga.users, ga.starts, ga.versions, ga.n, ga.maxS, ga.ceilS, ga.ceilSc,
 			sa.gi, sa.k, sa.ids, sa.titles, sa.languages, sa.providers, sa.created, ga.parts, ga.epochs,
-			al.gi, al.percents, al.at, al.plans)
+			al.toff, al.tn, al.soff, al.plans, al.at, al.percents)
 	} else {
 		batch.Queue(bulkAdmitSQL, ga.users, ga.starts, ga.versions, ga.n, ga.maxS, ga.ceilS, ga.ceilSc,
 			sa.gi, sa.k, sa.ids, sa.titles, sa.languages, sa.providers, sa.created,
-			al.gi, al.percents, al.at, al.plans)
+			al.toff, al.tn, al.soff, al.plans, al.at, al.percents)
 	}
 
 	// No BEGIN: the pipeline ends in one Sync, so Postgres runs it as one

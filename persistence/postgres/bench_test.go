@@ -52,15 +52,21 @@ func admitRequest(u domain.User, now time.Time) persistence.AdmitRequest {
 // request under its partition's epoch: epochs.go); the others are
 // single-node batches, which must not pay for the fence.
 func BenchmarkAdmitBatch(b *testing.B) {
+	// alerting: a plan of a million sessions with alerts at 80% and
+	// 100%, which the benchmark never reaches: what alerts on costs the
+	// admissions that cross nothing (nearly all of them).
+	alerting := domain.NewAlertPlan(domain.Plan{Name: "big", MaxSessions: 1_000_000, MaxTotalMinutes: domain.Unlimited}, []int{80, 100})
 	for _, bc := range []struct {
 		name        string
 		users, size int
 		fenced      bool
+		alerts      bool
 	}{
-		{"many-users/1", 1000, 1, false}, {"many-users/32", 1000, 32, false}, {"many-users/128", 1000, 128, false},
-		{"one-user/32", 1, 32, false}, {"one-user/128", 1, 128, false},
-		{"fenced/many-users/32", 1000, 32, true}, {"fenced/many-users/128", 1000, 128, true},
-		{"fenced/one-user/128", 1, 128, true},
+		{"many-users/1", 1000, 1, false, false}, {"many-users/32", 1000, 32, false, false}, {"many-users/128", 1000, 128, false, false},
+		{"alerts/many-users/32", 1000, 32, false, true}, {"alerts/many-users/128", 1000, 128, false, true},
+		{"one-user/32", 1, 32, false, false}, {"one-user/128", 1, 128, false, false},
+		{"fenced/many-users/32", 1000, 32, true, false}, {"fenced/many-users/128", 1000, 128, true, false},
+		{"fenced/one-user/128", 1, 128, true, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			s, users := benchStore(b, bc.users)
@@ -82,6 +88,9 @@ func BenchmarkAdmitBatch(b *testing.B) {
 				for j := range reqs {
 					reqs[j] = admitRequest(users[next%len(users)], now)
 					reqs[j].Epoch = epoch
+					if bc.alerts {
+						reqs[j].MaxSessions, reqs[j].Alerts = alerting.Plan.MaxSessions, alerting
+					}
 					next++
 				}
 				res, err := s.Admit(ctx, reqs)
