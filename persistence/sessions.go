@@ -109,26 +109,33 @@ func (s SessionStatus) change(ctx context.Context, op string, by *domain.Origin,
 		if sess, before, c, ev, err = applySessionChange(ctx, tx, *by, sess, to, seconds, now, alerts); err != nil {
 			return err
 		}
-		if err := tx.InsertEvent(ctx, ev); err != nil {
+		if err := recordAlerts(ctx, tx, alerts, sess, before, c, now); err != nil {
 			return err
 		}
-		if alerts == nil {
-			return nil
-		}
-		for _, t := range domain.Crossed(alerts.Seconds, before.Seconds, c.Seconds) {
-			err := tx.InsertAlert(ctx, domain.Alert{Kind: domain.AlertThresholdCrossed, UserID: sess.UserID,
-				Plan: alerts.Plan.Name, Metric: domain.MetricMinutes, Percent: t.Percent, Used: c.Seconds,
-				Limit: alerts.Plan.MaxTotalMinutes, PeriodStart: sess.PeriodStart, OccurredAt: micro(now), SessionID: sess.ID})
-			if err != nil {
-				return err
-			}
-		}
-		return nil
+		return tx.InsertEvent(ctx, ev)
 	})
 	if err != nil {
 		return domain.Session{}, Counters{}, err
 	}
 	return sess, c, nil
+}
+
+// recordAlerts records, with alerts on, the alert of each threshold of
+// the minutes limit that a completion moved the period's seconds across
+// (from before to after), in the completion's transaction.
+func recordAlerts(ctx context.Context, tx SessionTx, alerts *domain.AlertPlan, sess domain.Session, before, after Counters, now time.Time) error {
+	if alerts == nil {
+		return nil
+	}
+	for _, t := range domain.Crossed(alerts.Seconds, before.Seconds, after.Seconds) {
+		err := tx.InsertAlert(ctx, domain.Alert{Kind: domain.AlertThresholdCrossed, UserID: sess.UserID,
+			Plan: alerts.Plan.Name, Metric: domain.MetricMinutes, Percent: t.Percent, Used: after.Seconds,
+			Limit: alerts.Plan.MaxTotalMinutes, PeriodStart: sess.PeriodStart, OccurredAt: micro(now), SessionID: sess.ID})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // applySessionChange completes or fails the locked session sess in tx and

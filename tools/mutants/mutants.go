@@ -215,7 +215,7 @@ var List = []Mutant{
 		Packages: []string{"./persistence/sqlite"}, Run: "TestStore/Alerts"},
 	{Name: "alert-completion-early", Invariant: "usage alerts: a completion records a minutes threshold a second before it is reached (an alert without its cause)",
 		File: "persistence/sessions.go",
-		From: "domain.Crossed(alerts.Seconds, before.Seconds, c.Seconds)", To: "domain.Crossed(alerts.Seconds, before.Seconds, c.Seconds+1)",
+		From: "domain.Crossed(alerts.Seconds, before.Seconds, after.Seconds)", To: "domain.Crossed(alerts.Seconds, before.Seconds, after.Seconds+1)",
 		Packages: []string{"./persistence/sqlite"}, Run: "TestStore/AlertsOnCompletion"},
 	{Name: "alert-order-per-user", Invariant: "usage alerts: a user's next alert is handed out while an earlier one is pending (out of order)",
 		File: "persistence/postgres/outbox.go",
