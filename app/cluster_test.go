@@ -21,10 +21,15 @@ const testClusterSecret = "acceptance-test-cluster-secret-0123456789"
 // database, a real three-member etcd and the machine's Redis, and waits
 // until every node routes every partition (no request would wait for a
 // move any more).
-func startCluster(t *testing.T, n int) []*server {
+func startCluster(t *testing.T, n int, extra ...map[string]string) []*server {
 	t.Helper()
 	etcd := testenv.StartEtcd(t, 3)
 	shared := postgresEnv(t)
+	for _, e := range extra {
+		for k, v := range e {
+			shared[k] = v
+		}
+	}
 	shared["TALLY_ETCD_ENDPOINTS"] = strings.Join(etcd.Endpoints(), ",")
 	shared["TALLY_CLUSTER_SECRET"] = testClusterSecret
 	shared["TALLY_CLUSTER_LEASE_TTL"] = "2s"
@@ -171,4 +176,55 @@ func opsMetric(t *testing.T, s *server, name string) float64 {
 	}
 	t.Fatalf("no %s on %s/metrics", name, s.OpsURL)
 	return 0
+}
+
+// Usage alerts in cluster mode: every node's dispatcher claims from the
+// one outbox, and each alert is still delivered once, in order per user,
+// whichever node admitted and whichever delivered; any node lists the
+// deliveries.
+func TestClusterAlertsOnceEach(t *testing.T) {
+	rcv := newReceiver(t)
+	rcv.start(listen(t))
+	nodes := startCluster(t, 3, map[string]string{
+		"TALLY_WEBHOOK_URL": rcv.url, "TALLY_WEBHOOK_SECRET": testWebhookSecret,
+		"TALLY_WEBHOOK_MAX_BACKOFF": "1s", "TALLY_WEBHOOK_TIMEOUT": "2s",
+	})
+	c := newClient(t)
+	users := names("cl-alerted", 30)
+	var wg sync.WaitGroup
+	for _, u := range users {
+		for i := range 12 {
+			wg.Go(func() {
+				if r := c.create(nodes[i%len(nodes)], u); r.Status != http.StatusOK && r.Status != http.StatusForbidden {
+					t.Errorf("create for %s: %d %s", u, r.Status, r.Body)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	want := []string{"usage.limit_reached sessions 0", "usage.threshold_crossed sessions 100", "usage.threshold_crossed sessions 80"}
+	rcv.waitFor(len(users)*len(want), 30*time.Second)
+	time.Sleep(500 * time.Millisecond) // a duplicate would come now
+	if _, copies := rcv.check(want); copies != 0 {
+		t.Fatalf("%d alerts delivered twice by the three dispatchers", copies)
+	}
+	var lists [3]struct {
+		Items []struct {
+			ID     string `json:"id"`
+			Status string `json:"status"`
+		} `json:"items"`
+	}
+	for i, s := range nodes {
+		r := c.admin(http.MethodGet, s, "/admin/v1/webhooks/deliveries?status=delivered&limit=100", nil)
+		if r.Status != http.StatusOK {
+			t.Fatalf("deliveries through %s: %d %s", s.URL, r.Status, r.Body)
+		}
+		r.json(t, &lists[i])
+		if len(lists[i].Items) != len(users)*len(want) {
+			t.Fatalf("%s lists %d delivered, want %d", s.URL, len(lists[i].Items), len(users)*len(want))
+		}
+	}
+	if lists[0].Items[0].ID != lists[2].Items[0].ID {
+		t.Fatalf("nodes list different deliveries: %s and %s first", lists[0].Items[0].ID, lists[2].Items[0].ID)
+	}
 }
