@@ -228,14 +228,24 @@ func (s *server) listDeliveries(c *gin.Context) {
 	s.writeJSON(c, http.StatusOK, out)
 }
 
-func (s *server) getDelivery(c *gin.Context) {
+// deliveryID is the delivery a request names, or false when it was
+// answered already: webhooks are off, or the id is not one.
+func (s *server) deliveryID(c *gin.Context) (int64, bool) {
 	if s.deliveries == nil {
 		s.fail(c, errWebhooksOff)
-		return
+		return 0, false
 	}
 	id, err := deliveryParam(c)
 	if err != nil {
 		s.fail(c, err)
+		return 0, false
+	}
+	return id, true
+}
+
+func (s *server) getDelivery(c *gin.Context) {
+	id, ok := s.deliveryID(c)
+	if !ok {
 		return
 	}
 	d, err := s.deliveries.GetDelivery(c.Request.Context(), id)
@@ -250,13 +260,8 @@ func (s *server) getDelivery(c *gin.Context) {
 // no audit trail of its own, so the retry is logged with who asked and
 // the request id, as an audit event would carry them.
 func (s *server) retryDelivery(c *gin.Context) {
-	if s.deliveries == nil {
-		s.fail(c, errWebhooksOff)
-		return
-	}
-	id, err := deliveryParam(c)
-	if err != nil {
-		s.fail(c, err)
+	id, ok := s.deliveryID(c)
+	if !ok {
 		return
 	}
 	if err := decodeEmptyBody(c); err != nil {
