@@ -172,7 +172,13 @@ WITH g AS (
                       period_start, period_end, occurred_at, session_id, next_attempt_at)
   SELECT 'usage.threshold_crossed', c.user_id, (` + p(3) + `::text[])[c.gi], 'sessions', t.percent, t.at, c.max_sessions,
          c.period_start, c.period_end, ($14::timestamptz[])[x.i], ($10::text[])[x.i], ($14::timestamptz[])[x.i]
-  FROM counted c
+  FROM (SELECT * FROM counted c
+        -- Only groups whose grant spans one of their thresholds: the
+        -- others (nearly all) cost two array lookups, not an unnest.
+        WHERE c.last_grant > 0 AND (` + p(1) + `::int[])[c.gi] > 0
+          AND c.sessions - c.last_grant < (` + p(4) + `::bigint[])[(` + p(0) + `::int[])[c.gi] + (` + p(1) + `::int[])[c.gi] - 1]
+          AND (` + p(4) + `::bigint[])[(` + p(0) + `::int[])[c.gi]] <= c.sessions
+        OFFSET 0) AS c
   CROSS JOIN LATERAL unnest(
          (` + p(4) + `::bigint[])[(` + p(0) + `::int[])[c.gi] : (` + p(0) + `::int[])[c.gi] + (` + p(1) + `::int[])[c.gi] - 1],
          (` + p(5) + `::int[])[(` + p(0) + `::int[])[c.gi] : (` + p(0) + `::int[])[c.gi] + (` + p(1) + `::int[])[c.gi] - 1]) AS t(at, percent)
