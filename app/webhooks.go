@@ -6,6 +6,7 @@ import (
 
 	"github.com/tally-dev/tally/domain"
 	"github.com/tally-dev/tally/persistence"
+	"github.com/tally-dev/tally/transport"
 	"github.com/tally-dev/tally/webhooks"
 )
 
@@ -41,13 +42,23 @@ func (a *App) setupAlerts(ctx context.Context) ([]int, error) {
 		MaxBackoff:  a.cfg.WebhookMaxBackoff,
 		Logger:      a.log.With("component", "webhooks"),
 		Registry:    a.registry,
-		// Admissions first: while they queue for the group commit, one
-		// delivery at a time (a.accounts is built after this function,
-		// hence the closure).
-		Yield: func() bool { return a.accounts != nil && a.accounts.Busy() },
+		// Clients first: while admissions queue for the group commit, or
+		// requests crowd the API, deliveries are claimed once per poll
+		// (a.accounts and a.handler are built after this function, hence
+		// the closure; Run starts the dispatcher once both exist).
+		Yield: func() bool {
+			return a.accounts.Busy() || transport.InFlight(a.handler) >= busyInFlight
+		},
 	})
 	return percents, err
 }
+
+// busyInFlight is the number of requests being served at which the
+// process counts as busy for the dispatcher: a crowd of clients, whether
+// their requests admit (which Service.Busy sees) or are refused from
+// memory (which it does not: the alerts phase's refusals, slowed by
+// deliveries running beside them, cost its admitted/s figure as much).
+const busyInFlight = 16
 
 // deliveries is the admin API's port (transport.Deliveries) on the store.
 type deliveries struct{ store persistence.Store }

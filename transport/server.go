@@ -420,6 +420,17 @@ func (p *prereadBody) Close() error { return nil }
 // serving; tally_http_shed_total counts what it refuses. /healthz, /readyz
 // and /openapi.yaml are never shed: probes must see an overloaded process
 // (nothing on the ops listener, NewOps, is shed either).
+// InFlight is how many API and admin requests h, a handler New returned,
+// holds an in-flight slot for now (TALLY_MAX_IN_FLIGHT); 0 for any other
+// handler, or without a bound. Background work reads it to step aside
+// while clients are being served (app/webhooks.go).
+func InFlight(h http.Handler) int {
+	if b, ok := h.(*bounded); ok && b.s.slots != nil {
+		return len(b.s.slots)
+	}
+	return 0
+}
+
 type bounded struct {
 	s    *server
 	next http.Handler
