@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -102,9 +103,9 @@ func (s *Store) RecordAlertSettings(ctx context.Context, percents []int, now tim
 		switch {
 		case err == nil && slices.Equal(last, ps):
 			return nil
-		case err != nil && err != pgx.ErrNoRows:
+		case err != nil && !errors.Is(err, pgx.ErrNoRows):
 			return err
-		case err == pgx.ErrNoRows && len(ps) == 0:
+		case err != nil && len(ps) == 0:
 			return nil // off, and never on: nothing to say
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO alert_settings (since, percents) VALUES ($1, $2)
