@@ -138,14 +138,7 @@ func (s *server) listUserEvents(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	out := userEventListJSON{Items: make([]userEventJSON, 0, min(len(list), limit))}
-	for i, e := range list {
-		if i == limit {
-			next := encodeEventCursor(list[limit-1])
-			out.NextCursor = &next
-			break
-		}
-		out.Items = append(out.Items, toUserEvent(e))
-	}
+	var out userEventListJSON
+	out.Items, out.NextCursor = pageOf(list, limit, toUserEvent, encodeEventCursor)
 	s.writeJSON(c, http.StatusOK, out)
 }

@@ -91,15 +91,8 @@ func (s *server) listSessions(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	out := sessionListJSON{Items: make([]sessionJSON, 0, min(len(list), limit))}
-	for i, sess := range list {
-		if i == limit {
-			next := encodeCursor(list[limit-1])
-			out.NextCursor = &next
-			break
-		}
-		out.Items = append(out.Items, toSession(sess))
-	}
+	var out sessionListJSON
+	out.Items, out.NextCursor = pageOf(list, limit, toSession, encodeCursor)
 	s.writeJSON(c, http.StatusOK, out)
 }
 

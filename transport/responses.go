@@ -166,3 +166,20 @@ func encodePlans(c *domain.Catalog) ([]byte, error) {
 	}
 	return json.Marshal(out)
 }
+
+// pageOf makes a page of a list read with one more item than limit: at
+// most limit items, converted, and the cursor of the last one when the
+// extra item shows that a next page exists (else nil: a page never leads
+// to an empty one).
+func pageOf[T, J any](list []T, limit int, conv func(T) J, cursor func(T) string) ([]J, *string) {
+	n := min(len(list), limit)
+	items := make([]J, 0, n)
+	for _, x := range list[:n] {
+		items = append(items, conv(x))
+	}
+	if len(list) <= limit {
+		return items, nil
+	}
+	next := cursor(list[limit-1])
+	return items, &next
+}

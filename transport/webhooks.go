@@ -216,15 +216,8 @@ func (s *server) listDeliveries(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	out := deliveryListJSON{Items: make([]deliveryJSON, 0, min(len(list), limit))}
-	for i, d := range list {
-		if i == limit {
-			next := encodeDeliveryCursor(list[limit-1].ID)
-			out.NextCursor = &next
-			break
-		}
-		out.Items = append(out.Items, toDelivery(d))
-	}
+	var out deliveryListJSON
+	out.Items, out.NextCursor = pageOf(list, limit, toDelivery, func(d domain.Delivery) string { return encodeDeliveryCursor(d.ID) })
 	s.writeJSON(c, http.StatusOK, out)
 }
 
